@@ -1,0 +1,23 @@
+"""timm-gradreg: adversarially robust timm classifiers from natural input gradients.
+
+Regularizers of "Characterizing Model Robustness via Natural Input Gradients"
+(Rodríguez-Muñoz, Wang, Torralba, ECCV 2024) as timm training tasks:
+
+    >>> import timm, timm_gradreg
+    >>> model = timm.create_model('resnet50', num_classes=10)
+    >>> timm_gradreg.swap_activations(model, 'gelu')          # smooth activations first
+    >>> task = timm_gradreg.create_task('gradnorm', model, ce_weight=0.5, gn_weight=0.5)
+    >>> task.set_epoch(0.0); out = task(images, targets); out['loss'].backward()
+"""
+from .activations import SwapReport, find_functional_activations, swap_activations
+from .attacks import fgsm_attack, pgd_attack
+from .edges import (EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers,
+                    register_gradient_teacher)
+from .gradnorm import gradnorm_penalty, per_sample_gradnorm
+from .input_grad import double_backward_safe, loss_and_input_gradient, per_sample_loss_sum
+from .modes import eval_mode, freeze_batchnorm
+from .normalization import Normalize, PixelSpace, normalized_model
+from .schedules import LinearGrowth, LinearWarmup
+from .tasks import (AdversarialTask, EdgeTask, FGSMTask, GradNormTask, GradRegTask, NaturalTask, PGDTask,
+                    create_task, get_task_class, list_tasks, register_task, task_parameters)
+from .version import __version__

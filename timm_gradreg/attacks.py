@@ -1,0 +1,173 @@
+"""L∞ attacks in pixel space: PGD and FGSM with random start.
+
+The model sees normalized inputs (as from a timm loader) while the perturbation
+lives in [0, 1] pixel space: steps, projection onto the ε-ball and clipping to
+[0, 1] all happen there, then the result is normalized again. Pass ``space=None``
+when the model already takes pixels (normalization inside, the evaluation
+convention). The model is put in eval mode for the attack and every module's own
+mode is restored afterwards. Adversarial training and evaluation share this code.
+"""
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .input_grad import at_least_fp32
+from .modes import eval_mode
+from .normalization import PixelSpace
+
+__all__ = [
+    'ATTACK_LOSSES', 'register_attack_loss', 'get_attack_loss', 'list_attack_losses',
+    'cross_entropy_per_sample', 'margin_loss', 'dlr_loss', 'pgd_attack', 'fgsm_attack',
+]
+
+AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ATTACK_LOSSES: Dict[str, AttackLoss] = {}
+
+
+def register_attack_loss(name: str):
+    """Register a per-sample attack loss ``fn(logits, target) -> [B]`` (higher = stronger attack)."""
+    def _register(fn: AttackLoss) -> AttackLoss:
+        ATTACK_LOSSES[name] = fn
+        return fn
+    return _register
+
+
+def list_attack_losses() -> List[str]:
+    return sorted(ATTACK_LOSSES)
+
+
+def get_attack_loss(loss: Union[str, AttackLoss]) -> AttackLoss:
+    if callable(loss):
+        return loss
+    if loss not in ATTACK_LOSSES:
+        raise ValueError(f'Unknown attack loss {loss!r}; valid: {", ".join(list_attack_losses())}')
+    return ATTACK_LOSSES[loss]
+
+
+def _hard_labels(target: torch.Tensor) -> torch.Tensor:
+    return target.argmax(-1) if target.ndim == 2 else target
+
+
+@register_attack_loss('ce')
+def cross_entropy_per_sample(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sample; class indices or soft (Mixup) targets."""
+    logits = at_least_fp32(logits)
+    if target.ndim == 2 and target.is_floating_point():
+        return -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+    return F.cross_entropy(logits, target, reduction='none')
+
+
+def _true_and_best_other(logits: torch.Tensor, target: torch.Tensor):
+    labels = _hard_labels(target)
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[-1]).bool(), float('-inf'))
+    return true, others.max(-1).values
+
+
+@register_attack_loss('margin')
+def margin_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin max_{i≠y} z_i − z_y (positive once misclassified)."""
+    true, other = _true_and_best_other(at_least_fp32(logits), target)
+    return other - true
+
+
+@register_attack_loss('dlr')
+def dlr_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020): margin scaled by z_π1 − z_π3, shift/scale invariant."""
+    logits = at_least_fp32(logits)
+    if logits.shape[-1] < 3:
+        raise ValueError(f'DLR loss needs at least 3 classes, got {logits.shape[-1]}')
+    true, other = _true_and_best_other(logits, target)
+    top = logits.topk(3, dim=-1).values
+    return (other - true) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def _identity_space() -> PixelSpace:
+    return PixelSpace(0.0, 1.0)
+
+
+@torch.enable_grad()
+def pgd_attack(
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        eps: float,
+        step_size: float,
+        steps: int,
+        space: Optional[PixelSpace] = None,
+        random_start: bool = True,
+        loss: Union[str, AttackLoss] = 'ce',
+        best_loss: bool = False,
+        generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Untargeted L∞ PGD; returns adversarial inputs in the same space as ``inputs``.
+
+    Args:
+        model: Classifier taking inputs in ``space`` (normalized) or pixels if ``space`` is None.
+        inputs: Clean batch [B, C, H, W].
+        target: Class indices [B] or soft targets [B, K].
+        eps: L∞ radius in [0, 1] pixel units (e.g. 4/255).
+        step_size: Pixel-space step per iteration (e.g. 1/255).
+        steps: Number of signed-gradient steps (1 with random start is FGSM-RS).
+        space: Normalization the model expects; None means the model takes pixels.
+        random_start: Start from a uniform point in the ε-ball.
+        loss: Per-sample loss to ascend: 'ce', 'margin', 'dlr' or a callable.
+        best_loss: Return each sample's highest-loss iterate instead of the last one.
+        generator: Optional RNG for the random start.
+    """
+    if eps < 0 or step_size < 0 or steps < 0:
+        raise ValueError(f'eps, step_size and steps must be >= 0, got {eps}, {step_size}, {steps}')
+    space = space or _identity_space()
+    loss_fn = get_attack_loss(loss)
+    x_pix = space.to_pixel(inputs.detach()).clamp(0.0, 1.0)
+    if eps == 0 or steps == 0:
+        return space.to_normalized(x_pix)
+
+    delta = torch.zeros_like(x_pix)
+    if random_start:
+        delta.uniform_(-eps, eps, generator=generator)
+        delta = (x_pix + delta).clamp(0.0, 1.0) - x_pix
+    best_delta, best_value = delta.clone(), None
+
+    with eval_mode(model):
+        for step in range(steps + int(best_loss)):
+            delta.requires_grad_(True)
+            values = loss_fn(model(space.to_normalized(x_pix + delta)), target)
+            if best_loss:
+                detached = values.detach()
+                improved = torch.ones_like(detached, dtype=torch.bool) if best_value is None else detached > best_value
+                best_value = detached if best_value is None else torch.where(improved, detached, best_value)
+                best_delta = torch.where(improved.view(-1, *[1] * (delta.ndim - 1)), delta.detach(), best_delta)
+                if step == steps:  # one extra forward scores the final iterate
+                    break
+            (grad,) = torch.autograd.grad(values.sum(), delta)
+            delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+            delta = (x_pix + delta).clamp(0.0, 1.0) - x_pix
+    final = best_delta if best_loss else delta.detach()
+    return space.to_normalized(x_pix + final).detach()
+
+
+def fgsm_attack(
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        eps: float,
+        step_size: Optional[float] = None,
+        space: Optional[PixelSpace] = None,
+        random_start: bool = True,
+        loss: Union[str, AttackLoss] = 'ce',
+        generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """One signed-gradient step; with random start this is FGSM-RS (Wong et al. 2020).
+
+    ``step_size`` defaults to 1.25·ε with random start and ε without.
+    """
+    if step_size is None:
+        step_size = 1.25 * eps if random_start else eps
+    return pgd_attack(
+        model, inputs, target, eps=eps, step_size=step_size, steps=1, space=space,
+        random_start=random_start, loss=loss, generator=generator)

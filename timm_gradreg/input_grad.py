@@ -1,0 +1,142 @@
+"""Per-sample loss-input gradients for double backprop.
+
+Everything a regularizer on ∇ₓ needs, in one place:
+
+* ``per_sample_loss_sum`` turns any timm/torch criterion (mean, sum or no reduction;
+  hard labels or Mixup soft targets) into Σ_b loss_b, so ∂/∂x_b of it is sample b's own
+  gradient, whatever the batch size.
+* ``double_backward_safe`` routes fused ``scaled_dot_product_attention`` through the
+  math kernel, the only one with a double backward (timm ViTs use fused attention).
+* ``input_gradient`` differentiates with ``create_graph`` and, under fp16 autocast,
+  through a scaled loss that is unscaled afterwards (tiny input gradients underflow
+  in fp16 otherwise: the PyTorch AMP gradient-penalty recipe).
+"""
+import contextlib
+from typing import Any, Callable, ContextManager, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    'double_backward_safe', 'per_sample_loss_sum', 'fp16_autocast_active', 'resolve_loss_scale',
+    'input_gradient', 'loss_and_input_gradient', 'at_least_fp32', 'DEFAULT_FP16_INPUT_GRAD_SCALE',
+]
+
+#: Scale for fp16 input gradients when no GradScaler is attached (halved on overflow).
+DEFAULT_FP16_INPUT_GRAD_SCALE = 2.0 ** 16
+
+
+def double_backward_safe() -> ContextManager:
+    """Context in which forward passes can be differentiated twice.
+
+    Fused SDPA kernels (flash / memory-efficient, CPU and CUDA) have no double
+    backward; the math kernel is made of differentiable primitives.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 has no SDPA backend selection
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def per_sample_loss_sum(criterion: Callable, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Σ over the batch of per-sample losses, for a criterion of any reduction.
+
+    Batch-mean criteria (timm's LabelSmoothingCrossEntropy, SoftTargetCrossEntropy,
+    ``nn.CrossEntropyLoss()``) are multiplied by the batch size; ``reduction='sum'``
+    is used as is; ``reduction='none'`` is summed.
+    """
+    loss = criterion(output, target)
+    if loss.ndim > 0:
+        return loss.sum()
+    reduction = getattr(criterion, 'reduction', 'mean')
+    if reduction == 'sum':
+        return loss
+    if reduction not in ('mean', 'elementwise_mean'):
+        raise ValueError(f'Unsupported criterion reduction {reduction!r}; expected mean, sum or none.')
+    return loss * output.shape[0]
+
+
+def fp16_autocast_active(device_type: str) -> bool:
+    """True when autocast to float16 is on for ``device_type`` (bf16 needs no scaling)."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return False
+        return torch.get_autocast_dtype(device_type) == torch.float16
+    except (TypeError, RuntimeError):  # device type without autocast support
+        return False
+
+
+def _scale_of(grad_scaler: Any) -> float:
+    scaler = getattr(grad_scaler, '_scaler', grad_scaler)  # timm NativeScaler wraps torch's GradScaler
+    if hasattr(scaler, 'is_enabled') and not scaler.is_enabled():
+        return DEFAULT_FP16_INPUT_GRAD_SCALE
+    return float(scaler.get_scale())
+
+
+def resolve_loss_scale(inputs: torch.Tensor, grad_scaler: Any = None) -> Optional[float]:
+    """Loss scale for the input gradient: the GradScaler's current scale under fp16, else None."""
+    if not fp16_autocast_active(inputs.device.type):
+        return None
+    if grad_scaler is not None:
+        return _scale_of(grad_scaler)
+    return DEFAULT_FP16_INPUT_GRAD_SCALE
+
+
+def input_gradient(
+        loss: torch.Tensor,
+        inputs: torch.Tensor,
+        *,
+        create_graph: bool = True,
+        loss_scale: Optional[float] = None,
+        adapt_scale: bool = True,
+) -> torch.Tensor:
+    """∂loss/∂inputs, differentiable when ``create_graph``.
+
+    With ``loss_scale`` the gradient is taken of ``loss * loss_scale`` and divided
+    back. If ``adapt_scale`` and the scaled gradient overflows, the scale is lowered
+    (by 2⁸ each time) and the gradient retaken from the same graph; pass
+    ``adapt_scale=False`` when a GradScaler owns the scale and will skip the step.
+    """
+    if loss_scale is None or loss_scale == 1.0:
+        (grad,) = torch.autograd.grad(loss, inputs, create_graph=create_graph)
+        return grad
+    scale = float(loss_scale)
+    while True:
+        (grad,) = torch.autograd.grad(loss * scale, inputs, create_graph=create_graph, retain_graph=True)
+        grad = grad / scale
+        if not adapt_scale or scale <= 1.0 or bool(torch.isfinite(grad).all()):
+            return grad
+        scale = max(scale / 256.0, 1.0)
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Autocast logits (fp16/bf16) -> fp32 for the loss; fp32/fp64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def loss_and_input_gradient(
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        criterion: Callable,
+        *,
+        create_graph: bool = True,
+        grad_scaler: Any = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass; returns (logits, batch-mean loss, per-sample loss-input gradient).
+
+    ``inputs`` are detached and made a leaf; the gradient is w.r.t. them (normalized
+    space for timm loaders). With ``create_graph`` the gradient can be penalised and
+    the penalty backpropagated to the parameters (double backprop).
+    """
+    if not torch.is_grad_enabled():
+        raise RuntimeError('Input gradients need autograd: call outside torch.no_grad() / torch.inference_mode().')
+    x = inputs.detach().requires_grad_(True)
+    with double_backward_safe() if create_graph else contextlib.nullcontext():
+        output = model(x)
+    loss_sum = per_sample_loss_sum(criterion, at_least_fp32(output), target)
+    loss_scale = resolve_loss_scale(x, grad_scaler)
+    grad = input_gradient(
+        loss_sum, x, create_graph=create_graph, loss_scale=loss_scale, adapt_scale=grad_scaler is None)
+    return output, loss_sum / x.shape[0], grad

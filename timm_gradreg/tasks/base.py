@@ -1,0 +1,114 @@
+"""Shared base of the gradreg training tasks."""
+import abc
+import warnings
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.task import ClassificationTask
+from torch.nn.parallel import DistributedDataParallel
+
+from ..normalization import PixelSpace, Stats
+
+__all__ = ['GradRegTask']
+
+
+class GradRegTask(ClassificationTask, abc.ABC):
+    """A timm ``ClassificationTask`` that knows pixel space and the training position.
+
+    Subclasses implement ``compute(input, target) -> dict`` returning at least
+    ``loss`` and ``output``, plus detached components for logging (``ce``,
+    ``penalty``, ``weight`` ...). The trainer (or your loop) calls
+    ``set_epoch(epoch + step / steps_per_epoch)`` before each step so schedules are
+    updated per iteration; the position is saved in the checkpoint's task state.
+
+    Args:
+        model: Model to train; it sees the loader's normalized inputs.
+        criterion: Training loss (timm default when None).
+        mean: Normalization mean of the data pipeline (pixel <-> normalized).
+        std: Normalization std of the data pipeline.
+        criterion_kwargs, device, dtype, verbose: As for timm's ClassificationTask.
+    """
+
+    task_name = ''
+    #: Task needs ``create_graph`` double backprop (no torch.compile, no fused SDPA).
+    double_backprop = False
+    #: Whether the loss depends on set_epoch() (a warm-up or growing weight); set per instance.
+    uses_schedule = False
+
+    def __init__(
+            self,
+            model: nn.Module,
+            criterion: Optional[Any] = None,
+            *,
+            mean: Stats = IMAGENET_DEFAULT_MEAN,
+            std: Stats = IMAGENET_DEFAULT_STD,
+            criterion_kwargs: Optional[Dict[str, Any]] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+            verbose: bool = True,
+    ):
+        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
+                         verbose=verbose)
+        self.space = PixelSpace(mean, std)
+        self.epoch = 0.0
+        self._epoch_set = False
+        self.grad_scaler = None
+
+    # --- training position -------------------------------------------------------------
+    def set_epoch(self, epoch: float) -> None:
+        """Training position in (fractional) epochs, e.g. ``epoch + batch_idx / len(loader)``."""
+        self.epoch = float(epoch)
+        self._epoch_set = True
+
+    def _check_schedule(self) -> None:
+        if self.uses_schedule and not self._epoch_set and self.training:
+            warnings.warn(
+                f'{type(self).__name__}: set_epoch() was never called, so its schedules stay at epoch 0 '
+                '(a warm-up weight stays 0). Call task.set_epoch(epoch + step / steps_per_epoch) each step.',
+                stacklevel=5)
+            self._epoch_set = True  # warn once
+
+    def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
+        return {'task': self.task_name, 'epoch': self.epoch}
+
+    def load_task_state(self, state: Optional[Dict[str, Any]], strict: bool = True,
+                        module: Optional[nn.Module] = None, ema: bool = False) -> None:
+        if state and not ema and 'epoch' in state:
+            self.set_epoch(state['epoch'])
+
+    # --- AMP ---------------------------------------------------------------------------
+    def attach_grad_scaler(self, grad_scaler: Any) -> None:
+        """Share the fp16 GradScaler (torch's, or timm's NativeScaler) used for the loss.
+
+        Input gradients are then taken of the loss scaled by its current scale, so an
+        overflow makes the scaler skip the step and lower the scale as usual.
+        """
+        self.grad_scaler = grad_scaler
+
+    # --- models ------------------------------------------------------------------------
+    def attack_model(self) -> nn.Module:
+        """The trainable module without DDP, for passes that need no gradient all-reduce."""
+        module = self.trainable_module
+        return module.module if isinstance(module, DistributedDataParallel) else module
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs):
+        if self.double_backprop:
+            raise RuntimeError(
+                f"torch.compile does not support double backward, which the '{self.task_name}' task needs. "
+                'Train without --torchcompile' + (' or use --gradnorm-impl fd.' if self.task_name == 'gradnorm'
+                                                  else '.'))
+        return super().compile(backend=backend, mode=mode, **compile_kwargs)
+
+    # --- forward -----------------------------------------------------------------------
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        self._check_schedule()
+        return self.compute(input, target)
+
+    @abc.abstractmethod
+    def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The method's loss on a batch: {'loss', 'output', components...}."""
+
+    def extra_repr(self) -> str:
+        return f'epoch={self.epoch:.3f}, {self.space}'

@@ -1,0 +1,120 @@
+"""GradNorm training task (paper Eq. 2), by double backprop."""
+from typing import Callable, Dict, Optional, Sequence, Union
+
+import torch
+
+from ..attacks import pgd_attack
+from ..gradnorm import Sigma, gradnorm_penalty, resolve_sigma
+from ..input_grad import loss_and_input_gradient
+from ..schedules import LinearWarmup
+from ._registry import register_task
+from .base import GradRegTask
+
+__all__ = ['GradNormTask', 'GRADNORM_INPUTS']
+
+
+def _clean_inputs(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _noisy_inputs(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pixels = task.space.to_pixel(x)
+    pixels = (pixels + task.noise_std * torch.randn_like(pixels)).clamp(0.0, 1.0)
+    return task.space.to_normalized(pixels)
+
+
+def _pgd_inputs(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return pgd_attack(
+        task.attack_model(), x, target, eps=task.attack_eps, step_size=task.attack_step_size,
+        steps=task.attack_steps, space=task.space)
+
+
+#: Where the penalty is evaluated (paper Table 8): clean images, Gaussian-noised, or PGD-perturbed.
+GRADNORM_INPUTS: Dict[str, Callable] = {'clean': _clean_inputs, 'noise': _noisy_inputs, 'pgd': _pgd_inputs}
+
+
+@register_task('gradnorm')
+class GradNormTask(GradRegTask):
+    """λ_CE·CE + λ_GN·w(t)·(ε/σ)·mean_b ||∇ₓCE_b||_1, trained by double backprop.
+
+    The input gradient is per sample (independent of batch size and criterion
+    reduction) and differentiable; the penalty's parameter gradient flows through it
+    in the one ordinary ``backward()`` of the total loss, which is what DDP needs.
+    Fused attention is routed to the math SDPA kernel during the forward; under fp16
+    autocast the input gradient is taken of the scaled loss and unscaled.
+
+    Args:
+        model, criterion: As for timm's ClassificationTask.
+        ce_weight: λ_CE (paper Swin-B 0.8, ResNet-50 0.5).
+        gn_weight: λ_GN (paper Swin-B 1.2, ResNet-50 0.5).
+        eps: Pixel-space L∞ radius ε of the first-order attack model (4/255).
+        sigma: 'channel' for the data std per channel (exact), or one scalar (paper 0.225).
+        warmup_epochs: λ_GN rises linearly from 0 over these epochs, per iteration (5).
+        inputs: Where the penalty is taken: 'clean' (default), 'noise', 'pgd'.
+        noise_std: Pixel-space std of the Gaussian noise for inputs='noise' (4/255).
+        attack_eps, attack_step_size, attack_steps: PGD for inputs='pgd' (4/255, 8/255/3, 3).
+        mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
+
+    Example:
+        >>> task = create_task('gradnorm', model, ce_weight=0.5, gn_weight=0.5, mean=cfg['mean'], std=cfg['std'])
+        >>> task.set_epoch(epoch + i / steps); out = task(x, y); out['loss'].backward()
+    """
+
+    double_backprop = True
+
+    def __init__(
+            self,
+            model,
+            criterion=None,
+            *,
+            ce_weight: float = 0.8,
+            gn_weight: float = 1.2,
+            eps: float = 4 / 255,
+            sigma: Sigma = 0.225,
+            warmup_epochs: float = 5.0,
+            inputs: str = 'clean',
+            noise_std: float = 4 / 255,
+            attack_eps: float = 4 / 255,
+            attack_step_size: float = 8 / 255 / 3,
+            attack_steps: int = 3,
+            **kwargs,
+    ):
+        super().__init__(model, criterion, **kwargs)
+        if inputs not in GRADNORM_INPUTS:
+            raise ValueError(f"Unknown GradNorm inputs {inputs!r}; valid: {', '.join(GRADNORM_INPUTS)}")
+        if eps < 0 or ce_weight < 0 or gn_weight < 0:
+            raise ValueError(f'eps, ce_weight and gn_weight must be >= 0, got {eps}, {ce_weight}, {gn_weight}')
+        self.ce_weight = float(ce_weight)
+        self.gn_weight = float(gn_weight)
+        self.eps = float(eps)
+        self.sigma = resolve_sigma(sigma, self.space)
+        self.warmup = LinearWarmup(warmup_epochs)
+        self.uses_schedule = self.warmup.epochs > 0
+        self.inputs = inputs
+        self.noise_std = float(noise_std)
+        self.attack_eps = float(attack_eps)
+        self.attack_step_size = float(attack_step_size)
+        self.attack_steps = int(attack_steps)
+
+    def penalty_weight(self) -> float:
+        """λ_GN times the warm-up factor at the current epoch."""
+        return self.gn_weight * self.warmup(self.epoch)
+
+    def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = GRADNORM_INPUTS[self.inputs](self, input, target)
+        output, ce, grad = loss_and_input_gradient(
+            self.trainable_module, x, target, self.criterion, create_graph=True, grad_scaler=self.grad_scaler)
+        penalty = gradnorm_penalty(grad, self.eps, self.sigma)
+        weight = self.penalty_weight()
+        loss = self.ce_weight * ce + weight * penalty
+        return {
+            'loss': loss,
+            'output': output,
+            'ce': ce.detach(),
+            'penalty': penalty.detach(),
+            'weight': torch.tensor(weight, device=loss.device),
+        }
+
+    def extra_repr(self) -> str:
+        return (f'ce_weight={self.ce_weight}, gn_weight={self.gn_weight}, eps={self.eps:.5f}, sigma={self.sigma}, '
+                f'warmup={self.warmup.epochs}, inputs={self.inputs!r}, ' + super().extra_repr())
