@@ -1,6 +1,6 @@
 """Swap a model's activation modules (ReLU -> GELU / SiLU / ...).
 
-GradNorm only buys robustness with smooth activations (SPEC §2: ResNet-50 AutoAttack
+GradNorm only buys robustness with smooth activations (paper: ResNet-50 AutoAttack
 6.8% with ReLU vs 30% with GELU/SiLU). ``swap_activations`` replaces activation
 *modules* in place, including those inside timm's norm-act layers; activations have
 no parameters, so the state_dict is unchanged and pretrained weights still load.

@@ -28,7 +28,7 @@ class LinearWarmup:
 class LinearGrowth:
     """``start + rate * epoch`` capped at ``cap``; with ``per_epoch`` it steps at epoch boundaries.
 
-    The edge regularizer's weight: 1, growing 0.09 per epoch, capped at 19 (SPEC §3).
+    The edge regularizer's weight: 1, growing 0.09 per epoch, capped at 19 (the paper's schedule).
     """
     start: float = 1.0
     rate: float = 0.09

@@ -60,7 +60,8 @@ def create_task(name: str, model: nn.Module, criterion: Optional[Callable] = Non
         >>> out = task(images, targets); out['loss'].backward()
     """
     cls = get_task_class(name)
-    valid = task_parameters(name) + ['criterion_kwargs', 'device', 'dtype', 'verbose']
+    valid = task_parameters(name)
+    valid += [k for k in ('criterion_kwargs', 'device', 'dtype', 'verbose') if k not in valid]
     unknown = [k for k in kwargs if k not in valid]
     if unknown:
         msgs = []

@@ -1,0 +1,35 @@
+"""Test helpers: tiny real-image folders and timm-train argument lists."""
+import os
+from typing import List
+
+import numpy as np
+from PIL import Image
+
+
+def write_image_folder(root, classes: int = 4, train_per_class: int = 6, val_per_class: int = 3,
+                       size: int = 32) -> str:
+    """A small ImageFolder (train/ and validation/) of real digit scans from scikit-learn."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    root = str(root)
+    for c in range(classes):
+        images = digits.images[digits.target == c]
+        for split, chunk in (('train', images[:train_per_class]),
+                             ('validation', images[train_per_class:train_per_class + val_per_class])):
+            folder = os.path.join(root, split, str(c))
+            os.makedirs(folder, exist_ok=True)
+            for i, img in enumerate(chunk):
+                pixels = (img / 16 * 255).astype(np.uint8)
+                Image.fromarray(pixels, mode='L').resize((size, size), Image.BICUBIC).save(
+                    os.path.join(folder, f'{i}.png'))
+    return root
+
+
+def tiny_train_argv(data_dir, output, experiment, *extra, classes: int = 4) -> List[str]:
+    """timm-train flags for a seconds-long CPU run of a small smooth timm ResNet."""
+    return ['--data-dir', str(data_dir), '--model', 'test_resnet', '--model-kwargs', 'act_layer=gelu',
+            '--num-classes', str(classes), '--input-size', '3', '32', '32', '--crop-pct', '1.0', '--no-aug',
+            '-b', '8', '--opt', 'adamw', '--lr', '1e-3', '--warmup-epochs', '0', '--workers', '0',
+            '--smoothing', '0', '--device', 'cpu', '--bn-eval', '--output', str(output), '--experiment', experiment,
+            '--adv-val-steps', '2', '--adv-val-eps', '8/255', '--adv-val-step-size', '4/255', '--log-interval', '1',
+            *extra]

@@ -1,0 +1,122 @@
+"""timm-train arguments: timm names, strict YAML configs, fractions, refused combinations, recipes parse."""
+import glob
+import os
+
+import pytest
+import yaml
+
+from timm_gradreg.train.args import build_parser, fraction, parse_args, task_kwargs_from_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(REPO, 'recipes', '*', '*.yaml')))
+
+
+def _config(tmp_path, cfg):
+    path = tmp_path / 'cfg.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _error(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_timm_argument_names_are_all_there():
+    dests = {a.dest for a in build_parser()._actions}
+    for name in ('data_dir', 'dataset', 'train_split', 'val_split', 'num_classes', 'input_size', 'img_size', 'mean',
+                 'std', 'interpolation', 'crop_pct', 'model', 'pretrained', 'initial_checkpoint', 'resume',
+                 'model_kwargs', 'drop', 'drop_path', 'opt', 'lr', 'lr_base', 'weight_decay', 'clip_grad',
+                 'clip_mode', 'sched', 'warmup_epochs', 'warmup_lr', 'epochs', 'grad_accum_steps', 'aa', 'reprob',
+                 'mixup', 'cutmix', 'smoothing', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'channels_last',
+                 'torchcompile', 'workers', 'output', 'experiment', 'log_interval', 'checkpoint_hist', 'eval_metric',
+                 'device', 'seed', 'batch_size', 'validation_batch_size', 'sched_on_updates', 'min_lr'):
+        assert name in dests, name
+    for name in ('gradreg', 'gn_ce_weight', 'gn_weight', 'gn_eps', 'gn_sigma', 'gn_warmup_epochs', 'gn_inputs',
+                 'attack_eps', 'attack_steps', 'attack_step_size', 'attack_warmup_epochs', 'edge_temperature',
+                 'edge_weight_growth', 'edge_weight_cap', 'swap_activations', 'bn_eval', 'adv_val_steps',
+                 'adv_val_eps'):
+        assert name in dests, name
+
+
+def test_fractions_and_sigma():
+    assert fraction('4/255') == pytest.approx(4 / 255)
+    assert fraction(0.5) == 0.5
+    args, _ = parse_args(['--gradreg', 'gradnorm', '--gn-eps', '8/255', '--gn-sigma', 'channel'])
+    assert args.gn_eps == pytest.approx(8 / 255) and args.gn_sigma == 'channel'
+    kwargs = task_kwargs_from_args(args)
+    assert kwargs['eps'] == pytest.approx(8 / 255) and kwargs['sigma'] == 'channel'
+
+
+def test_yaml_sets_defaults_and_flags_win(tmp_path):
+    cfg = _config(tmp_path, {'lr': '3e-4', 'epochs': '7', 'gn_eps': '2/255', 'input_size': [3, 32, 32],
+                             'mean': ['0.5', 0.4, 0.3], 'amp': True, 'model_kwargs': {'act_layer': 'gelu'},
+                             'gradreg': 'gradnorm', 'batch-size': 16})
+    args, text = parse_args(['-c', cfg, '--epochs', '9'])
+    assert args.lr == 3e-4 and args.epochs == 9 and args.gn_eps == pytest.approx(2 / 255)
+    assert args.input_size == [3, 32, 32] and args.mean == [0.5, 0.4, 0.3] and args.amp
+    assert args.model_kwargs == {'act_layer': 'gelu'} and args.batch_size == 16
+    assert yaml.safe_load(text)['epochs'] == 9
+
+
+def test_unknown_yaml_key_names_the_closest_valid_one(tmp_path, capsys):
+    err = _error(capsys, ['-c', _config(tmp_path, {'lr_bse': 0.1})])
+    assert "unknown key 'lr_bse'" in err and "did you mean 'lr_base'" in err
+    err = _error(capsys, ['-c', _config(tmp_path, {'gn_wieght': 1.0})])
+    assert "did you mean 'gn_weight'" in err
+
+
+@pytest.mark.parametrize('cfg,needle', [
+    ({'lr': 'fast'}, "'lr'"),
+    ({'input_size': 224}, 'expected a list'),
+    ({'input_size': [3, 224]}, 'expected 3 values'),
+    ({'gradreg': 'gradnrom'}, 'is not one of'),
+    ({'amp': 'yes'}, 'expected true or false'),
+    ({'gn_eps': '4/0'}, 'fraction'),
+    ({'model_kwargs': 'act_layer=gelu'}, 'mapping'),
+])
+def test_bad_yaml_values_are_refused(tmp_path, capsys, cfg, needle):
+    assert needle in _error(capsys, ['-c', _config(tmp_path, cfg)])
+
+
+def test_missing_or_broken_config_file(tmp_path, capsys):
+    assert 'does not exist' in _error(capsys, ['-c', str(tmp_path / 'nope.yaml')])
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('- just\n- a list\n')
+    assert 'must be a mapping' in _error(capsys, ['-c', str(bad)])
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['--gradreg', 'gradnorm', '--torchcompile'], 'double backward'),
+    (['--gradreg', 'edge', '--torchcompile'], 'Train without --torchcompile'),
+    (['--eval-metric', 'advtop1', '--adv-val-steps', '0'], '--adv-val-steps > 0'),
+    (['--eval-metric', 'top3'], 'choose from top1, top5, loss, advtop1'),
+    (['--bn-eval', '--sync-bn'], 'pick one'),
+    (['--epochs', '3', '--stop-epoch', '5'], '--stop-epoch must be in 1..'),
+])
+def test_incompatible_combinations_are_refused(capsys, argv, needle):
+    assert needle in _error(capsys, argv)
+
+
+def test_natural_compiles_fine():
+    args, _ = parse_args(['--gradreg', 'pgd', '--torchcompile'])
+    assert args.torchcompile == 'inductor'
+
+
+@pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.relpath(r, REPO) for r in RECIPES])
+def test_every_recipe_parses(recipe):
+    args, _ = parse_args(['-c', recipe])
+    assert args.gradreg in ('natural', 'gradnorm', 'edge', 'pgd', 'fgsm')
+    task_kwargs_from_args(args)
+
+
+def test_recipes_exist_for_the_paper():
+    names = {os.path.relpath(r, os.path.join(REPO, 'recipes')) for r in RECIPES}
+    expected = {f'imagenet/swin_base_{m}.yaml' for m in ('natural', 'gradnorm', 'advtrain', 'edge')}
+    expected |= {f'imagenet/resnet50_{a}_{m}.yaml' for a in ('relu', 'gelu', 'silu') for m in ('gradnorm', 'advtrain')}
+    expected |= {'imagenet/resnet50_gelu_finetune.yaml', 'imagenet/resnet50_silu_finetune.yaml'}
+    expected |= {f'cifar10/resnet18_{m}.yaml' for m in ('natural', 'gradnorm', 'advtrain')}
+    expected |= {f'demo/digits_{m}.yaml' for m in ('natural', 'gradnorm', 'advtrain')}
+    assert expected <= names, expected - names

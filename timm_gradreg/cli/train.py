@@ -1,0 +1,25 @@
+"""timm-train: drop-in for timm's train.py with the gradreg regularizers (also under torchrun)."""
+import logging
+import sys
+from typing import List, Optional
+
+from timm import utils
+
+from ..models import ModelError
+from ..train import Trainer, TrainingError, parse_args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    utils.setup_default_logging()
+    args, args_text = parse_args(argv)
+    try:
+        Trainer(args, args_text).fit()
+    except (TrainingError, ModelError) as e:
+        logging.getLogger('timm_gradreg.train').error(str(e))
+        print(f'timm-train: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Evaluation data in [0, 1] pixel space: a fixed, reproducible subset of a timm dataset.
+
+Attacks and analyses take pixels (normalization lives inside the model, see
+``normalized_model``), so the timm eval transform is built with mean 0 / std 1.
+The subset is a seeded permutation of the split, the same on every machine and for
+every model, split across ranks when distributed.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from timm.data import create_dataset, create_transform
+from torch.utils.data import DataLoader, Subset
+
+from ..data import is_demo_dataset, prepare_demo_dataset
+
+__all__ = ['subset_indices', 'create_pixel_dataset', 'create_pixel_loader', 'load_batches']
+
+
+def subset_indices(total: int, num_samples: Optional[int], seed: int = 0) -> List[int]:
+    """``num_samples`` indices of a seeded permutation of ``range(total)``, in increasing order (all if None)."""
+    if num_samples is None or num_samples >= total:
+        return list(range(total))
+    if num_samples <= 0:
+        raise ValueError(f'--num-samples must be > 0, got {num_samples}')
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(total, generator=generator)[:num_samples].tolist())
+
+
+def create_pixel_dataset(dataset: str, data_dir: Optional[str], split: str, data_config: dict):
+    """A timm dataset whose transform is the eval transform of ``data_config`` without normalization."""
+    name, root = dataset, data_dir
+    if is_demo_dataset(dataset):
+        name, root = '', prepare_demo_dataset(dataset, data_dir)
+    input_mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
+    ds = create_dataset(name, root=root, split=split, is_training=False, input_img_mode=input_mode)
+    ds.transform = create_transform(
+        data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
+        mean=(0.0,) * 3, std=(1.0,) * 3, crop_pct=data_config['crop_pct'],
+        crop_mode=data_config.get('crop_mode', 'center'))
+    return ds
+
+
+def create_pixel_loader(
+        dataset,
+        indices: Sequence[int],
+        batch_size: int,
+        workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+) -> Tuple[DataLoader, List[int]]:
+    """Loader over this rank's share (every ``world_size``-th) of ``indices``; returns (loader, its indices)."""
+    mine = list(indices)[rank::world_size]
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=workers)
+    return loader, mine
+
+
+def load_batches(loader, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All of a (small) loader in memory: (pixels [N, C, H, W], labels [N])."""
+    xs, ys = [], []
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ValueError('the evaluation subset is empty')
+    return torch.cat(xs).to(device), torch.cat(ys).to(device)

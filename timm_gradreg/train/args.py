@@ -1,0 +1,513 @@
+"""timm-train arguments: timm train.py's names and YAML semantics, plus the gradreg group.
+
+``-c/--config FILE`` sets defaults from YAML exactly like timm's train.py (command-line
+flags win), but strictly: an unknown key is an error naming the closest valid key, and
+each value is converted and checked as its command-line flag would be.
+"""
+import argparse
+import difflib
+import fractions
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+from timm import utils
+
+from ..activations import SOURCE_ACTIVATIONS
+from ..edges import COSINE_MODES, EdgeEnergy
+from ..tasks import GRADNORM_INPUTS, get_task_class, list_tasks
+
+__all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'fraction', 'check_args', 'task_kwargs_from_args',
+           'ConfigError']
+
+_logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A YAML config that does not fit the parser."""
+
+
+def fraction(value: Any) -> float:
+    """A float, or a fraction such as '4/255' (how ε is usually written)."""
+    if isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f'expected a number, got {value!r}')
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(fractions.Fraction(str(value).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 4/255, got '{value}'") from None
+
+
+def sigma_value(value: Any) -> Any:
+    """'channel' or a positive number."""
+    if value == 'channel':
+        return value
+    number = fraction(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"sigma must be 'channel' or > 0, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full timm-train parser (timm train.py names and defaults, plus gradreg options)."""
+    parser = argparse.ArgumentParser(
+        prog='timm-train',
+        description='timm training with input-gradient regularizers (GradNorm, edge alignment) and adversarial '
+                    'training baselines. Same arguments and YAML configs as timm\'s train.py, plus the "gradreg" '
+                    'group. Numbers like epsilons accept fractions, e.g. --gn-eps 4/255.',
+        epilog='Example: timm-train -c recipes/demo/digits_gradnorm.yaml   |   '
+               'torchrun --nproc_per_node 8 -m timm_gradreg.cli.train -c recipes/imagenet/swin_base_gradnorm.yaml '
+               '--data-dir /imagenet')
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                        help='YAML config file specifying default arguments (unknown keys are an error)')
+
+    group = parser.add_argument_group('Dataset parameters')
+    parser.add_argument('data', nargs='?', metavar='DIR', const=None,
+                        help='path to dataset (positional is *deprecated*, use --data-dir)')
+    group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir); for demo/ datasets the cache dir')
+    group.add_argument('--dataset', metavar='NAME', default='',
+                       help='dataset type + name ("<type>/<name>"), ImageFolder/ImageTar if empty, or the embedded '
+                            '"demo/digits" (built on first use, no download)')
+    group.add_argument('--train-split', metavar='NAME', default='train', help='dataset train split (default: train)')
+    group.add_argument('--val-split', metavar='NAME', default='validation',
+                       help='dataset validation split (default: validation, empty to skip validation)')
+    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in train split, for IterableDatasets.')
+    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in validation split, for IterableDatasets.')
+    group.add_argument('--dataset-download', action='store_true', default=False,
+                       help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
+    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+                       help='path to class to idx mapping file (default: "")')
+    group.add_argument('--input-img-mode', default=None, type=str, help='Dataset image conversion mode for input images.')
+    group.add_argument('--input-key', default=None, type=str, help='Dataset key for input images.')
+    group.add_argument('--target-key', default=None, type=str, help='Dataset key for target labels.')
+
+    group = parser.add_argument_group('Model parameters')
+    group.add_argument('--model', default='resnet50', type=str, metavar='MODEL',
+                       help='Name of model to train (default: "resnet50")')
+    group.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=False,
+                       help='Start with pretrained version of specified network (needs the HF hub)')
+    group.add_argument('--pretrained-path', default=None, type=str,
+                       help='Load this checkpoint as if they were the pretrained weights (with adaptation).')
+    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
+                       help='Load this checkpoint into model after initialization; an activation swap recorded by '
+                            'swap-activations is re-applied first')
+    group.add_argument('--resume', default='', type=str, metavar='PATH',
+                       help='Resume model, optimizer, scheduler position, EMA, AMP scaler and regularizer warm-up '
+                            'from checkpoint (default: none)')
+    group.add_argument('--no-resume-opt', action='store_true', default=False,
+                       help='prevent resume of optimizer state when resuming model')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+                       help='number of label classes (Model default if None)')
+    group.add_argument('--gp', default=None, type=str, metavar='POOL',
+                       help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
+    group.add_argument('--img-size', type=int, default=None, metavar='N',
+                       help='Image size (default: None => model default)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                       help='Image input channels (default: None => 3)')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N',
+                       help='Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if '
+                            'empty')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                       help='Input image center crop percent (for validation only)')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='Override mean pixel value of dataset')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='Override std deviation of dataset')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                       help='Image resize interpolation type (overrides model)')
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
+                       help='Input batch size for training (default: 128)')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+                       help='Validation batch size override (default: None)')
+    group.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=False,
+                       help='Use channels_last memory layout')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+                       help='The number of steps to accumulate gradients (default: 1)')
+    group.add_argument('--grad-checkpointing', action='store_true', default=False,
+                       help='Enable gradient checkpointing through model blocks/stages')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs,
+                       help='extra create_model kwargs, e.g. --model-kwargs act_layer=gelu')
+    group.add_argument('--head-init-scale', default=None, type=float, help='Head initialization scale')
+    group.add_argument('--head-init-bias', default=None, type=float, help='Head initialization bias value')
+    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
+                       help='Enable compilation w/ specified backend (default: inductor). Not possible with '
+                            'double-backprop regularizers.')
+    group.add_argument('--torchcompile-mode', type=str, default=None, help='torch.compile mode (default: None).')
+
+    group = parser.add_argument_group('Device parameters')
+    group.add_argument('--device', default=None, type=str,
+                       help='Device (accelerator) to use (default: cuda if available, else cpu).')
+    group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
+                       help='use AMP for mixed precision training')
+    group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
+                       help='lower precision AMP dtype (default: float16)')
+    group.add_argument('--no-ddp-bb', action='store_true', default=False,
+                       help='Force broadcast buffers for native DDP to off.')
+    group.add_argument('--synchronize-step', action='store_true', default=False,
+                       help='torch.cuda.synchronize() end of each step')
+    group.add_argument('--local_rank', default=0, type=int, help=argparse.SUPPRESS)
+
+    group = parser.add_argument_group('Optimizer parameters')
+    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER', help='Optimizer (default: "sgd")')
+    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
+                       help='Optimizer Epsilon (default: None, use opt default)')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
+                       help='Optimizer Betas (default: None, use opt default)')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M', help='Optimizer momentum (default: 0.9)')
+    group.add_argument('--weight-decay', type=float, default=2e-5, help='weight decay (default: 2e-5)')
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
+                       help='Clip gradient norm (default: None, no clipping)')
+    group.add_argument('--clip-mode', type=str, default='norm', choices=('norm', 'value', 'agc'),
+                       help='Gradient clipping mode. One of ("norm", "value", "agc")')
+    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay (default: None)')
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=utils.ParseKwargs,
+                       help='extra optimizer kwargs, e.g. --opt-kwargs foreach=False')
+
+    group = parser.add_argument_group('Learning rate schedule parameters')
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER',
+                       help='LR scheduler (default: "cosine"')
+    group.add_argument('--sched-on-updates', action='store_true', default=False,
+                       help='Apply LR scheduler step on update instead of epoch end.')
+    group.add_argument('--lr', type=float, default=None, metavar='LR',
+                       help='learning rate, overrides lr-base if set (default: None)')
+    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
+                       help='base learning rate: lr = lr_base * global_batch_size / base_size')
+    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
+                       help='base learning rate batch size (divisor, default: 256).')
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
+                       help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
+                       help='learning rate noise on/off epoch percentages')
+    group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT',
+                       help='learning rate noise limit percent (default: 0.67)')
+    group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV',
+                       help='learning rate noise std-dev (default: 1.0)')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT',
+                       help='learning rate cycle len multiplier (default: 1.0)')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT',
+                       help='amount to decay each learning rate cycle (default: 0.5)')
+    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N',
+                       help='learning rate cycle limit, cycles enabled if > 1')
+    group.add_argument('--lr-k-decay', type=float, default=1.0, help='learning rate k-decay for cosine/poly')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR',
+                       help='warmup learning rate (default: 1e-5)')
+    group.add_argument('--min-lr', type=float, default=0, metavar='LR',
+                       help='lower lr bound for cyclic schedulers that hit 0 (default: 0)')
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='number of epochs to train (default: 300)')
+    group.add_argument('--stop-epoch', type=int, default=None, metavar='N',
+                       help='stop after this many epochs of the schedule (the schedule still spans --epochs); '
+                            'continue later with --resume')
+    group.add_argument('--epoch-repeats', type=float, default=0., metavar='N',
+                       help='epoch repeat multiplier (number of times to repeat dataset epoch per train epoch).')
+    group.add_argument('--start-epoch', default=None, type=int, metavar='N',
+                       help='manual epoch number (useful on restarts)')
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+                       help='list of decay epoch indices for multistep lr. must be increasing')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N', help='epoch interval to decay LR')
+    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N',
+                       help='epochs to warmup LR, if scheduler supports')
+    group.add_argument('--warmup-prefix', action='store_true', default=False,
+                       help='Exclude warmup period from decay schedule.')
+    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
+                       help='epochs to cooldown LR at min_lr, after cyclic schedule ends')
+    group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
+                       help='patience epochs for Plateau LR scheduler (default: 10)')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
+                       help='LR decay rate (default: 0.1)')
+
+    group = parser.add_argument_group('Augmentation and regularization parameters')
+    group.add_argument('--no-aug', action='store_true', default=False,
+                       help='Disable all training augmentation, override other train aug args')
+    group.add_argument('--train-crop-mode', type=str, default=None, help='Crop-mode in train')
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
+                       help='Random resize scale (default: 0.08 1.0)')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
+                       help='Random resize aspect ratio (default: 0.75 1.33)')
+    group.add_argument('--hflip', type=float, default=0.5, help='Horizontal flip training aug probability')
+    group.add_argument('--vflip', type=float, default=0., help='Vertical flip training aug probability')
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT',
+                       help='Color jitter factor (default: 0.4)')
+    group.add_argument('--color-jitter-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying any color jitter.')
+    group.add_argument('--grayscale-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying random grayscale conversion.')
+    group.add_argument('--gaussian-blur-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying gaussian blur.')
+    group.add_argument('--aa', type=str, default=None, metavar='NAME',
+                       help='Use AutoAugment policy. "v0" or "original". (default: None)')
+    group.add_argument('--aug-repeats', type=float, default=0,
+                       help='Number of augmentation repetitions (distributed training only) (default: 0)')
+    group.add_argument('--loss', default=None, type=str, choices=('ce', 'bce'),
+                       help='Loss type (default: "ce"); the input gradient is taken of this loss')
+    group.add_argument('--bce-target-thresh', type=float, default=None,
+                       help='Threshold for binarizing softened BCE targets (default: None, disabled).')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='Random erase prob (default: 0.)')
+    group.add_argument('--remode', type=str, default='pixel', help='Random erase mode (default: "pixel")')
+    group.add_argument('--recount', type=int, default=1, help='Random erase count (default: 1)')
+    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha, mixup enabled if > 0. (default: 0.)')
+    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha, cutmix enabled if > 0. (default: 0.)')
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
+                       help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
+    group.add_argument('--mixup-prob', type=float, default=1.0,
+                       help='Probability of performing mixup or cutmix when either/both is enabled')
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                       help='Probability of switching to cutmix when both mixup and cutmix enabled')
+    group.add_argument('--mixup-mode', type=str, default='batch', choices=('batch', 'pair', 'elem'),
+                       help='How to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
+                       help='Turn off mixup after this epoch, disabled if 0 (default: 0)')
+    group.add_argument('--smoothing', type=float, default=0.1, help='Label smoothing (default: 0.1)')
+    group.add_argument('--train-interpolation', type=str, default='random',
+                       help='Training interpolation (random, bilinear, bicubic default: "random")')
+    group.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='Dropout rate (default: 0.)')
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='Drop path rate (default: None)')
+    group.add_argument('--drop-block', type=float, default=None, metavar='PCT', help='Drop block rate (default: None)')
+
+    group = parser.add_argument_group('Batch norm parameters')
+    group.add_argument('--bn-momentum', type=float, default=None, help='BatchNorm momentum override (if not None)')
+    group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon override (if not None)')
+    group.add_argument('--sync-bn', action='store_true', help='Enable synchronized BatchNorm.')
+    group.add_argument('--dist-bn', type=str, default='reduce', choices=('broadcast', 'reduce', ''),
+                       help='Distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", or "")')
+
+    group = parser.add_argument_group('Model exponential moving average parameters')
+    group.add_argument('--model-ema', action=argparse.BooleanOptionalAction, default=False,
+                       help='Enable tracking moving average of model weights.')
+    group.add_argument('--model-ema-force-cpu', action='store_true', default=False,
+                       help='Force ema to be tracked on CPU, rank=0 node only. Disables EMA validation.')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998,
+                       help='Decay factor for model weights moving average (default: 0.9998)')
+    group.add_argument('--model-ema-warmup', action='store_true', help='Enable warmup for model EMA decay.')
+
+    group = parser.add_argument_group('Miscellaneous parameters')
+    group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+    group.add_argument('--worker-seeding', type=str, default='all', help='worker seed mode (default: all)')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N',
+                       help='how many batches to wait before logging training status')
+    group.add_argument('--val-interval', type=int, default=1, metavar='N',
+                       help='how many epochs between validation and checkpointing')
+    group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
+                       help='how many batches to wait before writing recovery checkpoint')
+    group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
+                       help='number of checkpoints to keep (default: 10)')
+    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+                       help='how many training processes to use (default: 4)')
+    workers = group.add_mutually_exclusive_group()
+    workers.add_argument('--persistent-workers', dest='persistent_workers', action='store_true',
+                         help='keep data-loader workers alive between epochs when --workers > 0 (default: enabled)')
+    workers.add_argument('--no-persistent-workers', dest='persistent_workers', action='store_false',
+                         help='restart data-loader worker processes after each epoch')
+    group.set_defaults(persistent_workers=True)
+    group.add_argument('--pin-mem', action='store_true', default=False,
+                       help='Pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
+    group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
+    group.add_argument('--output', default='', type=str, metavar='PATH',
+                       help='path to output folder (default: none, current dir)')
+    group.add_argument('--experiment', default='', type=str, metavar='NAME',
+                       help='name of train experiment, name of sub-folder for output')
+    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
+                       help='Best metric: top1, top5, loss or advtop1 (robust top-1) (default: top1)')
+
+    add_gradreg_args(parser)
+    return parser
+
+
+def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
+    """Add the gradreg group (method, regularizer options, activation swap, robust validation) to a parser."""
+    group = parser.add_argument_group(
+        'Gradient regularization (gradreg)',
+        'Method and its parameters; defaults are the paper\'s (Swin-B recipe). Epsilons and steps are in [0, 1] '
+        'pixel units whatever the normalization.')
+    group.add_argument('--gradreg', default='natural', choices=list_tasks(),
+                       help='training method: natural (CE), gradnorm (Eq. 2), edge (Eq. 3-4), pgd (PGD '
+                            'adversarial training), fgsm (FGSM-RS) (default: natural)')
+    group.add_argument('--gn-ce-weight', type=fraction, default=0.8, metavar='W',
+                       help='GradNorm λ_CE (paper: Swin-B 0.8, ResNet-50 0.5)')
+    group.add_argument('--gn-weight', type=fraction, default=1.2, metavar='W',
+                       help='GradNorm λ_GN (paper: Swin-B 1.2, ResNet-50 0.5)')
+    group.add_argument('--gn-eps', type=fraction, default=4 / 255, metavar='EPS',
+                       help='GradNorm ε: L∞ radius of its first-order attack model (default: 4/255)')
+    group.add_argument('--gn-sigma', type=sigma_value, default=0.225, metavar='SIGMA',
+                       help="GradNorm σ: one scalar (paper 0.225) or 'channel' for the data std per channel (exact)")
+    group.add_argument('--gn-warmup-epochs', type=fraction, default=5.0, metavar='N',
+                       help='epochs over which λ_GN rises linearly from 0, updated per iteration (default: 5)')
+    group.add_argument('--gn-inputs', default='clean', choices=list(GRADNORM_INPUTS),
+                       help='where the penalty is taken: clean images, Gaussian noise, or PGD-3 (default: clean)')
+    group.add_argument('--gn-noise-std', type=fraction, default=4 / 255, metavar='STD',
+                       help='pixel std of the noise for --gn-inputs noise (default: 4/255)')
+    group.add_argument('--attack-eps', type=fraction, default=4 / 255, metavar='EPS',
+                       help='training attack radius for pgd/fgsm and --gn-inputs pgd (default: 4/255)')
+    group.add_argument('--attack-step-size', type=fraction, default=None, metavar='STEP',
+                       help='training attack step (default: 8/255/3 for pgd, 1.25·eps for fgsm)')
+    group.add_argument('--attack-steps', type=int, default=3, metavar='N', help='PGD training steps (default: 3)')
+    group.add_argument('--attack-warmup-epochs', type=fraction, default=5.0, metavar='N',
+                       help='epochs over which the attack radius and step rise from 0 (default: 5)')
+    group.add_argument('--no-attack-random-start', dest='attack_random_start', action='store_false', default=True,
+                       help='start training attacks from the clean image instead of a random point')
+    group.add_argument('--edge-teacher', default='sobel', choices=('sobel', 'gaussian'),
+                       help='edge map: official Sobel pipeline or literal Gaussian-derivative energy (default: sobel)')
+    group.add_argument('--edge-sigma', type=fraction, default=1.0, metavar='SIGMA',
+                       help='Gaussian σ of the edge filters in pixels (default: 1)')
+    group.add_argument('--edge-temperature', type=fraction, default=0.5, metavar='T',
+                       help='softmax temperature for sampling the target class (default: 0.5)')
+    group.add_argument('--edge-cosine', default='batch_rms', choices=COSINE_MODES,
+                       help='cosine loss: official batch-RMS MSE or literal per-image (default: batch_rms)')
+    group.add_argument('--edge-weight-start', type=fraction, default=1.0, help='edge loss weight at epoch 0 (1)')
+    group.add_argument('--edge-weight-growth', type=fraction, default=0.09, help='edge weight growth per epoch (0.09)')
+    group.add_argument('--edge-weight-cap', type=fraction, default=19.0, help='edge weight cap (19)')
+    group.add_argument('--swap-activations', default=None, metavar='ACT',
+                       help='replace the model\'s ReLU-family activations with ACT (gelu, silu, ...) before training')
+    group.add_argument('--swap-source', nargs='+', default=['relu', 'relu6'], choices=list(SOURCE_ACTIVATIONS),
+                       metavar='KIND', help='activation kinds --swap-activations replaces (default: relu relu6)')
+    group.add_argument('--bn-eval', action=argparse.BooleanOptionalAction, default=False,
+                       help='train with BatchNorm frozen in eval mode (the paper\'s ResNet runs): per-sample input '
+                            'gradients and ~8x cheaper double backprop')
+    group.add_argument('--adv-val-steps', type=int, default=10, metavar='N',
+                       help='PGD steps for robust validation, 0 to disable (default: 10)')
+    group.add_argument('--adv-val-eps', type=fraction, default=4 / 255, metavar='EPS',
+                       help='robust validation radius (default: 4/255)')
+    group.add_argument('--adv-val-step-size', type=fraction, default=1 / 255, metavar='STEP',
+                       help='robust validation step (default: 1/255)')
+    group.add_argument('--adv-val-samples', type=int, default=None, metavar='N',
+                       help='attack only the first N validation samples per process (default: all)')
+
+
+# --- YAML configs ---------------------------------------------------------------------------
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+
+
+def _convert(action: argparse.Action, key: str, value: Any) -> Any:
+    def fail(what: str):
+        raise ConfigError(f"config key '{key}': {what}")
+
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            fail(f'expected true or false, got {value!r}')
+        return value
+    if isinstance(action, utils.ParseKwargs):
+        if not isinstance(value, dict):
+            fail(f'expected a mapping (key: value), got {value!r}')
+        return value
+
+    def one(v):
+        if action.type is not None:
+            if isinstance(v, (list, dict)):
+                fail(f'expected a single value, got {v!r}')
+            if isinstance(v, bool) and action.type in (int, float):
+                fail(f'expected a number, got {v!r}')
+            try:
+                v = action.type(v)
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+                fail(f'{e}' if isinstance(e, argparse.ArgumentTypeError) else
+                     f'expected {getattr(action.type, "__name__", "a value")}, got {v!r}')
+        if action.choices is not None and v not in action.choices:
+            fail(f"{v!r} is not one of {', '.join(map(str, action.choices))}")
+        return v
+
+    if action.nargs in ('+', '*') or isinstance(action.nargs, int):
+        if not isinstance(value, (list, tuple)):
+            fail(f'expected a list, got {value!r}')
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            fail(f'expected {action.nargs} values, got {len(value)}')
+        return [one(v) for v in value]
+    return one(value)
+
+
+def load_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    """Read a YAML config and return parser defaults, strictly checked and converted."""
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of argument names to values")
+    actions = _actions_by_dest(parser)
+    defaults = {}
+    for raw_key, value in cfg.items():
+        key = str(raw_key).replace('-', '_')
+        if key not in actions:
+            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else '; see timm-train --help'
+            raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
+        defaults[key] = _convert(actions[key], raw_key, value)
+    return defaults
+
+
+def parse_args(argv: Optional[Sequence[str]] = None,
+               parser: Optional[argparse.ArgumentParser] = None) -> Tuple[argparse.Namespace, str]:
+    """Parse ``argv`` (YAML defaults from -c/--config, then flags); returns (args, args as YAML text)."""
+    parser = parser or build_parser()
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('-c', '--config', default='', type=str)
+    args_config, remaining = config_parser.parse_known_args(argv)
+    if args_config.config:
+        try:
+            parser.set_defaults(**load_config(parser, args_config.config))
+        except ConfigError as e:
+            parser.error(str(e))
+    args = parser.parse_args(remaining)
+    args.config = args_config.config
+    try:
+        check_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
+    return args, args_text
+
+
+# --- option combinations and task options ------------------------------------------------------
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse option combinations that cannot work, saying why and what does."""
+    task_cls = get_task_class(args.gradreg)
+    if args.torchcompile and task_cls.double_backprop:
+        raise ValueError(
+            f'--torchcompile cannot be used with --gradreg {args.gradreg}: torch.compile does not support the '
+            'double backward this regularizer needs. Train without --torchcompile.')
+    if args.gradreg != 'natural' and getattr(args, 'aug_splits', 0):
+        raise ValueError('--aug-splits (AugMix/JSD) is not supported with gradient regularizers.')
+    if args.eval_metric == 'advtop1' and args.adv_val_steps <= 0:
+        raise ValueError('--eval-metric advtop1 needs robust validation: set --adv-val-steps > 0 (e.g. 10).')
+    if args.eval_metric not in ('top1', 'top5', 'loss', 'advtop1'):
+        raise ValueError(f"--eval-metric '{args.eval_metric}' is not produced here; choose from top1, top5, loss, "
+                         'advtop1.')
+    if args.bn_eval and args.sync_bn:
+        raise ValueError('--bn-eval freezes BatchNorm statistics, --sync-bn synchronizes them: pick one.')
+    if args.stop_epoch is not None and not 0 < args.stop_epoch <= args.epochs:
+        raise ValueError(f'--stop-epoch must be in 1..--epochs ({args.epochs}), got {args.stop_epoch}.')
+    if args.grad_accum_steps < 1:
+        raise ValueError(f'--grad-accum-steps must be >= 1, got {args.grad_accum_steps}.')
+    if args.loss == 'bce' and args.gradreg == 'edge':
+        raise ValueError('--gradreg edge aligns class-logit gradients with a softmax-sampled class; use --loss ce.')
+
+
+def task_kwargs_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The regularizer options of ``args.gradreg`` as ``create_task`` keyword arguments."""
+    attack_common = dict(eps=args.attack_eps, random_start=args.attack_random_start,
+                         warmup_epochs=args.attack_warmup_epochs)
+    step = {} if args.attack_step_size is None else {'step_size': args.attack_step_size}
+    builders = {
+        'natural': lambda: {},
+        'gradnorm': lambda: dict(
+            ce_weight=args.gn_ce_weight, gn_weight=args.gn_weight, eps=args.gn_eps, sigma=args.gn_sigma,
+            warmup_epochs=args.gn_warmup_epochs, inputs=args.gn_inputs, noise_std=args.gn_noise_std,
+            attack_eps=args.attack_eps, attack_steps=args.attack_steps,
+            **({'attack_step_size': args.attack_step_size} if args.attack_step_size is not None else {})),
+        'edge': lambda: dict(
+            teacher=args.edge_teacher, teacher_sigma=args.edge_sigma, temperature=args.edge_temperature,
+            cosine=args.edge_cosine, weight_start=args.edge_weight_start, weight_growth=args.edge_weight_growth,
+            weight_cap=args.edge_weight_cap),
+        'pgd': lambda: dict(steps=args.attack_steps, **attack_common, **step),
+        'fgsm': lambda: dict(**attack_common, **step),
+    }
+    return builders.get(args.gradreg, dict)()
