@@ -153,6 +153,7 @@ def _global_batch():
 
 
 @pytest.mark.parametrize('name,kwargs', [('gradnorm', dict(warmup_epochs=0, ce_weight=0.5, gn_weight=2.0)),
+                                         ('gradnorm', dict(warmup_epochs=0, ce_weight=0.5, gn_weight=2.0, impl='fd')),
                                          ('pgd', dict(warmup_epochs=0, random_start=False))])
 def test_ddp_two_processes_match_one_process(tmp_path, name, kwargs):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path), name, kwargs), nprocs=2, join=True)

@@ -13,7 +13,7 @@ import torch
 
 from .normalization import PixelSpace
 
-__all__ = ['Sigma', 'resolve_sigma', 'gradnorm_penalty', 'per_sample_gradnorm']
+__all__ = ['Sigma', 'resolve_sigma', 'gradnorm_penalty', 'per_sample_gradnorm', 'penalty_direction']
 
 Sigma = Union[float, str, Sequence[float]]
 
@@ -51,3 +51,16 @@ def per_sample_gradnorm(grad: torch.Tensor, eps: float, sigma: Union[float, Sequ
 def gradnorm_penalty(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]]) -> torch.Tensor:
     """(ε/σ)·mean_b ||g_b||_1: the GradNorm penalty of Eq. 2 (before λ_GN)."""
     return per_sample_gradnorm(grad, eps, sigma).mean()
+
+
+def penalty_direction(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]]) -> torch.Tensor:
+    """v = (ε/σ)⊙sign(g): the normalized-space direction with g·v = (ε/σ)·||g||₁ per sample.
+
+    It is the worst-case L∞ step of radius ε in pixel space (FGSM), and, since
+    ∇θ[(ε/σ)||g||₁] = H_θx·v, the direction of the finite-difference GradNorm gradient
+    ∇θ[L(x + h·v) − L(x)] / h.
+    """
+    if isinstance(sigma, (int, float)):
+        return grad.sign() * (eps / sigma)
+    weight = eps / torch.tensor(sigma, device=grad.device, dtype=grad.dtype)
+    return grad.sign() * weight.view(1, -1, *([1] * (grad.ndim - 2)))

@@ -37,6 +37,11 @@ class GradRegTask(ClassificationTask, abc.ABC):
     #: Whether the loss depends on set_epoch() (a warm-up or growing weight); set per instance.
     uses_schedule = False
 
+    @classmethod
+    def needs_double_backprop(cls, **task_kwargs) -> bool:
+        """Whether a task built with these options needs double backward (no torch.compile)."""
+        return cls.double_backprop
+
     def __init__(
             self,
             model: nn.Module,
@@ -97,8 +102,8 @@ class GradRegTask(ClassificationTask, abc.ABC):
         if self.double_backprop:
             raise RuntimeError(
                 f"torch.compile does not support double backward, which the '{self.task_name}' task needs. "
-                'Train without --torchcompile' + (' or use --gradnorm-impl fd.' if self.task_name == 'gradnorm'
-                                                  else '.'))
+                'Train without --torchcompile' + (" or use --gradnorm-impl fd (impl='fd')." if self.task_name ==
+                                                  'gradnorm' else '.'))
         return super().compile(backend=backend, mode=mode, **compile_kwargs)
 
     # --- forward -----------------------------------------------------------------------

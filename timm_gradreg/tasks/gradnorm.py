@@ -1,16 +1,16 @@
-"""GradNorm training task (paper Eq. 2), by double backprop."""
+"""GradNorm training task (paper Eq. 2), by double backprop or by finite differences."""
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 
 from ..attacks import pgd_attack
-from ..gradnorm import Sigma, gradnorm_penalty, resolve_sigma
-from ..input_grad import loss_and_input_gradient
+from ..gradnorm import Sigma, gradnorm_penalty, penalty_direction, resolve_sigma
+from ..input_grad import at_least_fp32, loss_and_input_gradient, per_sample_loss_sum, resolve_loss_scale
 from ..schedules import LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
 
-__all__ = ['GradNormTask', 'GRADNORM_INPUTS']
+__all__ = ['GradNormTask', 'GRADNORM_INPUTS', 'GRADNORM_IMPLS']
 
 
 def _clean_inputs(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -33,6 +33,54 @@ def _pgd_inputs(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> 
 GRADNORM_INPUTS: Dict[str, Callable] = {'clean': _clean_inputs, 'noise': _noisy_inputs, 'pgd': _pgd_inputs}
 
 
+def _double_backprop(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Penalty of the differentiable input gradient; its parameter gradient comes by double backprop."""
+    output, ce, grad = loss_and_input_gradient(
+        task.trainable_module, x, target, task.criterion, create_graph=True, grad_scaler=task.grad_scaler)
+    penalty = gradnorm_penalty(grad, task.eps, task.sigma)
+    weight = task.penalty_weight()
+    return {'loss': task.ce_weight * ce + weight * penalty, 'output': output, 'ce': ce.detach(),
+            'penalty': penalty.detach(), 'weight': weight}
+
+
+def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The penalty's parameter gradient from two first-order passes, no double backward.
+
+    ∇θ[(ε/σ)||g||₁] = H_θx·v with v = (ε/σ)⊙sign(g) ≈ ∇θ[L(x + h·v) − L(x)] / h. Pass 1 (on
+    the module without DDP) takes g and ∇θL(x) in one backward; pass 2 is an ordinary
+    forward at x + h·v. The returned loss carries ∇θL(x) through a zero-valued linear
+    surrogate, so one ordinary backward (DDP all-reduce, GradScaler, accumulation) yields
+    λ_CE·∇CE + w·(∇θL(x + h·v) − ∇θL(x)) / h, and its value is λ_CE·CE + w·penalty.
+    """
+    if not torch.is_grad_enabled():
+        raise RuntimeError('GradNormTask needs autograd: call outside torch.no_grad() / torch.inference_mode().')
+    module = task.attack_model()
+    params = [p for p in module.parameters() if p.requires_grad]
+    batch = x.shape[0]
+    xg = x.detach().requires_grad_(True)
+    output = module(xg)
+    loss_sum = per_sample_loss_sum(task.criterion, at_least_fp32(output), target)
+    scale = resolve_loss_scale(xg, task.grad_scaler) or 1.0
+    grads = torch.autograd.grad(loss_sum * scale, [xg] + params, allow_unused=True)
+    grad = grads[0] / scale
+    ce = loss_sum.detach() / batch
+    penalty = gradnorm_penalty(grad, task.eps, task.sigma)
+    weight = task.penalty_weight()
+    step = task.fd_step
+    shifted = (x.detach() + step * penalty_direction(grad, task.eps, task.sigma)).detach()
+    shifted_ce = per_sample_loss_sum(task.criterion, at_least_fp32(task.trainable_module(shifted)), target) / batch
+    coef = (task.ce_weight - weight / step) / (batch * scale)
+    surrogate = sum((p * (coef * g)).sum() for p, g in zip(params, grads[1:]) if g is not None)
+    surrogate = surrogate - surrogate.detach()
+    loss = task.ce_weight * ce + (weight / step) * (shifted_ce - ce) + surrogate
+    return {'loss': loss, 'output': output.detach(), 'ce': ce, 'penalty': penalty.detach(), 'weight': weight}
+
+
+#: How the penalty's parameter gradient is computed: exact double backprop, or finite differences
+#: of two first-order passes (works with torch.compile and fused attention, less memory).
+GRADNORM_IMPLS: Dict[str, Callable] = {'double_backprop': _double_backprop, 'fd': _finite_difference}
+
+
 @register_task('gradnorm')
 class GradNormTask(GradRegTask):
     """λ_CE·CE + λ_GN·w(t)·(ε/σ)·mean_b ||∇ₓCE_b||_1, trained by double backprop.
@@ -53,6 +101,10 @@ class GradNormTask(GradRegTask):
         inputs: Where the penalty is taken: 'clean' (default), 'noise', 'pgd'.
         noise_std: Pixel-space std of the Gaussian noise for inputs='noise' (4/255).
         attack_eps, attack_step_size, attack_steps: PGD for inputs='pgd' (4/255, 8/255/3, 3).
+        impl: 'double_backprop' (exact) or 'fd' (finite differences: two first-order passes, no
+            double backward, so torch.compile and fused attention kernels work).
+        fd_step: h of the finite difference, as a fraction of the ε step (h = 1 would be FGSM
+            training) (default 0.1).
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
 
     Example:
@@ -61,6 +113,10 @@ class GradNormTask(GradRegTask):
     """
 
     double_backprop = True
+
+    @classmethod
+    def needs_double_backprop(cls, impl: str = 'double_backprop', **kwargs) -> bool:
+        return impl != 'fd'
 
     def __init__(
             self,
@@ -77,9 +133,18 @@ class GradNormTask(GradRegTask):
             attack_eps: float = 4 / 255,
             attack_step_size: float = 8 / 255 / 3,
             attack_steps: int = 3,
+            impl: str = 'double_backprop',
+            fd_step: float = 0.1,
             **kwargs,
     ):
         super().__init__(model, criterion, **kwargs)
+        if impl not in GRADNORM_IMPLS:
+            raise ValueError(f"Unknown GradNorm impl {impl!r}; valid: {', '.join(GRADNORM_IMPLS)}")
+        if not 0 < fd_step <= 1:
+            raise ValueError(f'fd_step must be in (0, 1] (a fraction of the ε step), got {fd_step}')
+        self.impl = impl
+        self.fd_step = float(fd_step)
+        self.double_backprop = self.needs_double_backprop(impl)
         if inputs not in GRADNORM_INPUTS:
             raise ValueError(f"Unknown GradNorm inputs {inputs!r}; valid: {', '.join(GRADNORM_INPUTS)}")
         if eps < 0 or ce_weight < 0 or gn_weight < 0:
@@ -102,19 +167,10 @@ class GradNormTask(GradRegTask):
 
     def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = GRADNORM_INPUTS[self.inputs](self, input, target)
-        output, ce, grad = loss_and_input_gradient(
-            self.trainable_module, x, target, self.criterion, create_graph=True, grad_scaler=self.grad_scaler)
-        penalty = gradnorm_penalty(grad, self.eps, self.sigma)
-        weight = self.penalty_weight()
-        loss = self.ce_weight * ce + weight * penalty
-        return {
-            'loss': loss,
-            'output': output,
-            'ce': ce.detach(),
-            'penalty': penalty.detach(),
-            'weight': torch.tensor(weight, device=loss.device),
-        }
+        result = GRADNORM_IMPLS[self.impl](self, x, target)
+        result['weight'] = torch.tensor(result['weight'], device=result['loss'].device)
+        return result
 
     def extra_repr(self) -> str:
         return (f'ce_weight={self.ce_weight}, gn_weight={self.gn_weight}, eps={self.eps:.5f}, sigma={self.sigma}, '
-                f'warmup={self.warmup.epochs}, inputs={self.inputs!r}, ' + super().extra_repr())
+                f'warmup={self.warmup.epochs}, inputs={self.inputs!r}, impl={self.impl!r}, ' + super().extra_repr())

@@ -338,6 +338,11 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
                        help='where the penalty is taken: clean images, Gaussian noise, or PGD-3 (default: clean)')
     group.add_argument('--gn-noise-std', type=fraction, default=4 / 255, metavar='STD',
                        help='pixel std of the noise for --gn-inputs noise (default: 4/255)')
+    group.add_argument('--gradnorm-impl', default='double_backprop', choices=('double_backprop', 'fd'),
+                       help='GradNorm parameter gradient: exact double backprop, or finite differences of two '
+                            'first-order passes (works with --torchcompile and fused attention, less memory)')
+    group.add_argument('--fd-step', type=fraction, default=0.1, metavar='H',
+                       help='finite-difference step as a fraction of the ε step; 1 would be FGSM training (0.1)')
     group.add_argument('--attack-eps', type=fraction, default=4 / 255, metavar='EPS',
                        help='training attack radius for pgd/fgsm and --gn-inputs pgd (default: 4/255)')
     group.add_argument('--attack-step-size', type=fraction, default=None, metavar='STEP',
@@ -470,10 +475,11 @@ def parse_args(argv: Optional[Sequence[str]] = None,
 def check_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, saying why and what does."""
     task_cls = get_task_class(args.gradreg)
-    if args.torchcompile and task_cls.double_backprop:
+    if args.torchcompile and task_cls.needs_double_backprop(**task_kwargs_from_args(args)):
+        alternative = ' or use --gradnorm-impl fd' if args.gradreg == 'gradnorm' else ''
         raise ValueError(
             f'--torchcompile cannot be used with --gradreg {args.gradreg}: torch.compile does not support the '
-            'double backward this regularizer needs. Train without --torchcompile.')
+            f'double backward this regularizer needs. Train without --torchcompile{alternative}.')
     if args.gradreg != 'natural' and getattr(args, 'aug_splits', 0):
         raise ValueError('--aug-splits (AugMix/JSD) is not supported with gradient regularizers.')
     if args.eval_metric == 'advtop1' and args.adv_val_steps <= 0:
@@ -501,7 +507,8 @@ def task_kwargs_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         'gradnorm': lambda: dict(
             ce_weight=args.gn_ce_weight, gn_weight=args.gn_weight, eps=args.gn_eps, sigma=args.gn_sigma,
             warmup_epochs=args.gn_warmup_epochs, inputs=args.gn_inputs, noise_std=args.gn_noise_std,
-            attack_eps=args.attack_eps, attack_steps=args.attack_steps,
+            attack_eps=args.attack_eps, attack_steps=args.attack_steps, impl=args.gradnorm_impl,
+            fd_step=args.fd_step,
             **({'attack_step_size': args.attack_step_size} if args.attack_step_size is not None else {})),
         'edge': lambda: dict(
             teacher=args.edge_teacher, teacher_sigma=args.edge_sigma, temperature=args.edge_temperature,

@@ -1,0 +1,180 @@
+"""gradreg-eval: PGD sweeps, AutoAttack adapter, gradient-masking checklist, CLI, distributed."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from timm_gradreg.cli.evaluate import main as eval_main
+from timm_gradreg.evaluate import (PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
+                                   load_batches, masking_verdict, pgd_sweep, run_autoattack, run_sanity_checks,
+                                   subset_indices)
+from timm_gradreg.models import load_eval_model
+from timm_gradreg.normalization import normalized_model
+from timm_gradreg.train import Trainer, parse_args
+
+from helpers import write_image_folder
+
+FAST_CHECKS = ['steps_converge', 'unbounded_eps', 'iterative_beats_single_step', 'transfer_weaker',
+               'l2_direction_weaker', 'zero_gradients']
+
+
+@pytest.fixture(scope='module')
+def natural_checkpoint(tmp_path_factory):
+    """A test_resnet (GELU) trained naturally for 6 epochs on the digits demo data."""
+    out = tmp_path_factory.mktemp('nat')
+    data = tmp_path_factory.mktemp('digits') / 'digits'
+    args, text = parse_args(['-c', 'recipes/demo/digits_natural.yaml', '--data-dir', str(data), '--epochs', '6', '--warmup-epochs', '0',
+                             '--output', str(out), '--experiment', 'natural', '--adv-val-steps', '0',
+                             '--eval-metric', 'top1', '--device', 'cpu', '--log-interval', '100'])
+    Trainer(args, text).fit()
+    return str(out / 'natural' / 'last.pth.tar'), str(data)
+
+
+@pytest.fixture(scope='module')
+def honest(natural_checkpoint):
+    ckpt, data = natural_checkpoint
+    model, cfg = load_eval_model(ckpt)
+    pixel_model = normalized_model(model, cfg['mean'], cfg['std']).eval()
+    dataset = create_pixel_dataset('demo/digits', data, 'validation', cfg)
+    loader, _ = create_pixel_loader(dataset, subset_indices(len(dataset), 60, 0), 60)
+    x, y = load_batches(loader, torch.device('cpu'))
+    return pixel_model, loader, x, y
+
+
+def test_subset_is_fixed_and_reproducible():
+    a = subset_indices(1000, 50, seed=0)
+    assert a == subset_indices(1000, 50, seed=0) and a == sorted(a) and len(set(a)) == 50
+    assert a != subset_indices(1000, 50, seed=1)
+    assert subset_indices(10, None) == list(range(10))
+
+
+def test_natural_model_sweep(honest):
+    model, loader, x, y = honest
+    eps = [0, 2 / 255, 8 / 255, 24 / 255, 64 / 255, 128 / 255]
+    sweep = pgd_sweep(model, loader, PGDSweepConfig(eps=eps, steps=10), show_progress=False)
+    acc = sweep.accuracy()
+    values = [acc[e] for e in sorted(acc)]
+    assert sweep.clean_accuracy() > 80
+    assert values[0] == pytest.approx(sweep.clean_accuracy())  # ε = 0 is the clean point
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone non-increasing
+    assert values[-1] <= 1.0  # a large ε breaks a naturally trained model
+    assert values[1] > values[-1]
+
+
+class QuantizedInput(nn.Module):
+    """Planted gradient masking: inputs rounded to 4 gray levels (zero gradient almost everywhere)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+class DetachedPreprocessing(nn.Module):
+    """Planted gradient masking: a preprocessing step cut out of the autograd graph."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.detach() * 1.0)
+
+
+@pytest.mark.parametrize('wrapper', [QuantizedInput, DetachedPreprocessing])
+def test_checklist_flags_planted_gradient_masking(honest, wrapper):
+    model, _, x, y = honest
+    masked = wrapper(model).eval()
+    with torch.no_grad():
+        assert (masked(x).argmax(-1) == y).float().mean() > 0.6  # still a working classifier
+    results = {r.name: r for r in run_sanity_checks(
+        SanityContext(masked, x, y, eps=24 / 255, steps=10, source_model=model, square_queries=300))}
+    assert results['zero_gradients'].passed is False
+    assert results['unbounded_eps'].passed is False
+    assert results['transfer_weaker'].passed is False  # the honest source model's examples do better
+    assert results['black_box_not_better'].passed is False  # Square beats the fooled white-box attack
+    assert masking_verdict(list(results.values())).startswith('GRADIENT MASKING SUSPECTED')
+
+
+def test_checklist_passes_an_honest_model(honest):
+    model, _, x, y = honest
+    results = run_sanity_checks(SanityContext(model, x, y, eps=16 / 255, steps=10, square_queries=300))
+    assert all(r.passed for r in results if r.name != 'transfer_weaker'), [r for r in results if not r.passed]
+    assert [r.passed for r in results if r.name == 'transfer_weaker'] == [None]  # no source model: skipped
+    assert masking_verdict(results).startswith('no sign of gradient masking')
+
+
+def test_autoattack_is_never_weaker_than_pgd_and_resumes(honest, tmp_path):
+    model, _, x, y = honest
+    x, y = x[:24], y[:24]
+    eps = 16 / 255
+    state = str(tmp_path / 'aa.json')
+    aa = run_autoattack(model, x, y, eps=eps, batch_size=24, state_path=state, square_queries=1000)
+    pgd = pgd_sweep(model, [(x, y)], PGDSweepConfig(eps=[eps], steps=20), show_progress=False)
+    assert aa.robust_accuracy() <= pgd.accuracy()[eps]
+    assert aa.clean_accuracy() == pytest.approx(pgd.clean_accuracy())
+    assert list(aa.per_attack) == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    assert not (aa.robust & ~aa.clean).any()
+    saved = json.load(open(state))
+    assert set(saved['done']) == set(aa.per_attack)
+    again = run_autoattack(model, x, y, eps=eps, batch_size=24, state_path=state, square_queries=1000)  # no rerun
+    assert torch.equal(again.robust, aa.robust)
+
+
+def test_cli_on_demo_checkpoint_writes_tables_plot_and_report(natural_checkpoint, tmp_path, capsys):
+    ckpt, data = natural_checkpoint
+    out = tmp_path / 'eval'
+    assert eval_main(['--checkpoint', ckpt, ckpt, '--labels', 'a', 'b', '--dataset', 'demo/digits', '--data-dir',
+                      data, '--num-samples', '40', '--eps', '0', '8/255', '32/255', '--steps', '5', '--sanity',
+                      '--sanity-samples', '20', '--sanity-checks', 'zero_gradients', 'steps_converge',
+                      '--sanity-steps', '5', '--output', str(out), '--no-progress', '--device', 'cpu']) == 0
+    assert 'a: clean' in capsys.readouterr().out
+    results = json.load(open(out / 'results.json'))
+    assert [m['label'] for m in results['models']] == ['a', 'b']
+    m = results['models'][0]
+    assert m['num_samples'] == 40 and m['sweep']['accuracy'][0] == pytest.approx(m['clean_accuracy'])
+    assert m['sanity']['verdict'].startswith('no sign')
+    rows = open(out / 'sweep.csv').read().splitlines()
+    assert rows[0] == 'model,eps,eps_255,accuracy,num_samples' and len(rows) == 1 + 2 * 3
+    assert (out / 'robust_curve.png').stat().st_size > 10_000
+    assert '| a |' in open(out / 'report.md').read()
+    flags = torch.load(out / 'flags_a.pt')
+    assert flags['sweep_robust'].shape == (3, 40) and len(flags['indices']) == 40
+
+
+def test_cli_on_random_imagenet_model_and_bad_input(tmp_path, capsys):
+    folder = write_image_folder(tmp_path / 'folder', classes=3, train_per_class=1, val_per_class=2, size=40)
+    out = tmp_path / 'eval'
+    assert eval_main(['--model', 'resnet18', '--data-dir', folder, '--input-size', '3', '64', '64',
+                      '--eps', '0', '4/255', '--steps', '2', '--output', str(out), '--no-progress',
+                      '--device', 'cpu']) == 0
+    assert json.load(open(out / 'results.json'))['models'][0]['num_samples'] == 6
+    assert eval_main(['--checkpoint', str(tmp_path / 'nope.pth.tar'), '--data-dir', folder]) == 2
+    assert 'does not exist' in capsys.readouterr().err
+    assert eval_main(['--model', 'resnet18', '--checkpoint', 'x', 'y', '--labels', 'only-one',
+                      '--data-dir', folder]) == 2
+    assert '--labels needs one name per model' in capsys.readouterr().err
+
+
+def test_distributed_eval_matches_single_process(natural_checkpoint, tmp_path):
+    ckpt, data = natural_checkpoint
+    common = ['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '30', '--eps',
+              '0', '64/255', '--steps', '10', '--no-progress', '--device', 'cpu', '-b', '8']
+    assert eval_main(common + ['--output', str(tmp_path / 'one')]) == 0
+    run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          '-m', 'timm_gradreg.cli.evaluate', *common, '--output', str(tmp_path / 'two')],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = json.load(open(tmp_path / 'one' / 'results.json'))['models'][0]
+    two = json.load(open(tmp_path / 'two' / 'results.json'))['models'][0]
+    assert two['num_samples'] == 30 and two['clean_accuracy'] == one['clean_accuracy']
+    assert two['sweep']['accuracy'][0] == one['sweep']['accuracy'][0]
+    flags_two = torch.load(tmp_path / 'two' / 'flags_natural.pt')
+    flags_one = torch.load(tmp_path / 'one' / 'flags_natural.pt')
+    assert flags_two['indices'] == flags_one['indices'] and torch.equal(flags_two['clean'], flags_one['clean'])

@@ -1,0 +1,297 @@
+"""Per-step training cost of each method (the paper's Table 3), measured side by side.
+
+    python -m timm_gradreg.bench --model resnet50 --act gelu --img-size 128 --batch-size 16
+    python benchmarks/step_cost.py --model vit_small_patch16_224 --batch-size 8 --torchcompile
+
+Full training steps (task forward with its regularizer or attack, backward, optimizer
+step) of every method are interleaved round by round after a warm-up, so machine noise
+hits all methods alike; the table gives the median seconds per step, the ratio to PGD-3
+adversarial training, and the peak memory of a step (CUDA max allocated; on CPU the peak
+RSS growth of a fresh eager process running only that method). Models run with BatchNorm in
+eval mode unless --train-bn, as in the paper's runs.
+"""
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .activations import swap_activations
+from .models import create_model
+from .modes import freeze_batchnorm
+from .tasks import create_task
+
+__all__ = ['METHODS', 'BenchMethod', 'build_parser', 'run_benchmark', 'format_table', 'fd_accuracy', 'main']
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    """A training method as benchmarked: its task options and the paper's pass count."""
+    task: str
+    passes: int
+    options: Dict[str, Any] = field(default_factory=dict)
+    compilable: bool = True
+
+
+#: name -> method; passes count forward and backward passes as in the paper's Table 3 (natural 2, AT 8).
+METHODS: Dict[str, BenchMethod] = {
+    'natural': BenchMethod('natural', 2),
+    'gradnorm': BenchMethod('gradnorm', 5, {'impl': 'double_backprop'}, compilable=False),
+    'gradnorm-fd': BenchMethod('gradnorm', 4, {'impl': 'fd'}),
+    'edge': BenchMethod('edge', 5, compilable=False),
+    'pgd-3': BenchMethod('pgd', 8, {'steps': 3}),
+    'fgsm': BenchMethod('fgsm', 4),
+}
+REFERENCE = 'pgd-3'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m timm_gradreg.bench', description=__doc__.split('\n\n')[0] + ' Prints a Table-3-like table.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='resnet50', help='timm model (default: resnet50)')
+    parser.add_argument('--act', default=None, help='swap ReLU-family activations to this one (e.g. gelu)')
+    parser.add_argument('--num-classes', type=int, default=1000)
+    parser.add_argument('--img-size', type=int, default=None, help='image size (default: the model\'s)')
+    parser.add_argument('-b', '--batch-size', type=int, default=16)
+    parser.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    parser.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'), help='autocast dtype')
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
+    parser.add_argument('--steps', type=int, default=10, help='timed rounds (default: 10)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first (default: 2)')
+    parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None,
+                        help='torch.compile the methods that can be compiled (not double backprop), and also '
+                             'time eager gradnorm-fd for comparison')
+    parser.add_argument('--no-fused-attn', action='store_true', help='create the model with fused attention off')
+    parser.add_argument('--train-bn', action='store_true', help='BatchNorm in train mode (double backprop is slow)')
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak memory measurement')
+    parser.add_argument('--no-fd-check', action='store_true', help='skip the FD vs double-backprop gradient check')
+    parser.add_argument('--output', default='', help='write the results as JSON here')
+    parser.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _device(args) -> torch.device:
+    return torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+def _make_model(args) -> nn.Module:
+    if args.no_fused_attn:
+        from timm.layers import set_fused_attn
+        set_fused_attn(False)
+    kwargs = {'num_classes': args.num_classes}
+    if args.img_size:
+        kwargs['img_size'] = args.img_size
+    try:
+        model = create_model(args.model, **kwargs)
+    except TypeError:  # CNNs take any size and no img_size argument
+        kwargs.pop('img_size', None)
+        model = create_model(args.model, **kwargs)
+    if args.act:
+        swap_activations(model, args.act, check_functional=False)
+    return model
+
+
+def _input_size(args, model) -> int:
+    return args.img_size or model.pretrained_cfg.get('input_size', (3, 224, 224))[-1]
+
+
+class _Runner:
+    """One method's task, optimizer and batch: ``step()`` is one full training step."""
+
+    def __init__(self, name: str, method: BenchMethod, model: nn.Module, args, device, compiled: bool):
+        self.name, self.method = name, method
+        self.model = copy.deepcopy(model).to(device)
+        self.model.train()
+        if not args.train_bn:
+            self.model.eval()
+        options = dict(method.options)
+        self.task = create_task(method.task, self.model, verbose=False, **options)
+        self.task.set_epoch(100.0)  # schedules at full strength
+        if compiled:
+            self.task.compile(backend=args.torchcompile)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        self.amp = None if args.amp == 'none' else (torch.bfloat16 if args.amp == 'bf16' else torch.float16)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
+        if self.scaler is not None:
+            self.task.attach_grad_scaler(self.scaler)
+        size = _input_size(args, model)
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
+        self.y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+        self.device = device
+
+    def step(self) -> None:
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            loss = self.task(self.x, self.y)['loss']
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def timed_step(self) -> float:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        self.step()
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def _variants(args) -> List[tuple]:
+    """(label, method name, compiled) for every timed variant."""
+    out = []
+    for name in args.methods:
+        method = METHODS[name]
+        compiled = bool(args.torchcompile) and method.compilable
+        out.append((name + (' (compiled)' if compiled else ''), name, compiled))
+        if compiled and name == 'gradnorm-fd':
+            out.append((name + ' (eager)', name, False))
+    return out
+
+
+def _peak_memory_cuda(runner: _Runner) -> float:
+    torch.cuda.synchronize(runner.device)
+    torch.cuda.reset_peak_memory_stats(runner.device)
+    base = torch.cuda.memory_allocated(runner.device)
+    runner.step()
+    torch.cuda.synchronize(runner.device)
+    return (torch.cuda.max_memory_allocated(runner.device) - base) / 2 ** 20
+
+
+def _peak_memory_cpu(args, name: str, compiled: bool) -> Optional[float]:
+    argv = [sys.executable, '-m', 'timm_gradreg.bench', '--memory-child', name, '--model', args.model,
+            '--num-classes', str(args.num_classes), '-b', str(args.batch_size), '--amp', args.amp, '--device', 'cpu']
+    argv += ['--act', args.act] if args.act else []
+    argv += ['--img-size', str(args.img_size)] if args.img_size else []
+    argv += ['--no-fused-attn'] if args.no_fused_attn else []
+    argv += ['--train-bn'] if args.train_bn else []
+    run = subprocess.run(argv, capture_output=True, text=True)
+    if run.returncode != 0:
+        return None
+    return json.loads(run.stdout.strip().splitlines()[-1])['peak_mb']
+
+
+def _memory_child(args) -> None:
+    """Fresh process: model, task, batch and optimizer state ready, then the peak RSS growth of two steps."""
+    runner = _Runner(args.memory_child, METHODS[args.memory_child], _make_model(args), args, torch.device('cpu'),
+                     compiled=False)
+    for p in runner.model.parameters():  # create the optimizer state up front, it is not the method's cost
+        p.grad = torch.zeros_like(p)
+    runner.optimizer.step()
+    runner.optimizer.zero_grad(set_to_none=True)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    runner.step()
+    runner.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({'peak_mb': (peak - base) / 1024.0}))
+
+
+def fd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fd_step: float = 0.1) -> Dict[str, float]:
+    """Cosine and relative error of the finite-difference GradNorm parameter gradient vs double backprop."""
+    grads = []
+    for impl in ('double_backprop', 'fd'):
+        task = create_task('gradnorm', model, impl=impl, fd_step=fd_step, warmup_epochs=0, verbose=False)
+        model.zero_grad(set_to_none=True)
+        task(x, y)['loss'].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad(set_to_none=True)
+    ref, fd = grads
+    return {'cosine': F.cosine_similarity(fd, ref, dim=0).item(), 'rel_error': ((fd - ref).norm() / ref.norm()).item(),
+            'fd_step': fd_step}
+
+
+def run_benchmark(args) -> Dict[str, Any]:
+    device = _device(args)
+    torch.manual_seed(0)
+    model = _make_model(args)
+    runners = [(label, _Runner(label, METHODS[name], model, args, device, compiled), name, compiled)
+               for label, name, compiled in _variants(args)]
+    for _ in range(args.warmup):
+        for _, runner, _, _ in runners:
+            runner.step()
+    times: Dict[str, List[float]] = {label: [] for label, *_ in runners}
+    for _ in range(args.steps):
+        for label, runner, _, _ in runners:
+            times[label].append(runner.timed_step())
+    rows = []
+    for label, runner, name, compiled in runners:
+        rows.append({'method': label, 'passes': METHODS[name].passes,
+                     'passes_rel_at': METHODS[name].passes / METHODS[REFERENCE].passes,
+                     'seconds': statistics.median(times[label]), 'times': times[label], 'compiled': compiled})
+    reference = {True: None, False: None}
+    for row in rows:
+        if row['method'].startswith(REFERENCE):
+            reference[row['compiled']] = row['seconds']
+    for row in rows:
+        ref = reference[row['compiled']] or reference[False] or reference[True]
+        row['ratio'] = row['seconds'] / ref if ref else None
+    if not args.no_memory:
+        for (label, runner, name, compiled), row in zip(runners, rows):
+            if device.type == 'cuda':
+                row['peak_mb'] = _peak_memory_cuda(runner)
+            else:  # eager only: RSS cannot separate a step from compilation
+                row['peak_mb'] = None if compiled else _peak_memory_cpu(args, name, compiled)
+        natural = next((r['peak_mb'] for r in rows if r['method'].startswith('natural')), None)
+        for row in rows:
+            row['mem_rel_natural'] = row['peak_mb'] / natural if natural and row['peak_mb'] else None
+    result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
+              'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
+              'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'rows': rows,
+              'torch': torch.__version__}
+    if not args.no_fd_check and 'gradnorm-fd' in args.methods:
+        fd_model = copy.deepcopy(model).to(device)
+        fd_model.train(args.train_bn)
+        if not args.train_bn:
+            fd_model.eval()
+        result['fd_accuracy'] = fd_accuracy(fd_model, runners[0][1].x, runners[0][1].y)
+    return result
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    head = (f"{result['model']}{' (' + result['act'] + ')' if result['act'] else ''}, batch {result['batch_size']}, "
+            f"{result['img_size']}px, {result['device']}, amp {result['amp']}, BatchNorm "
+            f"{'train' if result['train_bn'] else 'eval'} mode, torch {result['torch']}")
+    lines = [head, f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'peak MB':>10}{'mem/nat':>9}"]
+    for r in result['rows']:
+        mem = f"{r['peak_mb']:>10.0f}" if r.get('peak_mb') is not None else f"{'—':>10}"
+        mrel = f"{r['mem_rel_natural']:>9.2f}" if r.get('mem_rel_natural') else f"{'—':>9}"
+        ratio = f"{r['ratio']:>8.3f}" if r['ratio'] is not None else f"{'—':>8}"
+        lines.append(f"{r['method']:<26}{r['passes']:>7}{r['passes_rel_at']:>9.3f}{r['seconds']:>10.4f}{ratio}{mem}{mrel}")
+    if 'fd_accuracy' in result:
+        fd = result['fd_accuracy']
+        lines.append(f"gradnorm-fd vs double backprop parameter gradient: cosine {fd['cosine']:.5f}, relative error "
+                     f"{fd['rel_error']:.4f} (h = {fd['fd_step']})")
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.memory_child:
+        _memory_child(args)
+        return 0
+    result = run_benchmark(args)
+    print(format_table(result))
+    if args.output:
+        with open(args.output, 'w') as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

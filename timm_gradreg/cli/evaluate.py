@@ -1,0 +1,181 @@
+"""gradreg-eval: robustness of timm checkpoints the way the field measures it.
+
+Clean top-1, a PGD sweep over ε (CE and DLR losses, restarts, worst case per sample),
+AutoAttack 'standard' at one ε, and the gradient-masking checklist of Carlini et al.;
+tables (JSON, CSV, markdown) and the accuracy-vs-ε plot, one line per model.
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from timm import utils
+
+from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
+                        list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
+                        run_autoattack, run_sanity_checks, subset_indices, write_json, write_sweep_csv)
+from ..models import ModelError, load_eval_model
+from ..normalization import normalized_model
+from ..train.args import fraction
+from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
+
+_logger = logging.getLogger('timm_gradreg.eval')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='gradreg-eval',
+        description='Evaluate the adversarial robustness of timm models: PGD accuracy-vs-ε sweep, AutoAttack, and '
+                    'a gradient-masking checklist. Models take [0, 1] pixels with their normalization inside, in '
+                    'eval mode, fp32. Epsilons accept fractions such as 4/255.',
+        epilog='Example: gradreg-eval --checkpoint output/demo/digits_*/last.pth.tar --dataset demo/digits '
+               '--autoattack --aa-eps 24/255 --sanity --output output/eval')
+    add_model_args(parser)
+    add_data_args(parser)
+    group = parser.add_argument_group('PGD sweep')
+    group.add_argument('--eps', type=fraction, nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
+                       help='ε values of the curve (default: 0..32/255, 16 points)')
+    group.add_argument('--steps', type=int, default=100, help='PGD steps per attack (default: 100)')
+    group.add_argument('--restarts', type=int, default=1, help='random restarts per loss (default: 1)')
+    group.add_argument('--losses', nargs='+', default=['ce', 'dlr'], choices=('ce', 'dlr', 'margin'),
+                       help='attack losses; each one is run, worst case kept (default: ce dlr)')
+    group.add_argument('--step-size-factor', type=float, default=2.5,
+                       help='step = factor·ε/steps (default: 2.5)')
+    group.add_argument('--no-sweep', action='store_true', help='skip the PGD sweep')
+    group = parser.add_argument_group('AutoAttack')
+    group.add_argument('--autoattack', action='store_true', help="run AutoAttack (needs 'pyautoattack')")
+    group.add_argument('--aa-eps', type=fraction, default=4 / 255, metavar='EPS', help='AutoAttack ε (4/255)')
+    group.add_argument('--aa-version', default='standard', choices=('standard', 'plus', 'rand'),
+                       help="AutoAttack version (default: standard)")
+    group.add_argument('--aa-batch-size', type=int, default=None, help='AutoAttack batch size (--batch-size)')
+    group = parser.add_argument_group('Gradient-masking checklist')
+    group.add_argument('--sanity', action='store_true', help='run the checklist of Carlini et al. (2019)')
+    group.add_argument('--sanity-eps', type=fraction, default=None, metavar='EPS',
+                       help='ε of the checks (default: --aa-eps)')
+    group.add_argument('--sanity-samples', type=int, default=200, metavar='N', help='samples for the checks (200)')
+    group.add_argument('--sanity-steps', type=int, default=20, help='PGD steps of the checks (20; doubled once)')
+    group.add_argument('--sanity-checks', nargs='+', default=None, choices=list_checks(), metavar='NAME',
+                       help=f"subset of checks (default: all: {', '.join(list_checks())})")
+    group.add_argument('--square-queries', type=int, default=1000, help='Square attack queries for the check')
+    group.add_argument('--tolerance', type=float, default=1.0, help='accuracy tolerance of the checks, in points, at least 2 samples\' worth (1.0)')
+    group.add_argument('--source-checkpoint', default='', metavar='PATH',
+                       help='another model whose PGD examples are transferred (transfer check)')
+    group.add_argument('--source-model', default=None, metavar='NAME', help='model name of --source-checkpoint')
+    return parser
+
+
+def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source: Optional[ModelSpec]):
+    dataset = create_pixel_dataset(args.dataset, args.data_dir, args.split, spec.data_config)
+    indices = subset_indices(len(dataset), args.num_samples, args.subset_seed)
+    loader, mine = create_pixel_loader(dataset, indices, args.batch_size, args.workers, rank, world)
+    show = not args.no_progress and rank == 0
+    result: Dict[str, Any] = {'label': spec.label, 'checkpoint': spec.checkpoint, 'num_samples': len(indices),
+                              'data_config': {k: list(v) if isinstance(v, tuple) else v
+                                              for k, v in spec.data_config.items()}}
+    flags: Dict[str, Any] = {}
+    torch.manual_seed(args.seed + rank)
+    if not args.no_sweep:
+        config = PGDSweepConfig(eps=args.eps, steps=args.steps, restarts=args.restarts, losses=args.losses,
+                                step_size_factor=args.step_size_factor)
+        sweep = pgd_sweep(spec.model, loader, config, device, show_progress=show, desc=f'{spec.label} PGD')
+        order, (clean, robust) = gather_rows(mine, sweep.clean, sweep.robust)
+        result['clean_accuracy'] = 100.0 * clean.float().mean().item()
+        result['sweep'] = {'eps': sweep.eps, 'accuracy': [100.0 * r.float().mean().item() for r in robust],
+                           'steps': args.steps, 'losses': list(args.losses), 'restarts': args.restarts}
+        flags.update(indices=order, clean=clean, sweep_robust=robust, sweep_eps=sweep.eps)
+    if args.autoattack:
+        x, y = load_batches(loader, device)
+        state = os.path.join(args.output, f'autoattack_{spec.label}_rank{rank}.json') if args.output else None
+        aa = run_autoattack(spec.model, x, y, eps=args.aa_eps, version=args.aa_version,
+                            batch_size=args.aa_batch_size or args.batch_size, device=device, seed=args.seed,
+                            state_path=state)
+        order, (clean, robust) = gather_rows(mine, aa.clean, aa.robust)
+        result.setdefault('clean_accuracy', 100.0 * clean.float().mean().item())
+        result['autoattack'] = {'eps': args.aa_eps, 'version': args.aa_version, 'backend': aa.backend,
+                                'robust_accuracy': 100.0 * robust.float().mean().item(),
+                                'after_each_attack': aa.per_attack if world == 1 else None}
+        flags.update(indices=order, aa_clean=clean, aa_robust=robust)
+    if args.sanity and rank == 0:
+        sanity_idx = indices[:args.sanity_samples]
+        sanity_loader, _ = create_pixel_loader(dataset, sanity_idx, args.batch_size, args.workers)
+        x, y = load_batches(sanity_loader, device)
+        ctx = SanityContext(spec.model, x, y, eps=args.sanity_eps or args.aa_eps, steps=args.sanity_steps,
+                            tolerance=args.tolerance, source_model=source.model if source else None,
+                            square_queries=args.square_queries, seed=args.seed)
+        checks = run_sanity_checks(ctx, args.sanity_checks)
+        result['sanity'] = {'eps': ctx.eps, 'num_samples': len(sanity_idx), 'verdict': masking_verdict(checks),
+                            'checks': [c.as_dict() for c in checks]}
+        _logger.info(f"{spec.label}: {result['sanity']['verdict']}")
+    if 'clean_accuracy' not in result:
+        x, y = load_batches(loader, device)
+        with torch.no_grad():
+            correct = spec.model(x).argmax(-1) == y
+        result['clean_accuracy'] = 100.0 * gather_rows(mine, correct)[1][0].float().mean().item()
+    return result, flags
+
+
+def _print_summary(models: List[Dict[str, Any]]) -> None:
+    for m in models:
+        parts = [f"{m['label']}: clean {m['clean_accuracy']:.2f}"]
+        if 'sweep' in m:
+            parts.append('PGD ' + ' '.join(f'{e * 255:g}:{a:.1f}' for e, a in zip(m['sweep']['eps'],
+                                                                                m['sweep']['accuracy'])))
+        if 'autoattack' in m:
+            parts.append(f"AutoAttack({m['autoattack']['eps'] * 255:g}/255) {m['autoattack']['robust_accuracy']:.2f}")
+        if 'sanity' in m:
+            parts.append(m['sanity']['verdict'])
+        print(' | '.join(parts))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    utils.setup_default_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.autoattack or args.sanity) and args.no_sweep:
+        parser.error('nothing to do: --no-sweep without --autoattack or --sanity')
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+    try:
+        device = init_device(args)
+        rank, world = args.rank, args.world_size
+        specs = resolve_models(args, device)
+        source = None
+        if args.source_checkpoint:
+            model, cfg = load_eval_model(args.source_checkpoint, args.source_model)
+            source = ModelSpec('source', normalized_model(model, cfg['mean'], cfg['std']).to(device).eval(), cfg,
+                               args.source_checkpoint)
+        results, all_flags = [], {}
+        for spec in specs:
+            result, flags = _evaluate_model(spec, args, device, rank, world, source)
+            results.append(result)
+            all_flags[spec.label] = flags
+    except (ModelError, ValueError, FileNotFoundError, ImportError) as e:
+        print(f'gradreg-eval: error: {e}', file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    if rank == 0:
+        _print_summary(results)
+        if args.output:
+            config = {k: v for k, v in vars(args).items() if k not in ('rank', 'world_size', 'local_rank')}
+            write_json(os.path.join(args.output, 'results.json'), {'config': config, 'models': results})
+            for label, flags in all_flags.items():
+                torch.save(flags, os.path.join(args.output, f'flags_{label}.pt'))
+            swept = [r for r in results if 'sweep' in r]
+            if swept:
+                write_sweep_csv(os.path.join(args.output, 'sweep.csv'), swept)
+                plot_robust_curves(os.path.join(args.output, 'robust_curve.png'), swept)
+            with open(os.path.join(args.output, 'report.md'), 'w') as f:
+                f.write(markdown_report(results, config))
+            print(f'wrote {os.path.abspath(args.output)}')
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

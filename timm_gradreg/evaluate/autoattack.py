@@ -1,0 +1,154 @@
+"""AutoAttack (Croce & Hein 2020) through ``pyautoattack``, resumable, with per-sample robust flags.
+
+``pyautoattack`` is the PyPI packaging of the original code (``pip install
+'timm-gradreg[eval]'``); the original ``autoattack`` package is used if that is what
+is installed. torchattacks' "AutoAttack" is a different, weaker attack (10 iterations,
+n_classes-1 targets) and is never used here.
+
+The attacks run one at a time on the samples still robust, and the flags are saved
+after each attack, so an interrupted evaluation resumes where it stopped.
+"""
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['STANDARD_ATTACKS', 'autoattack_backend', 'AutoAttackResult', 'run_autoattack']
+
+_logger = logging.getLogger(__name__)
+
+#: AutoAttack 'standard' (L∞): APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries).
+STANDARD_ATTACKS = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+
+
+def autoattack_backend() -> Tuple[str, type]:
+    """('pyautoattack' or 'autoattack', its AutoAttack class); ImportError with the install hint if neither."""
+    try:
+        from pyautoattack import AutoAttack
+        return 'pyautoattack', AutoAttack
+    except ImportError:
+        pass
+    try:
+        from autoattack import AutoAttack  # the original repository, if installed from source
+        return 'autoattack', AutoAttack
+    except ImportError:
+        raise ImportError("AutoAttack needs the 'pyautoattack' package: pip install 'timm-gradreg[eval]'") from None
+
+
+def _build(backend: str, cls: type, model: nn.Module, eps: float, norm: str, version: str, device, seed: int):
+    if backend == 'pyautoattack':
+        attack = cls(model, eps=eps, norm=norm, version=version, device=device, seed=seed)
+    else:
+        attack = cls(model, norm=norm, eps=eps, version=version, device=str(device), seed=seed)
+    attack.verbose = False
+    return attack
+
+
+def _run_one(backend: str, attack, name: str, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    attack.attacks_to_run = [name]
+    if backend == 'pyautoattack':
+        x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
+    else:
+        x_adv = attack.run_standard_evaluation(x, y, bs=batch_size)
+    return x_adv
+
+
+@dataclass
+class AutoAttackResult:
+    eps: float
+    version: str
+    clean: torch.Tensor
+    robust: torch.Tensor
+    per_attack: Dict[str, float] = field(default_factory=dict)
+    backend: str = 'pyautoattack'
+
+    def clean_accuracy(self) -> float:
+        return 100.0 * self.clean.float().mean().item()
+
+    def robust_accuracy(self) -> float:
+        return 100.0 * self.robust.float().mean().item()
+
+
+def _load_state(path: Optional[str], signature: dict) -> Optional[dict]:
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        state = json.load(f)
+    if state.get('signature') != signature:
+        _logger.warning(f'AutoAttack state {path} is for a different setup; starting over.')
+        return None
+    return state
+
+
+def _save_state(path: Optional[str], state: dict) -> None:
+    if not path:
+        return
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
+
+
+def run_autoattack(
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        version: str = 'standard',
+        attacks: Optional[Sequence[str]] = None,
+        norm: str = 'Linf',
+        batch_size: int = 256,
+        device: Optional[torch.device] = None,
+        seed: int = 0,
+        state_path: Optional[str] = None,
+        square_queries: Optional[int] = None,
+) -> AutoAttackResult:
+    """AutoAttack on a pixel-space model (normalization inside, eval mode, fp32), inputs in [0, 1].
+
+    Args:
+        attacks: Subset to run (default: the version's list, 'standard' = STANDARD_ATTACKS).
+        state_path: JSON file with the per-sample flags after each attack; rerunning with the
+            same setup skips the attacks already done.
+        square_queries: Override Square's query budget (5000 in 'standard').
+    """
+    backend, cls = autoattack_backend()
+    device = device or x.device
+    model.eval()
+    attack = _build(backend, cls, model, eps, norm, version, device, seed)
+    if square_queries is not None:
+        attack.square.n_queries = square_queries
+    names = list(attacks or attack.attacks_to_run)
+    if not names:
+        raise ValueError(f"AutoAttack version '{version}' runs no attacks; pass attacks=[...]")
+    signature = {'eps': eps, 'version': version, 'norm': norm, 'attacks': names, 'n': int(x.shape[0]),
+                 'labels_sum': int(y.sum()), 'seed': seed, 'square_queries': attack.square.n_queries}
+    state = _load_state(state_path, signature)
+    if state is None:
+        clean = _predict(model, x, batch_size) == y
+        state = {'signature': signature, 'clean': clean.tolist(), 'robust': clean.tolist(), 'done': {}}
+        _save_state(state_path, state)
+    robust = torch.tensor(state['robust'], dtype=torch.bool, device=x.device)
+    for name in names:
+        if name in state['done']:
+            continue
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel():
+            x_adv = _run_one(backend, attack, name, x[idx], y[idx], batch_size)
+            still = _predict(model, x_adv.to(x.device), batch_size) == y[idx]
+            robust[idx] = still
+        state['robust'] = robust.tolist()
+        state['done'][name] = 100.0 * robust.float().mean().item()
+        _save_state(state_path, state)
+        _logger.info(f'AutoAttack {name}: robust accuracy {state["done"][name]:.2f}%')
+    return AutoAttackResult(eps=eps, version=version, clean=torch.tensor(state['clean']), robust=robust.cpu(),
+                            per_attack=dict(state['done']), backend=backend)
