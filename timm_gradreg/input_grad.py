@@ -5,17 +5,20 @@ Everything a regularizer on ∇ₓ needs, in one place:
 * ``per_sample_loss_sum`` turns any timm/torch criterion (mean, sum or no reduction;
   hard labels or Mixup soft targets) into Σ_b loss_b, so ∂/∂x_b of it is sample b's own
   gradient, whatever the batch size.
-* ``double_backward_safe`` routes fused ``scaled_dot_product_attention`` through the
-  math kernel, the only one with a double backward (timm ViTs use fused attention).
+* ``double_backward_safe`` (from ``double_backward``) makes a forward twice
+  differentiable and its double backward cheap (math SDPA, affine eval BatchNorm,
+  convolutions whose double backward uses the native weight-gradient kernels).
 * ``input_gradient`` differentiates with ``create_graph`` and, under fp16 autocast,
   through a scaled loss that is unscaled afterwards (tiny input gradients underflow
   in fp16 otherwise: the PyTorch AMP gradient-penalty recipe).
 """
 import contextlib
-from typing import Any, Callable, ContextManager, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from .double_backward import double_backward_safe
 
 __all__ = [
     'double_backward_safe', 'per_sample_loss_sum', 'fp16_autocast_active', 'resolve_loss_scale',
@@ -24,19 +27,6 @@ __all__ = [
 
 #: Scale for fp16 input gradients when no GradScaler is attached (halved on overflow).
 DEFAULT_FP16_INPUT_GRAD_SCALE = 2.0 ** 16
-
-
-def double_backward_safe() -> ContextManager:
-    """Context in which forward passes can be differentiated twice.
-
-    Fused SDPA kernels (flash / memory-efficient, CPU and CUDA) have no double
-    backward; the math kernel is made of differentiable primitives.
-    """
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3 has no SDPA backend selection
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 def per_sample_loss_sum(criterion: Callable, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

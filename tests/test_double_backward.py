@@ -1,0 +1,92 @@
+"""double_backward_safe: same function and derivatives as the native ops, second order included."""
+import contextlib
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+from timm_gradreg.activations import swap_activations
+from timm_gradreg.double_backward import affine_batch_norm, conv2d_fast_double_backward, double_backward_safe
+
+
+@pytest.mark.parametrize('stride,padding,dilation,groups,kernel,size', [
+    (1, 1, 1, 1, 3, 7), (2, 1, 1, 1, 3, 8), (2, 0, 1, 1, 1, 7), (2, 3, 1, 1, 7, 9), (1, 2, 2, 1, 3, 8),
+    (2, 1, 1, 2, 3, 8), ((2, 1), (1, 0), 1, 1, 3, 8),
+])
+def test_conv_first_and_second_derivatives_match_finite_differences(stride, padding, dilation, groups, kernel, size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, size, size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // groups, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+
+    def conv(x, w, b):
+        return conv2d_fast_double_backward(x, w, b, stride, padding, dilation, groups)
+
+    torch.testing.assert_close(conv(x, w, b), F.conv2d(x, w, b, stride, padding, dilation, groups))
+    assert gradcheck(conv, (x, w, b))
+    assert gradgradcheck(conv, (x, w, b))
+
+
+def test_affine_batch_norm_equals_eval_batch_norm():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 4, dtype=torch.float64)
+    mean, var = torch.randn(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5
+    weight, bias = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    ref = F.batch_norm(x, mean, var, weight, bias, training=False, eps=1e-3)
+    torch.testing.assert_close(affine_batch_norm(x, mean, var, weight, bias, eps=1e-3), ref)
+    torch.testing.assert_close(affine_batch_norm(x, mean, var, eps=1e-3),
+                               F.batch_norm(x, mean, var, training=False, eps=1e-3))
+
+
+def _penalty_gradients(model, x, y, context):
+    model.zero_grad(set_to_none=True)
+    xg = x.clone().requires_grad_(True)
+    with context:
+        out = model(xg)
+    loss = F.cross_entropy(out, y, reduction='sum')
+    (g,) = torch.autograd.grad(loss, xg, create_graph=True)
+    (loss + 10.0 * g.abs().sum()).backward()
+    return g.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_resnet_penalty_gradient_equals_native_double_backprop():
+    """A timm ResNet (strided convs, eval BatchNorm, GELU): the rewritten ops give the same parameter gradient."""
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=10)
+    swap_activations(model, 'gelu', check_functional=False)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial running statistics
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval().double()
+    x, y = torch.randn(3, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 2, 3])
+    g_ref, p_ref = _penalty_gradients(model, x, y, contextlib.nullcontext())
+    g, p = _penalty_gradients(model, x, y, double_backward_safe())
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(p, p_ref, rtol=1e-10, atol=1e-14)
+
+
+def test_train_mode_batch_norm_is_left_native():
+    model = torch.nn.BatchNorm2d(3).train()
+    x = torch.randn(4, 3, 2, 2)
+    with double_backward_safe():
+        out = model(x)
+    assert 'NativeBatchNorm' in type(out.grad_fn).__name__ or 'BatchNorm' in type(out.grad_fn).__name__
+    assert model.num_batches_tracked.item() == 1  # running statistics still updated in train mode
+
+
+def test_conv_under_bf16_autocast():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        with double_backward_safe():
+            out = conv(x)
+        ref = conv(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref)
+    (g,) = torch.autograd.grad(out.float().square().sum(), x, create_graph=True)
+    g.square().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()

@@ -1,0 +1,153 @@
+"""Forward passes that can be differentiated twice, cheaply.
+
+Double backprop (GradNorm, edge alignment, Hessian-vector products) differentiates the
+backward pass of the network. Three of PyTorch's defaults make that fail or slow:
+
+* fused ``scaled_dot_product_attention`` kernels (flash / memory-efficient, CPU and
+  CUDA) have no double backward; the math kernel does;
+* eval-mode BatchNorm's native double backward is several times slower than that of
+  the per-channel affine map it computes;
+* a convolution's double backward takes the weight gradient of the differentiated
+  input gradient as a convolution dilated by the stride, a slow path for strided
+  convolutions; written as a transposed convolution, it uses the native
+  weight-gradient kernel instead.
+
+``double_backward_safe()`` applies all three to the forward passes run inside it. The
+functions computed, and their first and second derivatives, are unchanged.
+"""
+import contextlib
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+__all__ = ['double_backward_safe', 'affine_batch_norm', 'conv2d_fast_double_backward']
+
+
+def affine_batch_norm(input: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                      weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Eval-mode batch norm as ``input·scale + shift`` (per channel): an elementwise double backward."""
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    shape = (1, -1) + (1,) * (input.ndim - 2)
+    return torch.addcmul(shift.view(shape), input, scale.view(shape))
+
+
+def _will_run(ctx: Any, index: int) -> bool:
+    """Whether the backward in progress needs the gradient of input ``index`` (``autograd.grad`` inputs)."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    node = ctx.next_functions[index][0]
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):  # no such query in this torch: compute it
+        return True
+
+
+class _Conv2dFastDoubleBackward(torch.autograd.Function):
+    """``F.conv2d`` whose backward, when itself differentiated, is a transposed convolution.
+
+    The first backward is the native one, except that under ``create_graph`` the input
+    gradient is ``conv_transpose2d(grad_out, weight)``; differentiating that again uses
+    the native kernels (a forward convolution and a weight gradient) instead of
+    ``_convolution_double_backward``'s stride-dilated convolution. Gradients that the
+    running backward does not need (the weights during ``autograd.grad(loss, x)``) are
+    not computed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        need_x, need_w = _will_run(ctx, 0), _will_run(ctx, 1)
+        need_b = ctx.has_bias and _will_run(ctx, 2)
+        grad_x = grad_w = grad_b = None
+        if torch.is_grad_enabled() and need_x:  # create_graph: the input gradient will be differentiated
+            out_hw = grad_out.shape[-2:]
+            output_padding = tuple(
+                x.shape[2 + i] - ((out_hw[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1)
+                for i in range(2))
+            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding, output_padding, groups, dilation)
+            need_x = False
+        if need_x or need_w:
+            native_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+                [need_x, need_w, False])
+            grad_x = native_x if need_x else grad_x
+        if need_b:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _pair(value: Any) -> Tuple[int, int]:
+    return tuple(value) * (2 // len(value)) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+def conv2d_fast_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` (integer padding, 4-D input) with a fast double backward; see the module docstring."""
+    if torch.is_autocast_enabled(x.device.type):  # run in the autocast dtype, as F.conv2d would
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return _Conv2dFastDoubleBackward.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
+
+
+def _bind(names: Sequence[str], defaults: Dict[str, Any], args: tuple, kwargs: dict) -> Dict[str, Any]:
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+_BATCH_NORM_ARGS = ('input', 'running_mean', 'running_var', 'weight', 'bias', 'training', 'momentum', 'eps')
+_BATCH_NORM_DEFAULTS = {'weight': None, 'bias': None, 'training': False, 'momentum': 0.1, 'eps': 1e-5}
+_CONV_ARGS = ('input', 'weight', 'bias', 'stride', 'padding', 'dilation', 'groups')
+_CONV_DEFAULTS = {'bias': None, 'stride': 1, 'padding': 0, 'dilation': 1, 'groups': 1}
+
+
+class _CheapDoubleBackward(TorchFunctionMode):
+    """Routes eval-mode ``F.batch_norm`` and ``F.conv2d`` to versions with a cheap double backward."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            bn = _bind(_BATCH_NORM_ARGS, _BATCH_NORM_DEFAULTS, args, kwargs)
+            if not bn['training'] and bn['running_mean'] is not None and bn['running_var'] is not None:
+                return affine_batch_norm(bn['input'], bn['running_mean'], bn['running_var'], bn['weight'],
+                                         bn['bias'], bn['eps'])
+        elif func is F.conv2d:
+            conv = _bind(_CONV_ARGS, _CONV_DEFAULTS, args, kwargs)
+            if conv['input'].ndim == 4 and not isinstance(conv['padding'], str) and torch.is_grad_enabled():
+                return conv2d_fast_double_backward(
+                    conv['input'], conv['weight'], conv['bias'], conv['stride'], conv['padding'], conv['dilation'],
+                    conv['groups'])
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def double_backward_safe() -> Iterator[None]:
+    """Context in which forward passes can be differentiated twice, and cheaply (module docstring)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        except ImportError:  # torch < 2.3 has no SDPA backend selection
+            pass
+        stack.enter_context(_CheapDoubleBackward())
+        yield
