@@ -5,8 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from timm_gradreg.input_grad import (
-    double_backward_safe, input_gradient, loss_and_input_gradient, per_sample_loss_sum)
+from timm_gradreg.double_backward import double_backward_safe
+from timm_gradreg.input_grad import input_gradient, loss_and_input_gradient, per_sample_loss_sum
 
 
 def _reference_grads(model, x, y):

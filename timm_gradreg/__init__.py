@@ -14,7 +14,8 @@ from .attacks import fgsm_attack, pgd_attack
 from .edges import (EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers,
                     register_gradient_teacher)
 from .gradnorm import gradnorm_penalty, per_sample_gradnorm
-from .input_grad import double_backward_safe, loss_and_input_gradient, per_sample_loss_sum
+from .double_backward import double_backward_safe
+from .input_grad import loss_and_input_gradient, per_sample_loss_sum
 from .modes import eval_mode, freeze_batchnorm
 from .normalization import Normalize, PixelSpace, normalized_model
 from .schedules import LinearGrowth, LinearWarmup

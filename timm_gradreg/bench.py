@@ -56,6 +56,9 @@ METHODS: Dict[str, BenchMethod] = {
     'fgsm': BenchMethod('fgsm', 4),
 }
 REFERENCE = 'pgd-3'
+#: With --torchcompile these are timed eager as well: compiled FD is compared with eager FD and
+#: compiled PGD-3, and eager methods (double backprop) with eager PGD-3.
+EAGER_TOO = ('gradnorm-fd', REFERENCE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--steps', type=int, default=10, help='timed rounds (default: 10)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first (default: 2)')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None,
-                        help='torch.compile the methods that can be compiled (not double backprop), and also '
-                             'time eager gradnorm-fd for comparison')
+                        help='torch.compile the methods that can be compiled (not double backprop) with this '
+                             'backend (default inductor), and also time gradnorm-fd and pgd-3 eager; ratios are to '
+                             'PGD-3 of the same kind (compiled or eager)')
     parser.add_argument('--no-fused-attn', action='store_true', help='create the model with fused attention off')
     parser.add_argument('--train-bn', action='store_true', help='BatchNorm in train mode (double backprop is slow)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory measurement')
@@ -173,7 +177,7 @@ def _variants(args) -> List[tuple]:
         method = METHODS[name]
         compiled = bool(args.torchcompile) and method.compilable
         out.append((name + (' (compiled)' if compiled else ''), name, compiled))
-        if compiled and name == 'gradnorm-fd':
+        if compiled and name in EAGER_TOO:
             out.append((name + ' (eager)', name, False))
     return out
 
@@ -230,6 +234,21 @@ def _memory_child(args) -> None:
     print(json.dumps({'peak_mb': (_status_kb('VmHWM') - base) / 1024.0}))
 
 
+def _measure_memory(args, device: torch.device, runners: list, rows: List[Dict[str, Any]]) -> Optional[float]:
+    """Fill each row's peak_mb and mem_rel_natural; returns natural training's peak (eager on CPU)."""
+    for (label, runner, name, compiled), row in zip(runners, rows):
+        if device.type == 'cuda':
+            row['peak_mb'] = _peak_memory_cuda(runner)
+        else:  # eager only: RSS cannot separate a step from compilation
+            row['peak_mb'] = None if compiled else _peak_memory_cpu(args, name, compiled)
+    natural = next((r['peak_mb'] for r in rows if r['method'].startswith('natural')), None)
+    if natural is None and device.type == 'cpu' and 'natural' in args.methods:  # natural ran compiled
+        natural = _peak_memory_cpu(args, 'natural', False)
+    for row in rows:
+        row['mem_rel_natural'] = row['peak_mb'] / natural if natural and row['peak_mb'] else None
+    return natural
+
+
 def fd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fd_step: float = 0.1) -> Dict[str, float]:
     """Cosine and relative error of the finite-difference GradNorm parameter gradient vs double backprop."""
     grads = []
@@ -270,19 +289,13 @@ def run_benchmark(args) -> Dict[str, Any]:
     for row in rows:
         ref = reference[row['compiled']] or reference[False] or reference[True]
         row['ratio'] = row['seconds'] / ref if ref else None
-    if not args.no_memory:
-        for (label, runner, name, compiled), row in zip(runners, rows):
-            if device.type == 'cuda':
-                row['peak_mb'] = _peak_memory_cuda(runner)
-            else:  # eager only: RSS cannot separate a step from compilation
-                row['peak_mb'] = None if compiled else _peak_memory_cpu(args, name, compiled)
-        natural = next((r['peak_mb'] for r in rows if r['method'].startswith('natural')), None)
-        for row in rows:
-            row['mem_rel_natural'] = row['peak_mb'] / natural if natural and row['peak_mb'] else None
+    natural_mb = None if args.no_memory else _measure_memory(args, device, runners, rows)
     result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
               'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
               'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'rows': rows,
               'torch': torch.__version__, 'cpu_malloc_cached': cached_malloc}
+    if natural_mb is not None:
+        result['natural_eager_peak_mb'] = natural_mb
     if not args.no_fd_check and 'gradnorm-fd' in args.methods:
         fd_model = copy.deepcopy(model).to(device)
         fd_model.train(args.train_bn)
@@ -302,6 +315,10 @@ def format_table(result: Dict[str, Any]) -> str:
         mrel = f"{r['mem_rel_natural']:>9.2f}" if r.get('mem_rel_natural') else f"{'—':>9}"
         ratio = f"{r['ratio']:>8.3f}" if r['ratio'] is not None else f"{'—':>8}"
         lines.append(f"{r['method']:<26}{r['passes']:>7}{r['passes_rel_at']:>9.3f}{r['seconds']:>10.4f}{ratio}{mem}{mrel}")
+    natural_row = next((r for r in result['rows'] if r['method'].startswith('natural')), None)
+    if result.get('natural_eager_peak_mb') and natural_row and natural_row.get('peak_mb') is None:
+        lines.append(f"mem/nat: relative to eager natural training, {result['natural_eager_peak_mb']:.0f} MB; "
+                     'compiled steps have no CPU peak (RSS mixes in compilation)')
     if 'fd_accuracy' in result:
         fd = result['fd_accuracy']
         lines.append(f"gradnorm-fd vs double backprop parameter gradient: cosine {fd['cosine']:.5f}, relative error "

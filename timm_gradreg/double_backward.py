@@ -52,6 +52,15 @@ def _will_run(ctx: Any, index: int) -> bool:
         return True
 
 
+def _output_padding(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, conv: tuple) -> Tuple[int, int]:
+    """The output_padding that makes conv_transpose2d of ``grad_out`` the size of ``x`` (strided convs)."""
+    stride, padding, dilation, _ = conv
+    return tuple(
+        x.shape[2 + i] - ((grad_out.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                          + dilation[i] * (weight.shape[2 + i] - 1) + 1)
+        for i in range(2))
+
+
 class _Conv2dFastDoubleBackward(torch.autograd.Function):
     """``F.conv2d`` whose backward, when itself differentiated, is a transposed convolution.
 
@@ -78,11 +87,8 @@ class _Conv2dFastDoubleBackward(torch.autograd.Function):
         need_b = ctx.has_bias and _will_run(ctx, 2)
         grad_x = grad_w = grad_b = None
         if torch.is_grad_enabled() and need_x:  # create_graph: the input gradient will be differentiated
-            out_hw = grad_out.shape[-2:]
-            output_padding = tuple(
-                x.shape[2 + i] - ((out_hw[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1)
-                for i in range(2))
-            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding, output_padding, groups, dilation)
+            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding,
+                                        _output_padding(x, weight, grad_out, ctx.conv), groups, dilation)
             need_x = False
         if need_x or need_w:
             native_x, grad_w, _ = torch.ops.aten.convolution_backward(

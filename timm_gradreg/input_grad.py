@@ -21,7 +21,7 @@ import torch.nn as nn
 from .double_backward import double_backward_safe
 
 __all__ = [
-    'double_backward_safe', 'per_sample_loss_sum', 'fp16_autocast_active', 'resolve_loss_scale',
+    'per_sample_loss_sum', 'fp16_autocast_active', 'resolve_loss_scale',
     'input_gradient', 'loss_and_input_gradient', 'at_least_fp32', 'DEFAULT_FP16_INPUT_GRAD_SCALE',
 ]
 

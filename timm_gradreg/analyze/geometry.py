@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from ..input_grad import double_backward_safe
+from ..double_backward import double_backward_safe
 from .gradients import stats
 
 __all__ = ['hessian_vector_product', 'hessian_spectral_norm', 'curvature_table', 'local_linearity_error',

@@ -4,7 +4,8 @@ from typing import Dict, Union
 import torch
 
 from ..edges import COSINE_MODES, GradientTeacher, cosine_alignment_loss, create_gradient_teacher
-from ..input_grad import at_least_fp32, double_backward_safe, input_gradient, resolve_loss_scale
+from ..double_backward import double_backward_safe
+from ..input_grad import at_least_fp32, input_gradient, resolve_loss_scale
 from ..schedules import LinearGrowth
 from ._registry import register_task
 from .base import GradRegTask

@@ -59,7 +59,7 @@ class _GradientInjection(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grads = ctx.grads
         ctx.grads = None
-        return (None, *[g.mul_(grad_output) for g in grads], *[None] * len(grads))  # ours: scale in place
+        return (None, *[g.mul_(grad_output) for g in grads], *[None] * len(grads))  # in place: the tensors are ours
 
 
 def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:

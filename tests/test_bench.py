@@ -1,0 +1,63 @@
+"""The step-cost benchmark: one step of each method on a tiny model gives a well-formed table."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+from timm_gradreg.bench import METHODS, REFERENCE, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '2', '--num-classes', '10',
+        '--steps', '1', '--warmup', '0']
+ROW = re.compile(r'^(?P<method>[a-z0-9\-]+(?: \((?:compiled|eager)\))?)\s+(?P<passes>\d+)\s+(?P<rel_at>\d\.\d{3})\s+'
+                 r'(?P<seconds>\d+\.\d{4})\s+(?P<ratio>\d+\.\d{3})\s+(?P<mem>\d+|—)\s+(?P<mem_rel>\d+\.\d{2}|—)$')
+
+
+def _rows(text):
+    return {m['method']: m for m in map(ROW.match, text.splitlines()) if m}
+
+
+def test_table_and_json_are_well_formed(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(TINY + ['--output', str(out)]) == 0
+    text = capsys.readouterr().out
+    lines = text.strip().splitlines()
+    assert lines[0].startswith('test_resnet (gelu), batch 2, 32px, cpu, amp none, BatchNorm eval mode')
+    assert lines[1].split() == ['method', 'passes', 'rel.', 'AT', 's/step', 'rel.', 'peak', 'MB', 'mem/nat']
+    rows = _rows(text)
+    assert list(rows) == list(METHODS)  # one row per method, in order
+    for name, row in rows.items():
+        assert int(row['passes']) == METHODS[name].passes
+        assert float(row['rel_at']) == round(METHODS[name].passes / METHODS[REFERENCE].passes, 3)
+        assert float(row['seconds']) > 0
+        assert row['mem'] != '—'  # peak memory measured in a fresh process per method
+    assert rows[REFERENCE]['ratio'] == '1.000'
+    assert rows['natural']['mem_rel'] == '1.00'
+    fd_line = re.search(r'gradnorm-fd vs double backprop parameter gradient: cosine (\S+), relative error (\S+)', text)
+    assert fd_line and float(fd_line[1]) > 0.9
+
+    result = json.loads(out.read_text())
+    assert [r['method'] for r in result['rows']] == list(METHODS)
+    for r in result['rows']:
+        assert len(r['times']) == 1 and r['seconds'] == r['times'][0]
+        assert r['ratio'] == r['seconds'] / next(x['seconds'] for x in result['rows'] if x['method'] == REFERENCE)
+    assert result['fd_accuracy']['fd_step'] == 0.1
+
+
+def test_compiled_variants_are_labelled_and_compared_to_eager_fd(capsys):
+    assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', '--torchcompile', 'aot_eager',
+                        '--no-memory', '--no-fd-check']) == 0
+    rows = _rows(capsys.readouterr().out)
+    # double backprop cannot be compiled; FD and PGD-3 are also timed eager, each ratio is to PGD-3 of its kind
+    assert list(rows) == ['natural (compiled)', 'gradnorm', 'gradnorm-fd (compiled)', 'gradnorm-fd (eager)',
+                          'pgd-3 (compiled)', 'pgd-3 (eager)']
+    assert rows['pgd-3 (compiled)']['ratio'] == '1.000' and rows['pgd-3 (eager)']['ratio'] == '1.000'
+    assert all(r['mem'] == '—' for r in rows.values())
+
+
+def test_script_entry_point_help():
+    run = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), '--help'],
+                         capture_output=True, text=True)
+    assert run.returncode == 0
+    assert '--torchcompile' in run.stdout and 'PGD-3' in run.stdout
