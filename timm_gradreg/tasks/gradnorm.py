@@ -67,8 +67,8 @@ def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tens
 
     ∇θ[(ε/σ)||g||₁] = H_θx·v with v = (ε/σ)⊙sign(g) ≈ ∇θ[L(x + h·v) − L(x)] / h. Pass 1 (on
     the module without DDP) takes g and ∇θL(x) in one backward; pass 2 is an ordinary
-    forward at x + h·v. The returned loss carries ∇θL(x) through a zero-valued linear
-    surrogate, so one ordinary backward (DDP all-reduce, GradScaler, accumulation) yields
+    forward at x + h·v. The returned loss carries ∇θL(x) through a zero-valued
+    ``_GradientInjection`` term, so one ordinary backward (DDP all-reduce, GradScaler, accumulation) yields
     λ_CE·∇CE + w·(∇θL(x + h·v) − ∇θL(x)) / h, and its value is λ_CE·CE + w·penalty.
     """
     if not torch.is_grad_enabled():
@@ -90,7 +90,7 @@ def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tens
     shifted_ce = per_sample_loss_sum(task.criterion, at_least_fp32(task.trainable_module(shifted)), target) / batch
     coef = (task.ce_weight - weight / step) / (batch * scale)
     pairs = [(p, g.mul_(coef)) for p, g in zip(params, grads[1:]) if g is not None]
-    injected = _GradientInjection.apply(len(pairs), *[p for p, _ in pairs], *[g for _, g in pairs])
+    injected = _GradientInjection.apply(len(pairs), *[p for p, _ in pairs], *[g for _, g in pairs]) if pairs else 0.0
     loss = task.ce_weight * ce + (weight / step) * (shifted_ce - ce) + injected
     return {'loss': loss, 'output': output.detach(), 'ce': ce, 'penalty': penalty.detach(), 'weight': weight}
 
