@@ -13,6 +13,21 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str, title: str = '') -> None:
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    _plt().close(fig)
+
+
+def _label_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def _signed_to_unit(t: torch.Tensor) -> torch.Tensor:
     """Signed map -> [0, 1] image, gray = 0, per-image scale by the largest magnitude."""
     scale = t.flatten(1).abs().amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
@@ -42,10 +57,7 @@ def gradient_grid(path: str, images: torch.Tensor, results: Dict[str, Dict], eps
         for j in range(n):
             _show(axes[i][j], imgs[j].cpu())
         axes[i][0].set_ylabel(name, fontsize=7, rotation=0, ha='right', va='center')
-    fig.suptitle('Input gradients and PGD perturbations (gray = 0)', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path, 'Input gradients and PGD perturbations (gray = 0)')
 
 
 def gradnorm_histograms(path: str, results: Dict[str, Dict]) -> None:
@@ -62,14 +74,8 @@ def gradnorm_histograms(path: str, results: Dict[str, Dict]) -> None:
             if sel.any():
                 ax.hist(logs[sel].tolist(), bins=bins, histtype='step', color=color, linestyle=style, linewidth=1.5,
                         label=f'{name} ({int(sel.sum())})')
-        ax.set_xlabel('log10 ||∇ₓ loss||₁')
-        ax.set_ylabel('images')
-        ax.set_title(label, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.suptitle('Distribution of the L1 norm of loss-input gradients', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+        _label_panel(ax, label, 'log10 ||∇ₓ loss||₁', 'images')
+    _save(fig, path, 'Distribution of the L1 norm of loss-input gradients')
 
 
 def channel_histograms(path: str, results: Dict[str, Dict]) -> None:
@@ -84,14 +90,8 @@ def channel_histograms(path: str, results: Dict[str, Dict]) -> None:
             name = 'RGB'[c] if g.shape[1] == 3 else str(c)
             ax.hist(g[:, c].flatten().tolist(), bins=bins, histtype='step', color=colors[c % 3], label=name)
         ax.set_yscale('log')
-        ax.set_xlabel('log10 |∇ₓ loss| per pixel')
-        ax.set_ylabel('pixels')
-        ax.set_title(label, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.suptitle('Per-channel distribution of input-gradient magnitudes', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+        _label_panel(ax, label, 'log10 |∇ₓ loss| per pixel', 'pixels')
+    _save(fig, path, 'Per-channel distribution of input-gradient magnitudes')
 
 
 def path_figure(path: str, results: Dict[str, Dict]) -> None:
@@ -108,6 +108,4 @@ def path_figure(path: str, results: Dict[str, Dict]) -> None:
         ax.set_yscale('log')
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
