@@ -70,7 +70,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
             os.unlink(tmp)
         try:
             os.link(src, tmp)
-        except (OSError, NotImplementedError):
+        except (OSError, AttributeError):  # filesystem or platform without hard links: copy
             shutil.copy2(src, tmp)
         self._replace(tmp, dst)
 
