@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import torch
+
 from timm_gradreg.bench import METHODS, REFERENCE, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,13 +38,15 @@ def test_table_and_json_are_well_formed(tmp_path, capsys):
     assert rows['natural']['mem_rel'] == '1.00'
     fd_line = re.search(r'gradnorm-fd vs double backprop parameter gradient: cosine (\S+), relative error (\S+)', text)
     assert fd_line and float(fd_line[1]) > 0.9
+    assert re.search(r'^warm-up: \d+ rounds, (steady state|memory still growing)', text, re.M)
 
     result = json.loads(out.read_text())
     assert [r['method'] for r in result['rows']] == list(METHODS)
     for r in result['rows']:
-        assert len(r['times']) == 1 and r['seconds'] == r['times'][0]
+        assert len(r['times']) == 1 and r['seconds'] == r['times'][0] and len(r['page_faults']) == 1
         assert r['ratio'] == r['seconds'] / next(x['seconds'] for x in result['rows'] if x['method'] == REFERENCE)
     assert result['fd_accuracy']['fd_step'] == 0.1
+    assert 1 <= result['warmup_rounds'] <= 12 and isinstance(result['steady'], bool)
 
 
 def test_compiled_variants_are_labelled_and_compared_to_eager_fd(capsys):
@@ -61,3 +65,37 @@ def test_script_entry_point_help():
                          capture_output=True, text=True)
     assert run.returncode == 0
     assert '--torchcompile' in run.stdout and 'PGD-3' in run.stdout
+
+
+class _Runner:
+    def step(self):
+        pass
+
+
+def _warm_up_with_faults(monkeypatch, faults_per_step, warmup, max_warmup, device='cpu'):
+    from timm_gradreg import bench
+    counter = iter(range(10 ** 6))
+    total = [0]
+
+    def fake_faults():  # the runners' steps fault in the scripted numbers of pages, in order
+        n = next(counter)
+        if n % 2:  # after a step
+            total[0] += faults_per_step[min(n // 2, len(faults_per_step) - 1)]
+        return total[0]
+
+    monkeypatch.setattr(bench, '_minor_page_faults', fake_faults)
+    args = bench.build_parser().parse_args(['--warmup', str(warmup), '--max-warmup', str(max_warmup)])
+    runners = [('a', _Runner(), 'natural', False), ('b', _Runner(), 'pgd-3', False)]
+    return bench._warm_up(args, torch.device(device), runners)
+
+
+def test_cpu_warm_up_runs_until_no_step_faults_in_fresh_memory(monkeypatch):
+    # rounds of two steps: (5000, 3000), (0, 900), (0, 0) -> steady after round 3
+    faults = [5000, 3000, 0, 900, 0, 0, 0, 0]
+    result = _warm_up_with_faults(monkeypatch, faults, warmup=1, max_warmup=12)
+    assert result == {'warmup_rounds': 3, 'steady': True, 'last_warmup_page_faults': {'a': 0, 'b': 0}}
+    assert _warm_up_with_faults(monkeypatch, faults, warmup=5, max_warmup=12)['warmup_rounds'] == 5
+    capped = _warm_up_with_faults(monkeypatch, [4000] * 8, warmup=2, max_warmup=3)
+    assert capped['warmup_rounds'] == 3 and capped['steady'] is False
+    cuda = _warm_up_with_faults(monkeypatch, [4000] * 8, warmup=2, max_warmup=12, device='cuda')
+    assert cuda['warmup_rounds'] == 2 and cuda['steady'] is None  # the caching allocator: fixed warm-up

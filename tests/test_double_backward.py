@@ -90,3 +90,51 @@ def test_conv_under_bf16_autocast():
     (g,) = torch.autograd.grad(out.float().square().sum(), x, create_graph=True)
     g.square().sum().backward()
     assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
+
+
+def _conv_bn(x, w, conv_bias, gamma, beta, mean, var, stride):
+    with double_backward_safe():
+        return F.gelu(F.batch_norm(F.conv2d(x, w, conv_bias, stride, 1), mean, var, gamma, beta, False, 0.1, 1e-3))
+
+
+@pytest.mark.parametrize('with_conv_bias', [False, True])
+def test_batch_norm_after_conv_is_folded_with_exact_derivatives(with_conv_bias):
+    """Eval BatchNorm after a convolution becomes conv(x, W·s) + t: same value, gradients and second derivatives."""
+    torch.manual_seed(0)
+    f64 = dict(dtype=torch.float64)
+    x = torch.randn(2, 3, 6, 6, **f64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, **f64, requires_grad=True)
+    conv_bias = torch.randn(4, **f64, requires_grad=True) if with_conv_bias else None
+    gamma, beta = torch.randn(4, **f64, requires_grad=True), torch.randn(4, **f64, requires_grad=True)
+    mean, var = torch.randn(4, **f64), torch.rand(4, **f64) + 0.5
+    inputs = (x, w, conv_bias, gamma, beta) if with_conv_bias else (x, w, gamma, beta)
+
+    def fn(*args):
+        if not with_conv_bias:
+            args = args[:2] + (None,) + args[2:]
+        return _conv_bn(*args, mean, var, 2)
+
+    out = fn(*inputs)
+    assert type(out.grad_fn).__name__ == 'GeluBackward0'
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == '_ConvBatchNormBackward'  # folded
+    ref = F.gelu(F.batch_norm(F.conv2d(x, w, conv_bias, 2, 1), mean, var, gamma, beta, False, 0.1, 1e-3))
+    torch.testing.assert_close(out, ref)
+    assert gradcheck(fn, inputs)
+    assert gradgradcheck(fn, inputs)
+
+
+def test_batch_norm_fold_is_skipped_under_autocast_and_after_other_ops():
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4).eval()
+    bn.running_mean.normal_()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with double_backward_safe():
+        after_relu = bn(torch.relu(conv(x)))  # not straight after the convolution: the plain affine map
+    assert type(after_relu.grad_fn).__name__ == 'AddcmulBackward0'
+    torch.testing.assert_close(after_relu, bn(torch.relu(conv(x))))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        with double_backward_safe():
+            out = bn(conv(x))
+        ref = bn(conv(x))
+    assert type(out.grad_fn).__name__ != '_ConvBatchNormBackward'
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)

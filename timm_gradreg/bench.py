@@ -5,7 +5,10 @@
 
 Full training steps (task forward with its regularizer or attack, backward, optimizer
 step) of every method are interleaved round by round after a warm-up, so machine noise
-hits all methods alike; the table gives the median seconds per step, the ratio to PGD-3
+hits all methods alike. On CPU the warm-up goes on (up to --max-warmup rounds) until a round
+of steps no longer faults in fresh memory pages: the heap has then grown to each method's
+steady-state footprint, as in a long training run, and first-touch page faults (slow on
+virtual machines) are not counted as compute; the table gives the median seconds per step, the ratio to PGD-3
 adversarial training, and the peak memory of a step (CUDA max allocated; on CPU the peak
 RSS growth of a fresh eager process running only that method). Models run with BatchNorm in
 eval mode unless --train-bn, as in the paper's runs. On CPU, glibc's malloc is told to keep
@@ -18,6 +21,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -74,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'), help='autocast dtype')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--steps', type=int, default=10, help='timed rounds (default: 10)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first (default: 2)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first, at least (default: 2)')
+    parser.add_argument('--max-warmup', type=int, default=12,
+                        help='on CPU, warm up until a round faults in no fresh memory, for at most this many rounds '
+                             '(default: 12)')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None,
                         help='torch.compile the methods that can be compiled (not double backprop) with this '
                              'backend (default inductor), and also time gradnorm-fd and pgd-3 eager; ratios are to '
@@ -93,13 +100,42 @@ def _device(args) -> torch.device:
 
 
 def _cache_freed_memory() -> bool:
-    """Keep freed blocks in glibc's heap instead of returning them to the OS; False if not glibc."""
+    """Keep freed blocks in glibc's heap instead of returning them to the OS; False if not glibc.
+
+    Every block comes from the heap (no mmap, which would unmap large tensors on free and fault
+    them in again on the next step) and the heap is never trimmed.
+    """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library('c'))
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
     except (OSError, AttributeError):
         return False
+
+
+#: A warm-up round that faults in fewer fresh pages than this (4 KiB each) is steady state.
+STEADY_PAGE_FAULTS = 256
+
+
+def _minor_page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _warm_up(args, device: torch.device, runners: list) -> Dict[str, Any]:
+    """Untimed rounds: ``--warmup`` of them, then on CPU more until no step faults in fresh pages."""
+    rounds, faults = 0, None
+    limit = args.warmup if device.type != 'cpu' else max(args.warmup, args.max_warmup)
+    while rounds < limit:
+        faults = {}
+        for label, runner, _, _ in runners:
+            before = _minor_page_faults()
+            runner.step()
+            faults[label] = _minor_page_faults() - before
+        rounds += 1
+        if rounds >= args.warmup and (device.type != 'cpu' or max(faults.values()) < STEADY_PAGE_FAULTS):
+            break
+    steady = None if device.type != 'cpu' or faults is None else max(faults.values()) < STEADY_PAGE_FAULTS
+    return {'warmup_rounds': rounds, 'steady': steady, 'last_warmup_page_faults': faults}
 
 
 def _make_model(args) -> nn.Module:
@@ -270,18 +306,20 @@ def run_benchmark(args) -> Dict[str, Any]:
     model = _make_model(args)
     runners = [(label, _Runner(label, METHODS[name], model, args, device, compiled), name, compiled)
                for label, name, compiled in _variants(args)]
-    for _ in range(args.warmup):
-        for _, runner, _, _ in runners:
-            runner.step()
+    warmup = _warm_up(args, device, runners)
     times: Dict[str, List[float]] = {label: [] for label, *_ in runners}
+    faults: Dict[str, List[int]] = {label: [] for label, *_ in runners}
     for _ in range(args.steps):
         for label, runner, _, _ in runners:
+            before = _minor_page_faults()
             times[label].append(runner.timed_step())
+            faults[label].append(_minor_page_faults() - before)
     rows = []
     for label, runner, name, compiled in runners:
         rows.append({'method': label, 'passes': METHODS[name].passes,
                      'passes_rel_at': METHODS[name].passes / METHODS[REFERENCE].passes,
-                     'seconds': statistics.median(times[label]), 'times': times[label], 'compiled': compiled})
+                     'seconds': statistics.median(times[label]), 'times': times[label],
+                     'page_faults': faults[label], 'compiled': compiled})
     reference = {True: None, False: None}
     for row in rows:
         if row['method'].startswith(REFERENCE):
@@ -293,7 +331,7 @@ def run_benchmark(args) -> Dict[str, Any]:
     result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
               'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
               'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'rows': rows,
-              'torch': torch.__version__, 'cpu_malloc_cached': cached_malloc}
+              'torch': torch.__version__, 'cpu_malloc_cached': cached_malloc, **warmup}
     if natural_mb is not None:
         result['natural_eager_peak_mb'] = natural_mb
     if not args.no_fd_check and 'gradnorm-fd' in args.methods:
@@ -319,6 +357,10 @@ def format_table(result: Dict[str, Any]) -> str:
     if result.get('natural_eager_peak_mb') and natural_row and natural_row.get('peak_mb') is None:
         lines.append(f"mem/nat: relative to eager natural training, {result['natural_eager_peak_mb']:.0f} MB; "
                      'compiled steps have no CPU peak (RSS mixes in compilation)')
+    if result.get('steady') is not None:
+        lines.append(f"warm-up: {result['warmup_rounds']} rounds, " + (
+            'steady state (no step faulted in fresh memory)' if result['steady'] else
+            'memory still growing at the end (raise --max-warmup): first-touch page faults inflate the times'))
     if 'fd_accuracy' in result:
         fd = result['fd_accuracy']
         lines.append(f"gradnorm-fd vs double backprop parameter gradient: cosine {fd['cosine']:.5f}, relative error "

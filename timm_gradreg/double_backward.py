@@ -6,7 +6,9 @@ backward pass of the network. Three of PyTorch's defaults make that fail or slow
 * fused ``scaled_dot_product_attention`` kernels (flash / memory-efficient, CPU and
   CUDA) have no double backward; the math kernel does;
 * eval-mode BatchNorm's native double backward is several times slower than that of
-  the per-channel affine map it computes;
+  the per-channel affine map it computes; after a convolution the map is folded into
+  the convolution's weights (``conv(x, W·s) + t``), so neither backward pass touches
+  the activations for it;
 * a convolution's double backward takes the weight gradient of the differentiated
   input gradient as a convolution dilated by the stride, a slow path for strided
   convolutions; written as a transposed convolution, it uses the native
@@ -22,19 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ['double_backward_safe', 'affine_batch_norm', 'conv2d_fast_double_backward']
+__all__ = ['double_backward_safe', 'affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward']
 
 
-def affine_batch_norm(input: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
-                      weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                      eps: float = 1e-5) -> torch.Tensor:
-    """Eval-mode batch norm as ``input·scale + shift`` (per channel): an elementwise double backward."""
+def batch_norm_scale_shift(running_mean: torch.Tensor, running_var: torch.Tensor, weight: Optional[torch.Tensor],
+                           bias: Optional[torch.Tensor], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with eval batch norm(x) = x·scale + shift."""
     scale = torch.rsqrt(running_var + eps)
     if weight is not None:
         scale = scale * weight
     shift = -running_mean * scale
     if bias is not None:
         shift = shift + bias
+    return scale, shift
+
+
+def affine_batch_norm(input: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                      weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Eval-mode batch norm as ``input·scale + shift`` (per channel): an elementwise double backward."""
+    return _scale_and_shift(input, *batch_norm_scale_shift(running_mean, running_var, weight, bias, eps))
+
+
+def _scale_and_shift(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     shape = (1, -1) + (1,) * (input.ndim - 2)
     return torch.addcmul(shift.view(shape), input, scale.view(shape))
 
@@ -73,15 +85,19 @@ class _Conv2dFastDoubleBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, dilation, groups)
+    def setup(ctx, x, weight, bias, conv: tuple) -> None:
+        ctx.save_for_backward(x, weight, bias)
+        ctx.conv = conv
         ctx.has_bias = bias is not None
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        _Conv2dFastDoubleBackward.setup(ctx, x, weight, bias, (stride, padding, dilation, groups))
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
+        x, weight, _ = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         need_x, need_w = _will_run(ctx, 0), _will_run(ctx, 1)
         need_b = ctx.has_bias and _will_run(ctx, 2)
@@ -98,6 +114,41 @@ class _Conv2dFastDoubleBackward(torch.autograd.Function):
         if need_b:
             grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class _ConvBatchNorm(torch.autograd.Function):
+    """Eval BatchNorm folded into the convolution it follows: ``conv(x, W·s) + t``.
+
+    The value is computed from the convolution's output (``conv_out·s + t``, no second
+    convolution); the derivatives are those of a convolution with the folded weight ``W·s``
+    and bias ``b·s + t``, which carry the gradients on to W, b, γ and β.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, conv_out, scale, shift):
+        _Conv2dFastDoubleBackward.setup(ctx, x, weight, bias, (stride, padding, dilation, groups))
+        return torch.addcmul(shift.view(1, -1, 1, 1), conv_out, scale.view(1, -1, 1, 1))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _Conv2dFastDoubleBackward.backward(ctx, grad_out) + (None, None, None)
+
+
+_FOLDABLE_NODES = (_Conv2dFastDoubleBackward._backward_cls, _ConvBatchNorm._backward_cls)
+
+
+def _fold_into_conv(conv_out: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> Optional[torch.Tensor]:
+    """``conv_out·scale + shift`` folded into the convolution that made ``conv_out``; None if none did."""
+    node = conv_out.grad_fn
+    if type(node) not in _FOLDABLE_NODES or conv_out.ndim != 4:
+        return None
+    x, weight, bias = node.saved_tensors
+    if not (x.dtype == weight.dtype == scale.dtype == conv_out.dtype):  # autocast: keep the plain affine map
+        return None
+    folded_weight = weight * scale.view(-1, 1, 1, 1)
+    folded_bias = shift if bias is None else torch.addcmul(shift, bias, scale)
+    return _ConvBatchNorm.apply(x, folded_weight, folded_bias, *node.conv, conv_out.detach(), scale.detach(),
+                                shift.detach())
 
 
 def _pair(value: Any) -> Tuple[int, int]:
@@ -135,8 +186,10 @@ class _CheapDoubleBackward(TorchFunctionMode):
         if func is F.batch_norm:
             bn = _bind(_BATCH_NORM_ARGS, _BATCH_NORM_DEFAULTS, args, kwargs)
             if not bn['training'] and bn['running_mean'] is not None and bn['running_var'] is not None:
-                return affine_batch_norm(bn['input'], bn['running_mean'], bn['running_var'], bn['weight'],
-                                         bn['bias'], bn['eps'])
+                scale, shift = batch_norm_scale_shift(bn['running_mean'], bn['running_var'], bn['weight'],
+                                                      bn['bias'], bn['eps'])
+                folded = _fold_into_conv(bn['input'], scale, shift)
+                return folded if folded is not None else _scale_and_shift(bn['input'], scale, shift)
         elif func is F.conv2d:
             conv = _bind(_CONV_ARGS, _CONV_DEFAULTS, args, kwargs)
             if conv['input'].ndim == 4 and not isinstance(conv['padding'], str) and torch.is_grad_enabled():
