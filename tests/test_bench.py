@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from timm_gradreg.bench import METHODS, REFERENCE, main
@@ -99,3 +100,10 @@ def test_cpu_warm_up_runs_until_no_step_faults_in_fresh_memory(monkeypatch):
     assert capped['warmup_rounds'] == 3 and capped['steady'] is False
     cuda = _warm_up_with_faults(monkeypatch, [4000] * 8, warmup=2, max_warmup=12, device='cuda')
     assert cuda['warmup_rounds'] == 2 and cuda['steady'] is None  # the caching allocator: fixed warm-up
+
+
+def test_unknown_model_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--model', 'no_such_model', '--steps', '1', '--warmup', '0'])
+    assert exit_info.value.code == 2
+    assert "Unknown timm model 'no_such_model'" in capsys.readouterr().err

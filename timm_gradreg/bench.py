@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import swap_activations
-from .models import create_model
+from .models import ModelError, create_model
 from .modes import freeze_batchnorm
 from .tasks import create_task
 
@@ -369,11 +369,15 @@ def format_table(result: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(args)
         return 0
-    result = run_benchmark(args)
+    try:
+        result = run_benchmark(args)
+    except ModelError as e:
+        parser.error(str(e))
     print(format_table(result))
     if args.output:
         with open(args.output, 'w') as f:
