@@ -8,8 +8,8 @@ step) of every method are interleaved round by round after a warm-up, so machine
 hits all methods alike. On CPU the warm-up goes on (up to --max-warmup rounds) until a round
 of steps no longer faults in fresh memory pages: the heap has then grown to each method's
 steady-state footprint, as in a long training run, and first-touch page faults (slow on
-virtual machines) are not counted as compute; the table gives the median seconds per step, the ratio to PGD-3
-adversarial training, and the peak memory of a step (CUDA max allocated; on CPU the peak
+virtual machines) are not counted as compute. The table gives the median seconds per step,
+the ratio to PGD-3 adversarial training, and the peak memory of a step (CUDA max allocated; on CPU the peak
 RSS growth of a fresh eager process running only that method). Models run with BatchNorm in
 eval mode unless --train-bn, as in the paper's runs. On CPU, glibc's malloc is told to keep
 freed memory (as CUDA's caching allocator does), so a step's time is its compute, not the page
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -121,20 +121,23 @@ def _minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _with_page_faults(fn: Callable[[], Any]) -> Tuple[Any, int]:
+    """``fn()``'s result and the fresh memory pages it faulted in."""
+    before = _minor_page_faults()
+    result = fn()
+    return result, _minor_page_faults() - before
+
+
 def _warm_up(args, device: torch.device, runners: list) -> Dict[str, Any]:
     """Untimed rounds: ``--warmup`` of them, then on CPU more until no step faults in fresh pages."""
-    rounds, faults = 0, None
-    limit = args.warmup if device.type != 'cpu' else max(args.warmup, args.max_warmup)
-    while rounds < limit:
-        faults = {}
-        for label, runner, _, _ in runners:
-            before = _minor_page_faults()
-            runner.step()
-            faults[label] = _minor_page_faults() - before
+    on_cpu = device.type == 'cpu'
+    rounds, faults, steady = 0, None, None
+    while rounds < (max(args.warmup, args.max_warmup) if on_cpu else args.warmup):
+        faults = {label: _with_page_faults(runner.step)[1] for label, runner, _, _ in runners}
         rounds += 1
-        if rounds >= args.warmup and (device.type != 'cpu' or max(faults.values()) < STEADY_PAGE_FAULTS):
+        steady = max(faults.values()) < STEADY_PAGE_FAULTS if on_cpu else None
+        if rounds >= args.warmup and steady is not False:
             break
-    steady = None if device.type != 'cpu' or faults is None else max(faults.values()) < STEADY_PAGE_FAULTS
     return {'warmup_rounds': rounds, 'steady': steady, 'last_warmup_page_faults': faults}
 
 
@@ -311,9 +314,9 @@ def run_benchmark(args) -> Dict[str, Any]:
     faults: Dict[str, List[int]] = {label: [] for label, *_ in runners}
     for _ in range(args.steps):
         for label, runner, _, _ in runners:
-            before = _minor_page_faults()
-            times[label].append(runner.timed_step())
-            faults[label].append(_minor_page_faults() - before)
+            seconds, step_faults = _with_page_faults(runner.timed_step)
+            times[label].append(seconds)
+            faults[label].append(step_faults)
     rows = []
     for label, runner, name, compiled in runners:
         rows.append({'method': label, 'passes': METHODS[name].passes,
