@@ -77,6 +77,23 @@ def test_attack_leaves_parameter_gradients_alone(model, data):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_attack_needs_no_parameter_graph_and_restores_each_flag(model, data):
+    """Only input gradients: parameters are frozen during the attack (a compiled backward then skips the
+    weight gradients), and each one's own requires_grad comes back, also after an error."""
+    x, y = data
+    model.conv1.weight.requires_grad_(False)  # frozen by the user: stays frozen
+    seen = []
+    model.conv2.register_forward_hook(lambda m, i, o: seen.append(any(p.requires_grad for p in model.parameters())))
+    adv = pgd_attack(model, x, y, eps=4 / 255, step_size=1 / 255, steps=2, space=SPACE, random_start=False)
+    assert seen == [False, False]
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ['conv1.weight']
+    assert (adv - x).abs().amax() > 0  # the input gradient still drove the attack
+    model.conv2.register_forward_hook(lambda m, i, o: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pgd_attack(model, x, y, eps=4 / 255, step_size=1 / 255, steps=1, space=SPACE)
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ['conv1.weight']
+
+
 def test_pixel_model_without_space(model, data):
     """space=None: the model takes pixels (normalization inside), the evaluation convention."""
     from timm_gradreg import normalized_model

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 from timm_gradreg.activations import swap_activations
-from timm_gradreg.double_backward import affine_batch_norm, conv2d_fast_double_backward, double_backward_safe
+from timm_gradreg.double_backward import (SMOOTH_ACTIVATIONS, FusedPointwise, affine_batch_norm,
+                                         conv2d_fast_double_backward, double_backward_safe)
 
 
 @pytest.mark.parametrize('stride,padding,dilation,groups,kernel,size', [
@@ -115,7 +116,7 @@ def test_batch_norm_after_conv_is_folded_with_exact_derivatives(with_conv_bias):
         return _conv_bn(*args, mean, var, 2)
 
     out = fn(*inputs)
-    assert type(out.grad_fn).__name__ == 'GeluBackward0'
+    assert type(out.grad_fn).__name__ == '_FusedActivationBackward'
     assert type(out.grad_fn.next_functions[0][0]).__name__ == '_ConvBatchNormBackward'  # folded
     ref = F.gelu(F.batch_norm(F.conv2d(x, w, conv_bias, 2, 1), mean, var, gamma, beta, False, 0.1, 1e-3))
     torch.testing.assert_close(out, ref)
@@ -138,3 +139,54 @@ def test_batch_norm_fold_is_skipped_under_autocast_and_after_other_ops():
         ref = bn(conv(x))
     assert type(out.grad_fn).__name__ != '_ConvBatchNormBackward'
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('act', [F.gelu, F.silu])
+def test_fused_activation_derivatives_match_finite_differences(act):
+    """The compiled input-gradient kernel and its AOT-compiled derivative, against float64 finite differences."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+
+    def fused(x):
+        with double_backward_safe():
+            return act(x)
+
+    out = fused(x)
+    assert type(out.grad_fn).__name__ == '_FusedActivationBackward'
+    torch.testing.assert_close(out, act(x))
+    assert gradcheck(fused, (x,))
+    assert gradgradcheck(fused, (x,))
+    kernel = SMOOTH_ACTIVATIONS[act].input_grad
+    assert kernel._compiled is not None and not kernel._failed  # the compiled kernel ran, not the fallback
+    gy = torch.randn_like(x)
+    (g_native,) = torch.autograd.grad(act(x), x, gy, create_graph=True)
+    (g_fused,) = torch.autograd.grad(fused(x), x, gy, create_graph=True)
+    torch.testing.assert_close(g_fused, g_native, rtol=1e-12, atol=1e-14)
+    (h_native,) = torch.autograd.grad(g_native.square().sum(), x)
+    (h_fused,) = torch.autograd.grad(g_fused.square().sum(), x)
+    torch.testing.assert_close(h_fused, h_native, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize('call', [
+    lambda x: F.gelu(x, approximate='tanh'), lambda x: F.silu(x.clone(), inplace=True), lambda x: F.gelu(x.detach()),
+])
+def test_other_activation_forms_stay_native(call):
+    x = torch.randn(2, 3, requires_grad=True)
+    with double_backward_safe():
+        out = call(x)
+    assert out.grad_fn is None or type(out.grad_fn).__name__ != '_FusedActivationBackward'
+
+
+def test_fused_kernel_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError('no C++ compiler')
+        return run
+
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    kernel = FusedPointwise(torch.mul)
+    a, b = torch.randn(3, 2), torch.randn(3, 2)
+    with pytest.warns(UserWarning, match='torch.compile failed .*no C\\+\\+ compiler.*eager'):
+        torch.testing.assert_close(kernel(a, b), a * b)
+    assert kernel._failed
+    torch.testing.assert_close(kernel(a, b), a * b)  # no second attempt, no second warning

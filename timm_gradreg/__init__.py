@@ -16,7 +16,7 @@ from .edges import (EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, 
 from .gradnorm import gradnorm_penalty, per_sample_gradnorm
 from .double_backward import double_backward_safe
 from .input_grad import loss_and_input_gradient, per_sample_loss_sum
-from .modes import eval_mode, freeze_batchnorm
+from .modes import eval_mode, freeze_batchnorm, frozen_parameters
 from .normalization import Normalize, PixelSpace, normalized_model
 from .schedules import LinearGrowth, LinearWarmup
 from .tasks import (AdversarialTask, EdgeTask, FGSMTask, GradNormTask, GradRegTask, NaturalTask, PGDTask,

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .input_grad import at_least_fp32
-from .modes import eval_mode
+from .modes import eval_mode, frozen_parameters
 from .normalization import PixelSpace
 
 __all__ = [
@@ -157,7 +157,7 @@ def pgd_attack(
         delta = (x_pix + delta).clamp(0.0, 1.0) - x_pix
     best_delta, best_value = delta.clone(), None
 
-    with eval_mode(model):
+    with eval_mode(model), frozen_parameters(model):  # input gradients only
         for step in range(steps + int(best_loss)):
             delta.requires_grad_(True)
             values = loss_fn(model(space.to_normalized(x_pix + delta)), target)

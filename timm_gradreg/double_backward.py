@@ -1,7 +1,7 @@
 """Forward passes that can be differentiated twice, cheaply.
 
 Double backprop (GradNorm, edge alignment, Hessian-vector products) differentiates the
-backward pass of the network. Three of PyTorch's defaults make that fail or slow:
+backward pass of the network. Four of PyTorch's defaults make that fail or slow:
 
 * fused ``scaled_dot_product_attention`` kernels (flash / memory-efficient, CPU and
   CUDA) have no double backward; the math kernel does;
@@ -12,19 +12,27 @@ backward pass of the network. Three of PyTorch's defaults make that fail or slow
 * a convolution's double backward takes the weight gradient of the differentiated
   input gradient as a convolution dilated by the stride, a slow path for strided
   convolutions; written as a transposed convolution, it uses the native
-  weight-gradient kernel instead.
+  weight-gradient kernel instead;
+* the double backward of a smooth activation (exact GELU, SiLU) is a chain of some ten
+  elementwise kernels per layer; its input gradient is instead one ``torch.compile``d
+  kernel, whose derivative AOTAutograd compiles into one more (eager if compiling fails,
+  or with ``TORCHDYNAMO_DISABLE=1``).
 
-``double_backward_safe()`` applies all three to the forward passes run inside it. The
+``double_backward_safe()`` applies all four to the forward passes run inside it. The
 functions computed, and their first and second derivatives, are unchanged.
 """
 import contextlib
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ['double_backward_safe', 'affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward']
+__all__ = ['double_backward_safe', 'affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward',
+           'SMOOTH_ACTIVATIONS', 'FusedPointwise']
 
 
 def batch_norm_scale_shift(running_mean: torch.Tensor, running_var: torch.Tensor, weight: Optional[torch.Tensor],
@@ -165,6 +173,90 @@ def conv2d_fast_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: Opt
     return _Conv2dFastDoubleBackward.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
 
 
+def _gelu_input_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """gelu'(x)·grad_out for the exact GELU x·Φ(x): (Φ(x) + x·φ(x))·grad_out."""
+    cdf = 0.5 * (1.0 + torch.erf(x * math.sqrt(0.5)))
+    pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return grad_out * (cdf + x * pdf)
+
+
+def _silu_input_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """silu'(x)·grad_out for x·σ(x): σ(x)·(1 + x·(1 − σ(x)))·grad_out."""
+    sig = torch.sigmoid(x)
+    return grad_out * (sig * (1.0 + x * (1.0 - sig)))
+
+
+class FusedPointwise:
+    """An elementwise function of same-shaped tensors run as one ``torch.compile``d kernel.
+
+    Inputs are flattened, so one dynamic-shape graph serves every layer. Called on tensors
+    that require grad, AOTAutograd compiles the derivative too. If compiling fails (no C++
+    compiler for CPU kernels, an unsupported platform) it warns once and stays eager.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor]):
+        self.fn = fn
+        self._compiled: Optional[Callable[..., torch.Tensor]] = None
+        self._failed = False
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if not self._failed:
+            try:
+                if self._compiled is None:
+                    self._compiled = torch.compile(self.fn, dynamic=True)
+                with torch._C.DisableTorchFunction():  # not traced through double_backward_safe's mode
+                    return self._compiled(*[t.reshape(-1) for t in tensors]).view(tensors[0].shape)
+            except Exception as e:  # compile errors vary by backend; the eager result is identical
+                self._failed = True
+                warnings.warn(f'{self.fn.__name__}: torch.compile failed ({type(e).__name__}: {e}); '
+                              'running it as eager kernels.', stacklevel=2)
+        return self.fn(*tensors)
+
+
+@dataclass(frozen=True)
+class _SmoothActivation:
+    """An activation's native first-order backward, its fused input gradient, and the keyword
+    arguments (with the values) under which it is that function."""
+    native_backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    input_grad: FusedPointwise
+    plain_kwargs: Dict[str, Any]
+
+
+#: Smooth activations (what the paper trains) whose double backward is fused.
+SMOOTH_ACTIVATIONS: Dict[Callable, _SmoothActivation] = {
+    F.gelu: _SmoothActivation(torch.ops.aten.gelu_backward, FusedPointwise(_gelu_input_grad), {'approximate': 'none'}),
+    F.silu: _SmoothActivation(torch.ops.aten.silu_backward, FusedPointwise(_silu_input_grad), {'inplace': False}),
+}
+
+
+class _FusedActivation(torch.autograd.Function):
+    """An activation whose backward under ``create_graph`` is its fused input-gradient kernel."""
+
+    @staticmethod
+    def forward(ctx, x, func, activation):
+        ctx.save_for_backward(x)
+        ctx.activation = activation
+        return func(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: this gradient will be differentiated
+            return ctx.activation.input_grad(grad_out, x), None, None
+        return ctx.activation.native_backward(grad_out, x), None, None
+
+
+def _fused_activation(func: Callable, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """``func(*args, **kwargs)`` with a fused double backward, or None where the native one is needed."""
+    activation = SMOOTH_ACTIVATIONS[func]
+    x = args[0] if len(args) == 1 else None
+    if (x is None or any(activation.plain_kwargs.get(k, object()) != v for k, v in kwargs.items())
+            or not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.requires_grad)
+            or not torch.is_grad_enabled()):
+        return None  # tanh GELU, in-place SiLU, positional options, no graph: native path
+    return _FusedActivation.apply(x, func, activation)
+
+
 def _bind(names: Sequence[str], defaults: Dict[str, Any], args: tuple, kwargs: dict) -> Dict[str, Any]:
     bound = dict(defaults)
     bound.update(zip(names, args))
@@ -179,10 +271,15 @@ _CONV_DEFAULTS = {'bias': None, 'stride': 1, 'padding': 0, 'dilation': 1, 'group
 
 
 class _CheapDoubleBackward(TorchFunctionMode):
-    """Routes eval-mode ``F.batch_norm`` and ``F.conv2d`` to versions with a cheap double backward."""
+    """Routes eval-mode ``F.batch_norm``, ``F.conv2d`` and smooth activations to versions with a
+    cheap double backward."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in SMOOTH_ACTIVATIONS:
+            fused = _fused_activation(func, args, kwargs)
+            if fused is not None:
+                return fused
         if func is F.batch_norm:
             bn = _bind(_BATCH_NORM_ARGS, _BATCH_NORM_DEFAULTS, args, kwargs)
             if not bn['training'] and bn['running_mean'] is not None and bn['running_var'] is not None:

@@ -4,7 +4,7 @@ from typing import Iterator
 
 import torch.nn as nn
 
-__all__ = ['eval_mode', 'freeze_batchnorm']
+__all__ = ['eval_mode', 'frozen_parameters', 'freeze_batchnorm']
 
 
 @contextmanager
@@ -21,6 +21,24 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` on every parameter, restoring each one's own flag afterwards.
+
+    For passes that only need input gradients (attacks): eager autograd then records no
+    parameter graph, and a ``torch.compile``d model runs a backward graph without the
+    weight gradients (AOTAutograd computes the gradient of every input that requires it).
+    """
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def freeze_batchnorm(module: nn.Module) -> int:

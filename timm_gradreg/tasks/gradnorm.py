@@ -44,22 +44,24 @@ def _double_backprop(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor
 
 
 class _GradientInjection(torch.autograd.Function):
-    """A zero-valued scalar whose backward hands given tensors to the parameters as their gradients.
+    """A zero-valued scalar whose backward hands ``coef``·(given tensors) to the parameters as gradients.
 
     Adds precomputed parameter gradients to the one ordinary backward without copies or saved
-    activations (a linear surrogate Σ⟨p, G⟩ would save G again for its own backward).
+    activations (a linear surrogate Σ⟨p, G⟩ would save G again for its own backward); the
+    scaling by ``coef`` and by the incoming gradient is one in-place pass over the tensors.
     """
 
     @staticmethod
-    def forward(ctx, count: int, *tensors: torch.Tensor) -> torch.Tensor:
-        ctx.grads = tensors[count:]
+    def forward(ctx, count: int, coef: float, *tensors: torch.Tensor) -> torch.Tensor:
+        ctx.grads, ctx.coef = tensors[count:], coef
         return tensors[0].new_zeros(())
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grads = ctx.grads
+        grads = list(ctx.grads)
         ctx.grads = None
-        return (None, *[g.mul_(grad_output) for g in grads], *[None] * len(grads))  # in place: the tensors are ours
+        torch._foreach_mul_(grads, grad_output * ctx.coef)  # in place: the tensors are ours
+        return (None, None, *grads, *[None] * len(grads))
 
 
 def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -89,8 +91,8 @@ def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tens
     shifted = (x.detach() + step * penalty_direction(grad, task.eps, task.sigma)).detach()
     shifted_ce = per_sample_loss_sum(task.criterion, at_least_fp32(task.trainable_module(shifted)), target) / batch
     coef = (task.ce_weight - weight / step) / (batch * scale)
-    pairs = [(p, g.mul_(coef)) for p, g in zip(params, grads[1:]) if g is not None]
-    injected = _GradientInjection.apply(len(pairs), *[p for p, _ in pairs], *[g for _, g in pairs]) if pairs else 0.0
+    pairs = [(p, g) for p, g in zip(params, grads[1:]) if g is not None]
+    injected = _GradientInjection.apply(len(pairs), coef, *[p for p, _ in pairs], *[g for _, g in pairs]) if pairs else 0.0
     loss = task.ce_weight * ce + (weight / step) * (shifted_ce - ce) + injected
     return {'loss': loss, 'output': output.detach(), 'ce': ce, 'penalty': penalty.detach(), 'weight': weight}
 
