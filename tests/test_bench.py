@@ -50,6 +50,15 @@ def test_table_and_json_are_well_formed(tmp_path, capsys):
     assert 1 <= result['warmup_rounds'] <= 12 and isinstance(result['steady'], bool)
 
 
+def test_profile_lists_the_operators_of_one_method(capsys):
+    assert main(TINY + ['--profile', 'gradnorm', '--profile-rows', '5']) == 0
+    text = capsys.readouterr().out
+    assert text.startswith('gradnorm: 1 steps of test_resnet, batch 2, cpu, amp none')
+    ops = [line.split()[0] for line in text.splitlines() if line.strip().startswith('aten::')]
+    assert 1 <= len(ops) <= 5  # the costliest operators, as many as asked for
+    assert 'Self CPU time total' in text
+
+
 def test_compiled_variants_are_labelled_and_compared_to_eager_fd(capsys):
     assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', '--torchcompile', 'aot_eager',
                         '--no-memory', '--no-fd-check']) == 0

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory measurement')
     parser.add_argument('--no-fd-check', action='store_true', help='skip the FD vs double-backprop gradient check')
     parser.add_argument('--output', default='', help='write the results as JSON here')
+    parser.add_argument('--profile', default=None, choices=list(METHODS), metavar='METHOD',
+                        help='instead of the table, print torch.profiler\'s costliest operators of a step of this '
+                             'method (eager, or compiled with --torchcompile) and exit')
+    parser.add_argument('--profile-rows', type=int, default=25, help='operators listed by --profile (default: 25)')
     parser.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -346,6 +350,26 @@ def run_benchmark(args) -> Dict[str, Any]:
     return result
 
 
+def profile_step(args) -> str:
+    """torch.profiler's table of the operators that cost the most in ``args.profile``'s steps."""
+    from torch.profiler import ProfilerActivity, profile
+    device = _device(args)
+    torch.manual_seed(0)
+    method = METHODS[args.profile]
+    runner = _Runner(args.profile, method, _make_model(args), args, device,
+                     compiled=bool(args.torchcompile) and method.compilable)
+    for _ in range(max(args.warmup, 1)):
+        runner.timed_step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    steps = max(args.steps, 1)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            runner.timed_step()
+    sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    head = f'{args.profile}: {steps} steps of {args.model}, batch {args.batch_size}, {device}, amp {args.amp}'
+    return head + '\n' + prof.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows)
+
+
 def format_table(result: Dict[str, Any]) -> str:
     head = (f"{result['model']}{' (' + result['act'] + ')' if result['act'] else ''}, batch {result['batch_size']}, "
             f"{result['img_size']}px, {result['device']}, amp {result['amp']}, BatchNorm "
@@ -378,6 +402,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         _memory_child(args)
         return 0
     try:
+        if args.profile:
+            print(profile_step(args))
+            return 0
         result = run_benchmark(args)
     except ModelError as e:
         parser.error(str(e))

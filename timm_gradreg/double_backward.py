@@ -189,7 +189,8 @@ def _silu_input_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class FusedPointwise:
     """An elementwise function of same-shaped tensors run as one ``torch.compile``d kernel.
 
-    Inputs are flattened, so one dynamic-shape graph serves every layer. Called on tensors
+    Inputs are flattened and their length marked dynamic, so one graph serves every layer
+    (on CPU and CUDA; ``dynamic=True`` fails to compile on CUDA in torch 2.11). Called on tensors
     that require grad, AOTAutograd compiles the derivative too. If compiling fails (no C++
     compiler for CPU kernels, an unsupported platform) it warns once and stays eager.
     """
@@ -203,9 +204,12 @@ class FusedPointwise:
         if not self._failed:
             try:
                 if self._compiled is None:
-                    self._compiled = torch.compile(self.fn, dynamic=True)
+                    self._compiled = torch.compile(self.fn)
+                flat = [t.reshape(-1) for t in tensors]
+                for t in flat:
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
                 with torch._C.DisableTorchFunction():  # not traced through double_backward_safe's mode
-                    return self._compiled(*[t.reshape(-1) for t in tensors]).view(tensors[0].shape)
+                    return self._compiled(*flat).view(tensors[0].shape)
             except Exception as e:  # compile errors vary by backend; the eager result is identical
                 self._failed = True
                 warnings.warn(f'{self.fn.__name__}: torch.compile failed ({type(e).__name__}: {e}); '
