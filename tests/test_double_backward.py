@@ -190,3 +190,17 @@ def test_fused_kernel_falls_back_to_eager_when_compiling_fails(monkeypatch):
         torch.testing.assert_close(kernel(a, b), a * b)
     assert kernel._failed
     torch.testing.assert_close(kernel(a, b), a * b)  # no second attempt, no second warning
+
+
+def test_fused_kernel_compiles_one_graph_for_every_length():
+    def cube_plus(a, b):
+        return a * a * a + b
+
+    fused = FusedPointwise(cube_plus)
+    graphs = torch._dynamo.utils.counters['stats']['unique_graphs']
+    for shape in [(2, 3, 4, 4), (5, 7), (11,), (3, 8, 2, 2)]:  # layers of different sizes
+        a, b = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+        out = fused(a, b)
+        assert out.shape == shape and torch.allclose(out, cube_plus(a, b), rtol=1e-12, atol=1e-12)
+    assert not fused._failed
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs == 1
