@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 from timm_gradreg.activations import swap_activations
-from timm_gradreg.double_backward import (SMOOTH_ACTIVATIONS, FusedPointwise, affine_batch_norm,
+from timm_gradreg.double_backward import (SMOOTH_ACTIVATIONS, CompiledKernel, affine_batch_norm,
                                          conv2d_fast_double_backward, double_backward_safe)
 
 
@@ -184,7 +184,7 @@ def test_fused_kernel_falls_back_to_eager_when_compiling_fails(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, 'compile', broken_compile)
-    kernel = FusedPointwise(torch.mul)
+    kernel = CompiledKernel(torch.mul)
     a, b = torch.randn(3, 2), torch.randn(3, 2)
     with pytest.warns(UserWarning, match='torch.compile failed .*no C\\+\\+ compiler.*eager'):
         torch.testing.assert_close(kernel(a, b), a * b)
@@ -192,15 +192,106 @@ def test_fused_kernel_falls_back_to_eager_when_compiling_fails(monkeypatch):
     torch.testing.assert_close(kernel(a, b), a * b)  # no second attempt, no second warning
 
 
-def test_fused_kernel_compiles_one_graph_for_every_length():
+def test_compiled_kernel_compiles_a_graph_per_shape_past_dynamos_default_limit():
+    """Static shapes (faster CPU kernels): each layer size compiles once, more sizes than dynamo's
+    default recompile limit (8) included, and every result is the function's."""
     def cube_plus(a, b):
         return a * a * a + b
 
-    fused = FusedPointwise(cube_plus)
+    kernel = CompiledKernel(cube_plus)
     graphs = torch._dynamo.utils.counters['stats']['unique_graphs']
-    for shape in [(2, 3, 4, 4), (5, 7), (11,), (3, 8, 2, 2)]:  # layers of different sizes
+    shapes = [(n,) for n in range(1, 10)] + [(2, 3, 4, 4)]
+    for shape in shapes + shapes:  # the second round reuses the graphs
         a, b = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
-        out = fused(a, b)
+        out = kernel(a, b)
         assert out.shape == shape and torch.allclose(out, cube_plus(a, b), rtol=1e-12, atol=1e-12)
-    assert not fused._failed
-    assert torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs == 1
+    assert not kernel._failed
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs == len(shapes)
+
+
+@pytest.mark.parametrize('normalized_shape,affine', [((5,), True), ((4, 5), True), ((5,), False)])
+def test_layer_norm_derivatives_match_finite_differences(normalized_shape, affine):
+    """The compiled LayerNorm input gradient and its AOT-compiled derivative, against float64 finite differences."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(normalized_shape, dtype=torch.float64, requires_grad=True) if affine else None
+    bias = torch.randn(normalized_shape, dtype=torch.float64, requires_grad=True) if affine else None
+
+    def fused(x, weight, bias):
+        with double_backward_safe():
+            return F.layer_norm(x, normalized_shape, weight, bias, eps=1e-3)
+
+    out = fused(x, weight, bias)
+    assert type(out.grad_fn).__name__ == '_LayerNormBackward'
+    torch.testing.assert_close(out, F.layer_norm(x, normalized_shape, weight, bias, eps=1e-3))
+    inputs = (x, weight, bias)
+    assert gradcheck(fused, inputs)
+    assert gradgradcheck(fused, inputs)
+
+
+def test_layer_norm_under_autocast_is_left_native():
+    """Autocast's dtype policy for LayerNorm differs by device: the native op keeps it."""
+    x, weight, bias = torch.randn(2, 3, 8, requires_grad=True), torch.randn(8), torch.randn(8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        with double_backward_safe():
+            out = F.layer_norm(x.bfloat16(), (8,), weight, bias)
+        ref = F.layer_norm(x.bfloat16(), (8,), weight, bias)
+    assert type(out.grad_fn).__name__ != '_LayerNormBackward'
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize('mask_shape', [None, (1, 3, 5, 5), (2, 3, 5, 5)])
+def test_attention_derivatives_match_finite_differences(mask_shape):
+    """Fused-forward attention with the compiled backward: first and second derivatives, the additive
+    (learnable, broadcast) mask included, against float64 finite differences."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = None if mask_shape is None else torch.randn(mask_shape, dtype=torch.float64, requires_grad=True)
+
+    def fused(q, k, v, mask):
+        with double_backward_safe():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    out = fused(q, k, v, mask)
+    assert type(out.grad_fn).__name__ == '_AttentionBackward'
+    scores = q @ k.transpose(-2, -1) / 2.0 + (0 if mask is None else mask)
+    torch.testing.assert_close(out, scores.softmax(-1) @ v)
+    inputs = (q, k, v, mask)
+    assert gradcheck(fused, inputs)
+    assert gradgradcheck(fused, inputs)
+
+
+@pytest.mark.parametrize('options', [{'dropout_p': 0.5}, {'is_causal': True}, {'attn_mask': 'bool'}])
+def test_other_attention_forms_take_the_math_kernel(options):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 3, requires_grad=True) for _ in range(3))
+    if options.get('attn_mask') == 'bool':
+        options = {'attn_mask': torch.rand(4, 4) > 0.3}
+    with double_backward_safe():
+        out = F.scaled_dot_product_attention(q, k, v, **options)
+    assert type(out.grad_fn).__name__ != '_AttentionBackward'
+    (g,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    g.sum().backward()  # twice differentiable: the math kernel
+    assert k.grad is not None
+
+
+@pytest.mark.parametrize('model_name,kwargs', [
+    ('vit_tiny_patch16_224', {'img_size': 32, 'patch_size': 8, 'depth': 2}),
+    ('swin_tiny_patch4_window7_224', {'img_size': 32, 'window_size': 2, 'embed_dim': 12, 'depths': (2, 2, 1, 1),
+                                      'num_heads': (1, 2, 2, 2)}),
+])
+def test_transformer_penalty_gradient_equals_unfused_double_backprop(model_name, kwargs):
+    """ViT and Swin (LayerNorm, GELU, attention with a learnt position bias and shifted-window
+    masks): the rewritten ops give the parameter gradient of timm's own unfused attention."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=4, **kwargs).eval().double()
+    x, y = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 3])
+    g, p = _penalty_gradients(model, x, y, double_backward_safe())
+    for module in model.modules():
+        if hasattr(module, 'fused_attn'):
+            module.fused_attn = False
+    model.zero_grad()
+    g_ref, p_ref = _penalty_gradients(model, x, y, contextlib.nullcontext())
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(p, p_ref, rtol=1e-9, atol=1e-12)

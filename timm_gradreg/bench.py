@@ -354,6 +354,8 @@ def profile_step(args) -> str:
     """torch.profiler's table of the operators that cost the most in ``args.profile``'s steps."""
     from torch.profiler import ProfilerActivity, profile
     device = _device(args)
+    if device.type == 'cpu':
+        _cache_freed_memory()  # as in the timed runs: no page faults of re-mapped activations
     torch.manual_seed(0)
     method = METHODS[args.profile]
     runner = _Runner(args.profile, method, _make_model(args), args, device,

@@ -1,0 +1,26 @@
+"""Forward passes that can be differentiated twice, cheaply.
+
+Double backprop (GradNorm, edge alignment, Hessian-vector products) differentiates the
+backward pass of the network. PyTorch's defaults make that fail or slow:
+
+* fused ``scaled_dot_product_attention`` kernels (flash / memory-efficient, CPU and CUDA)
+  have no double backward; the math kernel has a slow one. Attention keeps the fused
+  forward and gets a compiled backward whose own derivative is compiled (``attention``);
+* eval-mode BatchNorm's double backward is that of a per-channel affine map, folded into
+  the convolution before it; strided convolutions' double backward uses the native
+  weight-gradient kernel (``conv``);
+* the double backward of a smooth activation (exact GELU, SiLU) and of LayerNorm is a long
+  chain of elementwise kernels; their input gradients are ``torch.compile``d kernels instead,
+  whose derivatives AOTAutograd compiles (``activation``, ``layer_norm``; eager if compiling
+  fails, or with ``TORCHDYNAMO_DISABLE=1``).
+
+``double_backward_safe()`` applies all of them to the forward passes run inside it. The
+functions computed, and their first and second derivatives, are unchanged.
+"""
+from .activation import SMOOTH_ACTIVATIONS
+from .conv import affine_batch_norm, batch_norm_scale_shift, conv2d_fast_double_backward
+from .kernels import CompiledKernel
+from .mode import DOUBLE_BACKWARD_OPS, double_backward_safe
+
+__all__ = ['double_backward_safe', 'DOUBLE_BACKWARD_OPS', 'CompiledKernel', 'SMOOTH_ACTIVATIONS',
+           'affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward']

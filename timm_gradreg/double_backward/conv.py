@@ -1,0 +1,170 @@
+"""Eval BatchNorm and convolutions with a cheap double backward.
+
+* eval-mode BatchNorm's native double backward is several times slower than that of the
+  per-channel affine map it computes; after a convolution the map is folded into the
+  convolution's weights (``conv(x, W·s) + t``), so neither backward pass touches the
+  activations for it;
+* a convolution's double backward takes the weight gradient of the differentiated input
+  gradient as a convolution dilated by the stride, a slow path for strided convolutions;
+  written as a transposed convolution, it uses the native weight-gradient kernel instead.
+"""
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .common import bind_args, gradient_needed, record_inputs
+
+__all__ = ['affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward', 'eval_batch_norm',
+           'fast_conv2d']
+
+
+def batch_norm_scale_shift(running_mean: torch.Tensor, running_var: torch.Tensor, weight: Optional[torch.Tensor],
+                           bias: Optional[torch.Tensor], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with eval batch norm(x) = x·scale + shift."""
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
+def affine_batch_norm(input: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                      weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Eval-mode batch norm as ``input·scale + shift`` (per channel): an elementwise double backward."""
+    return _scale_and_shift(input, *batch_norm_scale_shift(running_mean, running_var, weight, bias, eps))
+
+
+def _scale_and_shift(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (input.ndim - 2)
+    return torch.addcmul(shift.view(shape), input, scale.view(shape))
+
+
+def _output_padding(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, conv: tuple) -> Tuple[int, int]:
+    """The output_padding that makes conv_transpose2d of ``grad_out`` the size of ``x`` (strided convs)."""
+    stride, padding, dilation, _ = conv
+    return tuple(
+        x.shape[2 + i] - ((grad_out.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                          + dilation[i] * (weight.shape[2 + i] - 1) + 1)
+        for i in range(2))
+
+
+class _Conv2dFastDoubleBackward(torch.autograd.Function):
+    """``F.conv2d`` whose backward, when itself differentiated, is a transposed convolution.
+
+    The first backward is the native one, except that under ``create_graph`` the input
+    gradient is ``conv_transpose2d(grad_out, weight)``; differentiating that again uses
+    the native kernels (a forward convolution and a weight gradient) instead of
+    ``_convolution_double_backward``'s stride-dilated convolution. Gradients that the
+    running backward does not need (the weights during ``autograd.grad(loss, x)``) are
+    not computed.
+    """
+
+    @staticmethod
+    def setup(ctx, x, weight, bias, conv: tuple) -> None:
+        record_inputs(ctx, x, weight, bias)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.conv = conv
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        _Conv2dFastDoubleBackward.setup(ctx, x, weight, bias, (stride, padding, dilation, groups))
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, _ = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        need_x, need_w = gradient_needed(ctx, 0), gradient_needed(ctx, 1)
+        need_b = ctx.has_bias and gradient_needed(ctx, 2)
+        grad_x = grad_w = grad_b = None
+        if torch.is_grad_enabled() and need_x:  # create_graph: the input gradient will be differentiated
+            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding,
+                                        _output_padding(x, weight, grad_out, ctx.conv), groups, dilation)
+            need_x = False
+        if need_x or need_w:
+            native_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+                [need_x, need_w, False])
+            grad_x = native_x if need_x else grad_x
+        if need_b:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class _ConvBatchNorm(torch.autograd.Function):
+    """Eval BatchNorm folded into the convolution it follows: ``conv(x, W·s) + t``.
+
+    The value is computed from the convolution's output (``conv_out·s + t``, no second
+    convolution); the derivatives are those of a convolution with the folded weight ``W·s``
+    and bias ``b·s + t``, which carry the gradients on to W, b, γ and β.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, conv_out, scale, shift):
+        _Conv2dFastDoubleBackward.setup(ctx, x, weight, bias, (stride, padding, dilation, groups))
+        return torch.addcmul(shift.view(1, -1, 1, 1), conv_out, scale.view(1, -1, 1, 1))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _Conv2dFastDoubleBackward.backward(ctx, grad_out) + (None, None, None)
+
+
+_FOLDABLE_NODES = (_Conv2dFastDoubleBackward._backward_cls, _ConvBatchNorm._backward_cls)
+
+
+def _fold_into_conv(conv_out: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> Optional[torch.Tensor]:
+    """``conv_out·scale + shift`` folded into the convolution that made ``conv_out``; None if none did."""
+    node = conv_out.grad_fn
+    if type(node) not in _FOLDABLE_NODES or conv_out.ndim != 4:
+        return None
+    x, weight, bias = node.saved_tensors
+    if not (x.dtype == weight.dtype == scale.dtype == conv_out.dtype):  # autocast: keep the plain affine map
+        return None
+    folded_weight = weight * scale.view(-1, 1, 1, 1)
+    folded_bias = shift if bias is None else torch.addcmul(shift, bias, scale)
+    return _ConvBatchNorm.apply(x, folded_weight, folded_bias, *node.conv, conv_out.detach(), scale.detach(),
+                                shift.detach())
+
+
+def _pair(value: Any) -> Tuple[int, int]:
+    return tuple(value) * (2 // len(value)) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+def conv2d_fast_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` (integer padding, 4-D input) with a fast double backward; see the module docstring."""
+    if torch.is_autocast_enabled(x.device.type):  # run in the autocast dtype, as F.conv2d would
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return _Conv2dFastDoubleBackward.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
+
+
+_BATCH_NORM_ARGS = ('input', 'running_mean', 'running_var', 'weight', 'bias', 'training', 'momentum', 'eps')
+_BATCH_NORM_DEFAULTS = {'weight': None, 'bias': None, 'training': False, 'momentum': 0.1, 'eps': 1e-5}
+_CONV_ARGS = ('input', 'weight', 'bias', 'stride', 'padding', 'dilation', 'groups')
+_CONV_DEFAULTS = {'bias': None, 'stride': 1, 'padding': 0, 'dilation': 1, 'groups': 1}
+
+
+def eval_batch_norm(func: Callable, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """Eval ``F.batch_norm`` as an affine map, folded into the convolution before it; None in train mode."""
+    bn = bind_args(_BATCH_NORM_ARGS, _BATCH_NORM_DEFAULTS, args, kwargs)
+    if bn['training'] or bn['running_mean'] is None or bn['running_var'] is None:
+        return None
+    scale, shift = batch_norm_scale_shift(bn['running_mean'], bn['running_var'], bn['weight'], bn['bias'], bn['eps'])
+    folded = _fold_into_conv(bn['input'], scale, shift)
+    return folded if folded is not None else _scale_and_shift(bn['input'], scale, shift)
+
+
+def fast_conv2d(func: Callable, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """``F.conv2d`` with the transposed-convolution double backward; None for string padding."""
+    conv = bind_args(_CONV_ARGS, _CONV_DEFAULTS, args, kwargs)
+    if conv['input'].ndim != 4 or isinstance(conv['padding'], str):
+        return None
+    return conv2d_fast_double_backward(conv['input'], conv['weight'], conv['bias'], conv['stride'], conv['padding'],
+                                       conv['dilation'], conv['groups'])
