@@ -25,7 +25,7 @@ def _per_sample(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def hessian_vector_product(loss_fn: LossFn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Per-sample ∇²ₓ L · v by double backprop (math attention kernels, so ViTs work too)."""
+    """Per-sample ∇²ₓ L · v by double backprop (``double_backward_safe``, so fused attention works too)."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), double_backward_safe():
         (grad,) = torch.autograd.grad(loss_fn(x).sum(), x, create_graph=True)

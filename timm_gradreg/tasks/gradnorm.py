@@ -109,7 +109,8 @@ class GradNormTask(GradRegTask):
     The input gradient is per sample (independent of batch size and criterion
     reduction) and differentiable; the penalty's parameter gradient flows through it
     in the one ordinary ``backward()`` of the total loss, which is what DDP needs.
-    Fused attention is routed to the math SDPA kernel during the forward; under fp16
+    The forward runs under ``double_backward_safe()`` (fused attention kept, with a twice
+    differentiable backward); under fp16
     autocast the input gradient is taken of the scaled loss and unscaled.
 
     Args:
