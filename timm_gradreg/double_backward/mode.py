@@ -10,6 +10,7 @@ from .activation import SMOOTH_ACTIVATIONS, smooth_activation
 from .attention import attention
 from .conv import eval_batch_norm, fast_conv2d
 from .layer_norm import layer_norm
+from .softmax import softmax
 
 __all__ = ['double_backward_safe', 'DOUBLE_BACKWARD_OPS']
 
@@ -21,6 +22,9 @@ DOUBLE_BACKWARD_OPS: Dict[Callable, Callable[[Callable, tuple, dict], Optional[t
     F.conv2d: fast_conv2d,
     F.layer_norm: layer_norm,
     F.scaled_dot_product_attention: attention,
+    F.softmax: softmax,
+    torch.softmax: softmax,
+    torch.Tensor.softmax: softmax,
 }
 
 
