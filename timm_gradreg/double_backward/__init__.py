@@ -4,15 +4,15 @@ Double backprop (GradNorm, edge alignment, Hessian-vector products) differentiat
 backward pass of the network. PyTorch's defaults make that fail or slow:
 
 * fused ``scaled_dot_product_attention`` kernels (flash / memory-efficient, CPU and CUDA)
-  have no double backward; the math kernel has a slow one. Attention keeps the fused
-  forward and gets a compiled backward whose own derivative is compiled (``attention``);
+  have no double backward, and the math kernel's is slow; attention runs as its math
+  formulation on a softmax with a compiled input gradient (``attention``, ``softmax``);
 * eval-mode BatchNorm's double backward is that of a per-channel affine map, folded into
   the convolution before it; strided convolutions' double backward uses the native
   weight-gradient kernel (``conv``);
-* the double backward of a smooth activation (exact GELU, SiLU) and of LayerNorm is a long
-  chain of elementwise kernels; their input gradients are ``torch.compile``d kernels instead,
-  whose derivatives AOTAutograd compiles (``activation``, ``layer_norm``; eager if compiling
-  fails, or with ``TORCHDYNAMO_DISABLE=1``).
+* the double backward of a smooth activation (exact GELU, SiLU), of LayerNorm and of softmax
+  is a long chain of elementwise kernels; their input gradients are ``torch.compile``d kernels
+  instead, whose derivatives AOTAutograd compiles (``activation``, ``layer_norm``, ``softmax``;
+  eager if compiling fails, or with ``TORCHDYNAMO_DISABLE=1``).
 
 ``double_backward_safe()`` applies all of them to the forward passes run inside it. The
 functions computed, and their first and second derivatives, are unchanged.
