@@ -141,21 +141,41 @@ def test_batch_norm_fold_is_skipped_under_autocast_and_after_other_ops():
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
 
 
+def _graph_has(out: torch.Tensor, node_name: str) -> bool:
+    """Whether the autograd graph of ``out`` has a node of this type name."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == node_name:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
+def _assert_rewritten_with_exact_derivatives(call, inputs, node_name, reference=None):
+    """``call`` under double_backward_safe() goes through ``node_name``, computes ``reference`` (the call
+    itself, natively, by default), and its first and second derivatives pass float64 gradcheck."""
+    def rewritten(*args):
+        with double_backward_safe():
+            return call(*args)
+
+    out = rewritten(*inputs)
+    assert _graph_has(out, node_name)
+    torch.testing.assert_close(out, (reference or call)(*inputs))
+    assert gradcheck(rewritten, inputs)
+    assert gradgradcheck(rewritten, inputs)
+    return rewritten
+
+
 @pytest.mark.parametrize('act', [F.gelu, F.silu])
 def test_fused_activation_derivatives_match_finite_differences(act):
     """The compiled input-gradient kernel and its AOT-compiled derivative, against float64 finite differences."""
     torch.manual_seed(0)
     x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
-
-    def fused(x):
-        with double_backward_safe():
-            return act(x)
-
-    out = fused(x)
-    assert type(out.grad_fn).__name__ == '_FusedActivationBackward'
-    torch.testing.assert_close(out, act(x))
-    assert gradcheck(fused, (x,))
-    assert gradgradcheck(fused, (x,))
+    fused = _assert_rewritten_with_exact_derivatives(act, (x,), '_FusedActivationBackward')
     kernel = SMOOTH_ACTIVATIONS[act].input_grad
     assert kernel._compiled is not None and not kernel._failed  # the compiled kernel ran, not the fallback
     gy = torch.randn_like(x)
@@ -217,16 +237,10 @@ def test_layer_norm_derivatives_match_finite_differences(normalized_shape, affin
     weight = torch.randn(normalized_shape, dtype=torch.float64, requires_grad=True) if affine else None
     bias = torch.randn(normalized_shape, dtype=torch.float64, requires_grad=True) if affine else None
 
-    def fused(x, weight, bias):
-        with double_backward_safe():
-            return F.layer_norm(x, normalized_shape, weight, bias, eps=1e-3)
+    def layer_norm(x, weight, bias):
+        return F.layer_norm(x, normalized_shape, weight, bias, eps=1e-3)
 
-    out = fused(x, weight, bias)
-    assert type(out.grad_fn).__name__ == '_LayerNormBackward'
-    torch.testing.assert_close(out, F.layer_norm(x, normalized_shape, weight, bias, eps=1e-3))
-    inputs = (x, weight, bias)
-    assert gradcheck(fused, inputs)
-    assert gradgradcheck(fused, inputs)
+    _assert_rewritten_with_exact_derivatives(layer_norm, (x, weight, bias), '_LayerNormBackward')
 
 
 def test_layer_norm_under_autocast_is_left_native():
@@ -241,20 +255,6 @@ def test_layer_norm_under_autocast_is_left_native():
     torch.testing.assert_close(out, ref)
 
 
-def _graph_has(out: torch.Tensor, node_name: str) -> bool:
-    """Whether the autograd graph of ``out`` has a node of this type name."""
-    seen, stack = set(), [out.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if type(node).__name__ == node_name:
-            return True
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return False
-
-
 @pytest.mark.parametrize('call', [
     lambda x: F.softmax(x, dim=-1), lambda x: F.softmax(x, 1), lambda x: torch.softmax(x, 0),
     lambda x: x.softmax(-1), lambda x: x.softmax(dim=1),
@@ -264,16 +264,7 @@ def test_softmax_derivatives_match_finite_differences(call):
     gradient; first and second derivatives against float64 finite differences."""
     torch.manual_seed(0)
     x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
-
-    def fused(x):
-        with double_backward_safe():
-            return call(x)
-
-    out = fused(x)
-    assert type(out.grad_fn).__name__ == '_SoftmaxBackward'
-    torch.testing.assert_close(out, call(x))
-    assert gradcheck(fused, (x,))
-    assert gradgradcheck(fused, (x,))
+    _assert_rewritten_with_exact_derivatives(call, (x,), '_SoftmaxBackward')
 
 
 def test_softmax_with_a_dtype_is_left_native():
@@ -291,17 +282,13 @@ def test_attention_derivatives_match_finite_differences(mask_shape):
     q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     mask = None if mask_shape is None else torch.randn(mask_shape, dtype=torch.float64, requires_grad=True)
 
-    def fused(q, k, v, mask):
-        with double_backward_safe():
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    def attention(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    out = fused(q, k, v, mask)
-    assert _graph_has(out, '_SoftmaxBackward')
-    scores = q @ k.transpose(-2, -1) / 2.0 + (0 if mask is None else mask)
-    torch.testing.assert_close(out, scores.softmax(-1) @ v)
-    inputs = (q, k, v, mask)
-    assert gradcheck(fused, inputs)
-    assert gradgradcheck(fused, inputs)
+    def by_hand(q, k, v, mask):
+        return (q @ k.transpose(-2, -1) / 2.0 + (0 if mask is None else mask)).softmax(-1) @ v
+
+    _assert_rewritten_with_exact_derivatives(attention, (q, k, v, mask), '_SoftmaxBackward', reference=by_hand)
 
 
 @pytest.mark.parametrize('options', [{'dropout_p': 0.5}, {'is_causal': True}, {'attn_mask': 'bool'}])
