@@ -3,9 +3,9 @@
 The fused SDPA kernels (flash, memory-efficient) have no double backward, and the math
 kernel's runs softmax's second derivative as a chain of strided elementwise kernels over the
 attention matrix. Written out here (scaled ``q·kᵀ``, mask, softmax, ``·v``), the matrix
-products keep their native derivatives and softmax gets the compiled one of ``softmax``; this
-measured faster than a fused forward with a recomputing compiled backward (which needs more
-matrix products in the double backward).
+products keep their native derivatives and softmax gets the compiled one of ``softmax``. A fused
+forward with a compiled backward that recomputes the attention matrix measured no faster (it
+needs more matrix products in the double backward) and took more memory.
 """
 import math
 from typing import Callable, Optional
