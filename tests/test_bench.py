@@ -116,3 +116,19 @@ def test_unknown_model_is_a_usage_error(capsys):
         main(['--model', 'no_such_model', '--steps', '1', '--warmup', '0'])
     assert exit_info.value.code == 2
     assert "Unknown timm model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_channels_last_lays_out_model_and_batch_and_is_reported(capsys):
+    from timm_gradreg import bench
+    args = bench.build_parser().parse_args(TINY + ['--channels-last'])
+    runner = bench._Runner('gradnorm', METHODS['gradnorm'], bench._make_model(args), args, torch.device('cpu'),
+                           compiled=False)
+    assert runner.x.is_contiguous(memory_format=torch.channels_last) and not runner.x.is_contiguous()
+    conv_weights = [m.weight for m in runner.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert conv_weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
+
+    assert main(TINY + ['--channels-last', '--methods', 'gradnorm', 'pgd-3', '--no-memory', '--no-fd-check']) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].startswith('test_resnet (gelu), batch 2, 32px, cpu, amp none, BatchNorm eval mode, '
+                                           'channels_last, torch ')
+    assert list(_rows(text)) == ['gradnorm', 'pgd-3']

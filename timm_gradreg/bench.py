@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                              'PGD-3 of the same kind (compiled or eager)')
     parser.add_argument('--no-fused-attn', action='store_true', help='create the model with fused attention off')
     parser.add_argument('--train-bn', action='store_true', help='BatchNorm in train mode (double backprop is slow)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='channels_last memory layout for model and batch, as timm train.py --channels-last')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory measurement')
     parser.add_argument('--no-fd-check', action='store_true', help='skip the FD vs double-backprop gradient check')
     parser.add_argument('--output', default='', help='write the results as JSON here')
@@ -171,7 +173,8 @@ class _Runner:
 
     def __init__(self, name: str, method: BenchMethod, model: nn.Module, args, device, compiled: bool):
         self.name, self.method = name, method
-        self.model = copy.deepcopy(model).to(device)
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = copy.deepcopy(model).to(device, memory_format=memory_format)
         self.model.train()
         if not args.train_bn:
             self.model.eval()
@@ -187,7 +190,8 @@ class _Runner:
             self.task.attach_grad_scaler(self.scaler)
         size = _input_size(args, model)
         generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
+        self.x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(
+            device, memory_format=memory_format)
         self.y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
         self.device = device
 
@@ -241,6 +245,7 @@ def _peak_memory_cpu(args, name: str, compiled: bool) -> Optional[float]:
     argv += ['--img-size', str(args.img_size)] if args.img_size else []
     argv += ['--no-fused-attn'] if args.no_fused_attn else []
     argv += ['--train-bn'] if args.train_bn else []
+    argv += ['--channels-last'] if args.channels_last else []
     # large blocks straight from mmap, so freed tensors leave RSS at once and the peak is the live peak
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
     run = subprocess.run(argv, capture_output=True, text=True, env=env)
@@ -337,7 +342,8 @@ def run_benchmark(args) -> Dict[str, Any]:
     natural_mb = None if args.no_memory else _measure_memory(args, device, runners, rows)
     result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
               'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
-              'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'rows': rows,
+              'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'channels_last': args.channels_last,
+              'rows': rows,
               'torch': torch.__version__, 'cpu_malloc_cached': cached_malloc, **warmup}
     if natural_mb is not None:
         result['natural_eager_peak_mb'] = natural_mb
@@ -360,8 +366,7 @@ def profile_step(args) -> str:
     method = METHODS[args.profile]
     runner = _Runner(args.profile, method, _make_model(args), args, device,
                      compiled=bool(args.torchcompile) and method.compilable)
-    for _ in range(max(args.warmup, 1)):
-        runner.timed_step()
+    _warm_up(args, device, [(args.profile, runner, args.profile, None)])  # to steady state, as the timed runs
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     steps = max(args.steps, 1)
     with profile(activities=activities) as prof:
@@ -375,7 +380,8 @@ def profile_step(args) -> str:
 def format_table(result: Dict[str, Any]) -> str:
     head = (f"{result['model']}{' (' + result['act'] + ')' if result['act'] else ''}, batch {result['batch_size']}, "
             f"{result['img_size']}px, {result['device']}, amp {result['amp']}, BatchNorm "
-            f"{'train' if result['train_bn'] else 'eval'} mode, torch {result['torch']}")
+            f"{'train' if result['train_bn'] else 'eval'} mode"
+            f"{', channels_last' if result.get('channels_last') else ''}, torch {result['torch']}")
     lines = [head, f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'peak MB':>10}{'mem/nat':>9}"]
     for r in result['rows']:
         mem = f"{r['peak_mb']:>10.0f}" if r.get('peak_mb') is not None else f"{'—':>10}"
