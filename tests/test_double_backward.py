@@ -15,6 +15,7 @@ from timm_gradreg.double_backward import (SMOOTH_ACTIVATIONS, CompiledKernel, af
 @pytest.mark.parametrize('stride,padding,dilation,groups,kernel,size', [
     (1, 1, 1, 1, 3, 7), (2, 1, 1, 1, 3, 8), (2, 0, 1, 1, 1, 7), (2, 3, 1, 1, 7, 9), (1, 2, 2, 1, 3, 8),
     (2, 1, 1, 2, 3, 8), ((2, 1), (1, 0), 1, 1, 3, 8),
+    (4, 0, 1, 1, 4, 8), (4, 0, 1, 1, 4, 9),  # patch embedding (a matrix product), and one that does not tile x
 ])
 def test_conv_first_and_second_derivatives_match_finite_differences(stride, padding, dilation, groups, kernel, size):
     torch.manual_seed(0)
@@ -28,6 +29,25 @@ def test_conv_first_and_second_derivatives_match_finite_differences(stride, padd
     torch.testing.assert_close(conv(x, w, b), F.conv2d(x, w, b, stride, padding, dilation, groups))
     assert gradcheck(conv, (x, w, b))
     assert gradgradcheck(conv, (x, w, b))
+
+
+def test_patch_embedding_input_gradient_is_a_matrix_product():
+    """Kernel = stride convolutions (ViT/Swin patch embeddings) take the matrix-product input gradient,
+    equal to the transposed convolution, in NCHW and channels_last; other convolutions do not."""
+    from timm_gradreg.double_backward.conv import _differentiable_input_grad, _is_patch_embedding
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 12, dtype=torch.float64)
+    w = torch.randn(5, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    conv = ((4, 4), (0, 0), (1, 1), 1)
+    assert _is_patch_embedding(x, w, conv)
+    assert not _is_patch_embedding(x[:, :, :7], w, conv)  # 7 rows: the last patch row is cut
+    assert not _is_patch_embedding(x, w, ((2, 2), (0, 0), (1, 1), 1))
+    assert not _is_patch_embedding(x, w[:, :, :1, :1], ((1, 1), (0, 0), (1, 1), 1))  # 1×1: the native kernel
+    for grad_out in (torch.randn(2, 5, 2, 3, dtype=torch.float64),
+                     torch.randn(2, 5, 2, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)):
+        grad_x = _differentiable_input_grad(grad_out, x, w, conv)
+        assert _graph_has(grad_x, 'MmBackward0') and not _graph_has(grad_x, 'ConvolutionBackward0')
+        torch.testing.assert_close(grad_x, F.conv_transpose2d(grad_out, w, stride=4), rtol=1e-12, atol=1e-12)
 
 
 def test_affine_batch_norm_equals_eval_batch_norm():
