@@ -8,7 +8,7 @@ backward pass of the network. PyTorch's defaults make that fail or slow:
   formulation on a softmax with a compiled input gradient (``attention``, ``softmax``);
 * eval-mode BatchNorm's double backward is that of a per-channel affine map, folded into
   the convolution before it; strided convolutions' double backward uses the native
-  weight-gradient kernel (``conv``);
+  weight-gradient kernel, and patch embeddings' input gradient is a matrix product (``conv``);
 * the double backward of a smooth activation (exact GELU, SiLU), of LayerNorm and of softmax
   is a long chain of elementwise kernels; their input gradients are ``torch.compile``d kernels
   instead, whose derivatives AOTAutograd compiles (``activation``, ``layer_norm``, ``softmax``;
