@@ -6,8 +6,9 @@ Everything a regularizer on ∇ₓ needs, in one place:
   hard labels or Mixup soft targets) into Σ_b loss_b, so ∂/∂x_b of it is sample b's own
   gradient, whatever the batch size.
 * ``double_backward_safe`` (from ``double_backward``) makes a forward twice
-  differentiable and its double backward cheap (fused attention with a compiled backward,
-  eval BatchNorm folded into convolutions, compiled LayerNorm and GELU/SiLU input gradients).
+  differentiable and its double backward cheap (fused attention as its math formulation,
+  eval BatchNorm folded into convolutions, patch embeddings as matrix products, compiled
+  softmax, LayerNorm and GELU/SiLU input gradients).
 * ``input_gradient`` differentiates with ``create_graph`` and, under fp16 autocast,
   through a scaled loss that is unscaled afterwards (tiny input gradients underflow
   in fp16 otherwise: the PyTorch AMP gradient-penalty recipe).

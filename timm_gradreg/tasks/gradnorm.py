@@ -109,8 +109,8 @@ class GradNormTask(GradRegTask):
     The input gradient is per sample (independent of batch size and criterion
     reduction) and differentiable; the penalty's parameter gradient flows through it
     in the one ordinary ``backward()`` of the total loss, which is what DDP needs.
-    The forward runs under ``double_backward_safe()`` (fused attention kept, with a twice
-    differentiable backward); under fp16
+    The forward runs under ``double_backward_safe()`` (fused attention runs as its twice
+    differentiable math formulation; see ``timm_gradreg.double_backward``); under fp16
     autocast the input gradient is taken of the scaled loss and unscaled.
 
     Args:
