@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '2', '--num-classes', '10',
         '--steps', '1', '--warmup', '0']
 ROW = re.compile(r'^(?P<method>[a-z0-9\-]+(?: \((?:compiled|eager)\))?)\s+(?P<passes>\d+)\s+(?P<rel_at>\d\.\d{3})\s+'
-                 r'(?P<seconds>\d+\.\d{4})\s+(?P<ratio>\d+\.\d{3})\s+(?P<mem>\d+|—)\s+(?P<mem_rel>\d+\.\d{2}|—)$')
+                 r'(?P<seconds>\d+\.\d{4})\s+(?P<ratio>\d+\.\d{3})\s+(?P<q1>\d+\.\d{3})–(?P<q3>\d+\.\d{3})\s+(?P<mem>\d+|—)\s+(?P<mem_rel>\d+\.\d{2}|—)$')
 
 
 def _rows(text):
@@ -27,7 +27,7 @@ def test_table_and_json_are_well_formed(tmp_path, capsys):
     text = capsys.readouterr().out
     lines = text.strip().splitlines()
     assert lines[0].startswith('test_resnet (gelu), batch 2, 32px, cpu, amp none, BatchNorm eval mode')
-    assert lines[1].split() == ['method', 'passes', 'rel.', 'AT', 's/step', 'rel.', 'peak', 'MB', 'mem/nat']
+    assert lines[1].split() == ['method', 'passes', 'rel.', 'AT', 's/step', 'rel.', 'rounds', 'peak', 'MB', 'mem/nat']
     rows = _rows(text)
     assert list(rows) == list(METHODS)  # one row per method, in order
     for name, row in rows.items():
@@ -46,6 +46,8 @@ def test_table_and_json_are_well_formed(tmp_path, capsys):
     for r in result['rows']:
         assert len(r['times']) == 1 and r['seconds'] == r['times'][0] and len(r['page_faults']) == 1
         assert r['ratio'] == r['seconds'] / next(x['seconds'] for x in result['rows'] if x['method'] == REFERENCE)
+        assert r['ratio_quartiles'] == [r['ratio']] * 3  # one round: its ratio is every quartile
+    assert result['compiled_over_eager'] == {}
     assert result['fd_accuracy']['fd_step'] == 0.1
     assert 1 <= result['warmup_rounds'] <= 12 and isinstance(result['steady'], bool)
 
@@ -61,13 +63,25 @@ def test_profile_lists_the_operators_of_one_method(capsys):
 
 def test_compiled_variants_are_labelled_and_compared_to_eager_fd(capsys):
     assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', '--torchcompile', 'aot_eager',
-                        '--no-memory', '--no-fd-check']) == 0
-    rows = _rows(capsys.readouterr().out)
+                        '--no-memory', '--no-fd-check', '--steps', '2']) == 0
+    text = capsys.readouterr().out
+    rows = _rows(text)
     # double backprop cannot be compiled; FD and PGD-3 are also timed eager, each ratio is to PGD-3 of its kind
     assert list(rows) == ['natural (compiled)', 'gradnorm', 'gradnorm-fd (compiled)', 'gradnorm-fd (eager)',
                           'pgd-3 (compiled)', 'pgd-3 (eager)']
     assert rows['pgd-3 (compiled)']['ratio'] == '1.000' and rows['pgd-3 (eager)']['ratio'] == '1.000'
     assert all(r['mem'] == '—' for r in rows.values())
+    for name in ('gradnorm-fd', 'pgd-3'):
+        line = re.search(rf'^{name} compiled / eager, round by round: median (\S+), interquartile (\S+)–(\S+) '
+                         r'\((faster|slower|no clear difference) compiled\)$', text, re.M)
+        assert line and float(line[2]) <= float(line[1]) <= float(line[3])
+
+
+def test_round_ratio_quartiles_by_hand():
+    from timm_gradreg.bench import _paired_quartiles
+    # rounds' ratios 2/1, 3/2, 1/1, 4/2, 6/4 -> sorted 1, 1.5, 1.5, 2, 2 -> quartiles 1.5, 1.5, 2
+    assert _paired_quartiles([2, 3, 1, 4, 6], [1, 2, 1, 2, 4]) == (1.5, 1.5, 2.0)
+    assert _paired_quartiles([3.0], [2.0]) == (1.5, 1.5, 1.5)
 
 
 def test_script_entry_point_help():

@@ -9,7 +9,8 @@ hits all methods alike. On CPU the warm-up goes on (up to --max-warmup rounds) u
 of steps no longer faults in fresh memory pages: the heap has then grown to each method's
 steady-state footprint, as in a long training run, and first-touch page faults (slow on
 virtual machines) are not counted as compute. The table gives the median seconds per step,
-the ratio to PGD-3 adversarial training, and the peak memory of a step (CUDA max allocated; on CPU the peak
+the ratio to PGD-3 adversarial training with the interquartile range of the round-by-round
+ratios (how far the rounds agree), and the peak memory of a step (CUDA max allocated; on CPU the peak
 RSS growth of a fresh eager process running only that method). Models run with BatchNorm in
 eval mode unless --train-bn, as in the paper's runs. On CPU, glibc's malloc is told to keep
 freed memory (as CUDA's caching allocator does), so a step's time is its compute, not the page
@@ -311,6 +312,19 @@ def fd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fd_step: flo
             'fd_step': fd_step}
 
 
+def _paired_quartiles(times: List[float], reference: List[float]) -> Tuple[float, float, float]:
+    """Quartiles (q1, median, q3) of the round-by-round ratios ``times[i] / reference[i]``.
+
+    Steps of one round run back to back, so a ratio within a round cancels the machine's slow
+    drifts; the quartiles show how far the rounds agree.
+    """
+    ratios = sorted(t / r for t, r in zip(times, reference))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    return q1, median, q3
+
+
 def run_benchmark(args) -> Dict[str, Any]:
     device = _device(args)
     cached_malloc = device.type == 'cpu' and _cache_freed_memory()
@@ -332,18 +346,19 @@ def run_benchmark(args) -> Dict[str, Any]:
                      'passes_rel_at': METHODS[name].passes / METHODS[REFERENCE].passes,
                      'seconds': statistics.median(times[label]), 'times': times[label],
                      'page_faults': faults[label], 'compiled': compiled})
-    reference = {True: None, False: None}
+    reference = {row['compiled']: row for row in rows if row['method'].startswith(REFERENCE)}
     for row in rows:
-        if row['method'].startswith(REFERENCE):
-            reference[row['compiled']] = row['seconds']
-    for row in rows:
-        ref = reference[row['compiled']] or reference[False] or reference[True]
-        row['ratio'] = row['seconds'] / ref if ref else None
+        ref = reference.get(row['compiled']) or reference.get(False) or reference.get(True)
+        row['ratio'] = row['seconds'] / ref['seconds'] if ref else None
+        row['ratio_quartiles'] = _paired_quartiles(row['times'], ref['times']) if ref else None
     natural_mb = None if args.no_memory else _measure_memory(args, device, runners, rows)
+    compile_speedups = {name: _paired_quartiles(compiled['times'], eager['times'])
+                        for name in EAGER_TOO for compiled in rows if compiled['method'] == name + ' (compiled)'
+                        for eager in rows if eager['method'] == name + ' (eager)'}
     result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
               'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
               'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'channels_last': args.channels_last,
-              'rows': rows,
+              'rows': rows, 'compiled_over_eager': compile_speedups,
               'torch': torch.__version__, 'cpu_malloc_cached': cached_malloc, **warmup}
     if natural_mb is not None:
         result['natural_eager_peak_mb'] = natural_mb
@@ -382,12 +397,20 @@ def format_table(result: Dict[str, Any]) -> str:
             f"{result['img_size']}px, {result['device']}, amp {result['amp']}, BatchNorm "
             f"{'train' if result['train_bn'] else 'eval'} mode"
             f"{', channels_last' if result.get('channels_last') else ''}, torch {result['torch']}")
-    lines = [head, f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'peak MB':>10}{'mem/nat':>9}"]
+    lines = [head, f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'rounds':>14}"
+                   f"{'peak MB':>10}{'mem/nat':>9}"]
     for r in result['rows']:
         mem = f"{r['peak_mb']:>10.0f}" if r.get('peak_mb') is not None else f"{'—':>10}"
         mrel = f"{r['mem_rel_natural']:>9.2f}" if r.get('mem_rel_natural') else f"{'—':>9}"
         ratio = f"{r['ratio']:>8.3f}" if r['ratio'] is not None else f"{'—':>8}"
-        lines.append(f"{r['method']:<26}{r['passes']:>7}{r['passes_rel_at']:>9.3f}{r['seconds']:>10.4f}{ratio}{mem}{mrel}")
+        quartiles = r.get('ratio_quartiles')
+        rounds = f"{quartiles[0]:>8.3f}–{quartiles[2]:.3f}" if quartiles else f"{'—':>14}"
+        lines.append(f"{r['method']:<26}{r['passes']:>7}{r['passes_rel_at']:>9.3f}{r['seconds']:>10.4f}{ratio}"
+                     f"{rounds}{mem}{mrel}")
+    lines.append('rounds: interquartile range of the round-by-round ratios to PGD-3 of the same kind')
+    for name, (q1, median, q3) in result.get('compiled_over_eager', {}).items():
+        lines.append(f"{name} compiled / eager, round by round: median {median:.3f}, interquartile {q1:.3f}–{q3:.3f}"
+                     f" ({'faster' if q3 < 1 else 'slower' if q1 > 1 else 'no clear difference'} compiled)")
     natural_row = next((r for r in result['rows'] if r['method'].startswith('natural')), None)
     if result.get('natural_eager_peak_mb') and natural_row and natural_row.get('peak_mb') is None:
         lines.append(f"mem/nat: relative to eager natural training, {result['natural_eager_peak_mb']:.0f} MB; "
