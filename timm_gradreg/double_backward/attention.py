@@ -5,7 +5,9 @@ kernel's runs softmax's second derivative as a chain of strided elementwise kern
 attention matrix. Written out here (scaled ``q·kᵀ``, mask, softmax, ``·v``), the matrix
 products keep their native derivatives and softmax gets the compiled one of ``softmax``. A fused
 forward with a compiled backward that recomputes the attention matrix measured no faster (it
-needs more matrix products in the double backward) and took more memory.
+needs more matrix products in the double backward) and took more memory. One node whose whole
+input gradient (the five products, softmax's gradient between them, the packed ``qkv`` gradient)
+was a single compiled graph measured no faster either.
 """
 import math
 from typing import Callable, Optional
