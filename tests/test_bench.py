@@ -45,8 +45,9 @@ def test_table_and_json_are_well_formed(tmp_path, capsys):
     assert [r['method'] for r in result['rows']] == list(METHODS)
     for r in result['rows']:
         assert len(r['times']) == 1 and r['seconds'] == r['times'][0] and len(r['page_faults']) == 1
+        # one round: its ratio to PGD-3's step is the median and every quartile
         assert r['ratio'] == r['seconds'] / next(x['seconds'] for x in result['rows'] if x['method'] == REFERENCE)
-        assert r['ratio_quartiles'] == [r['ratio']] * 3  # one round: its ratio is every quartile
+        assert r['ratio_quartiles'] == [r['ratio']] * 3
     assert result['compiled_over_eager'] == {}
     assert result['fd_accuracy']['fd_step'] == 0.1
     assert 1 <= result['warmup_rounds'] <= 12 and isinstance(result['steady'], bool)
@@ -61,9 +62,10 @@ def test_profile_lists_the_operators_of_one_method(capsys):
     assert 'Self CPU time total' in text
 
 
-def test_compiled_variants_are_labelled_and_compared_to_eager_fd(capsys):
+def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
     assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', '--torchcompile', 'aot_eager',
-                        '--no-memory', '--no-fd-check', '--steps', '2']) == 0
+                        '--no-memory', '--no-fd-check', '--steps', '2', '--output', str(out)]) == 0
     text = capsys.readouterr().out
     rows = _rows(text)
     # double backprop cannot be compiled; FD and PGD-3 are also timed eager, each ratio is to PGD-3 of its kind
@@ -75,6 +77,15 @@ def test_compiled_variants_are_labelled_and_compared_to_eager_fd(capsys):
         line = re.search(rf'^{name} compiled / eager, round by round: median (\S+), interquartile (\S+)–(\S+) '
                          r'\((faster|slower|no clear difference) compiled\)$', text, re.M)
         assert line and float(line[2]) <= float(line[1]) <= float(line[3])
+    result = json.loads(out.read_text())
+    by_label = {r['method']: r for r in result['rows']}
+    fd, pgd = by_label['gradnorm-fd (compiled)'], by_label['pgd-3 (compiled)']
+    round_ratios = sorted(t / r for t, r in zip(fd['times'], pgd['times']))
+    assert fd['ratio'] == pytest.approx(sum(round_ratios) / 2)  # two rounds: the median is their mean
+    low, high = round_ratios
+    assert fd['ratio_quartiles'] == pytest.approx([low + (high - low) / 4, (low + high) / 2, low + 3 * (high - low) / 4])
+    speedups = [c / e for c, e in zip(fd['times'], by_label['gradnorm-fd (eager)']['times'])]
+    assert result['compiled_over_eager']['gradnorm-fd'][1] == pytest.approx(sum(speedups) / 2)
 
 
 def test_round_ratio_quartiles_by_hand():

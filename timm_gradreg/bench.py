@@ -9,8 +9,8 @@ hits all methods alike. On CPU the warm-up goes on (up to --max-warmup rounds) u
 of steps no longer faults in fresh memory pages: the heap has then grown to each method's
 steady-state footprint, as in a long training run, and first-touch page faults (slow on
 virtual machines) are not counted as compute. The table gives the median seconds per step,
-the ratio to PGD-3 adversarial training with the interquartile range of the round-by-round
-ratios (how far the rounds agree), and the peak memory of a step (CUDA max allocated; on CPU the peak
+the ratio to PGD-3 adversarial training (the median of the round-by-round ratios, which cancel
+the machine's slow drifts) with their interquartile range (how far the rounds agree), and the peak memory of a step (CUDA max allocated; on CPU the peak
 RSS growth of a fresh eager process running only that method). Models run with BatchNorm in
 eval mode unless --train-bn, as in the paper's runs. On CPU, glibc's malloc is told to keep
 freed memory (as CUDA's caching allocator does), so a step's time is its compute, not the page
@@ -349,8 +349,8 @@ def run_benchmark(args) -> Dict[str, Any]:
     reference = {row['compiled']: row for row in rows if row['method'].startswith(REFERENCE)}
     for row in rows:
         ref = reference.get(row['compiled']) or reference.get(False) or reference.get(True)
-        row['ratio'] = row['seconds'] / ref['seconds'] if ref else None
         row['ratio_quartiles'] = _paired_quartiles(row['times'], ref['times']) if ref else None
+        row['ratio'] = row['ratio_quartiles'][1] if ref else None
     natural_mb = None if args.no_memory else _measure_memory(args, device, runners, rows)
     compile_speedups = {name: _paired_quartiles(compiled['times'], eager['times'])
                         for name in EAGER_TOO for compiled in rows if compiled['method'] == name + ' (compiled)'
@@ -407,7 +407,7 @@ def format_table(result: Dict[str, Any]) -> str:
         rounds = f"{quartiles[0]:>8.3f}–{quartiles[2]:.3f}" if quartiles else f"{'—':>14}"
         lines.append(f"{r['method']:<26}{r['passes']:>7}{r['passes_rel_at']:>9.3f}{r['seconds']:>10.4f}{ratio}"
                      f"{rounds}{mem}{mrel}")
-    lines.append('rounds: interquartile range of the round-by-round ratios to PGD-3 of the same kind')
+    lines.append('rel.: median of the round-by-round ratios to PGD-3 of the same kind; rounds: their interquartile range')
     for name, (q1, median, q3) in result.get('compiled_over_eager', {}).items():
         lines.append(f"{name} compiled / eager, round by round: median {median:.3f}, interquartile {q1:.3f}–{q3:.3f}"
                      f" ({'faster' if q3 < 1 else 'slower' if q1 > 1 else 'no clear difference'} compiled)")
