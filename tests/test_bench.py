@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '2', '--num-classes', '10',
         '--steps', '1', '--warmup', '0']
 ROW = re.compile(r'^(?P<method>[a-z0-9\-]+(?: \((?:compiled|eager)\))?)\s+(?P<passes>\d+)\s+(?P<rel_at>\d\.\d{3})\s+'
-                 r'(?P<seconds>\d+\.\d{4})\s+(?P<ratio>\d+\.\d{3})\s+(?P<q1>\d+\.\d{3})–(?P<q3>\d+\.\d{3})\s+(?P<mem>\d+|—)\s+(?P<mem_rel>\d+\.\d{2}|—)$')
+                 r'(?P<seconds>\d+\.\d{4})\s+(?P<ratio>\d+\.\d{3})\s+(?P<q1>\d+\.\d{3})–(?P<q3>\d+\.\d{3})\s+'
+                 r'(?P<mem>\d+|—)\s+(?P<mem_rel>\d+\.\d{2}|—)$')
 
 
 def _rows(text):
@@ -83,7 +84,8 @@ def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsy
     round_ratios = sorted(t / r for t, r in zip(fd['times'], pgd['times']))
     assert fd['ratio'] == pytest.approx(sum(round_ratios) / 2)  # two rounds: the median is their mean
     low, high = round_ratios
-    assert fd['ratio_quartiles'] == pytest.approx([low + (high - low) / 4, (low + high) / 2, low + 3 * (high - low) / 4])
+    quarter = (high - low) / 4
+    assert fd['ratio_quartiles'] == pytest.approx([low + quarter, low + 2 * quarter, low + 3 * quarter])
     speedups = [c / e for c, e in zip(fd['times'], by_label['gradnorm-fd (eager)']['times'])]
     assert result['compiled_over_eager']['gradnorm-fd'][1] == pytest.approx(sum(speedups) / 2)
 

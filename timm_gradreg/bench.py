@@ -10,8 +10,9 @@ of steps no longer faults in fresh memory pages: the heap has then grown to each
 steady-state footprint, as in a long training run, and first-touch page faults (slow on
 virtual machines) are not counted as compute. The table gives the median seconds per step,
 the ratio to PGD-3 adversarial training (the median of the round-by-round ratios, which cancel
-the machine's slow drifts) with their interquartile range (how far the rounds agree), and the peak memory of a step (CUDA max allocated; on CPU the peak
-RSS growth of a fresh eager process running only that method). Models run with BatchNorm in
+the machine's slow drifts) with their interquartile range (how far the rounds agree), and the
+peak memory of a step (CUDA max allocated; on CPU the peak RSS growth of a fresh eager process
+running only that method). Models run with BatchNorm in
 eval mode unless --train-bn, as in the paper's runs. On CPU, glibc's malloc is told to keep
 freed memory (as CUDA's caching allocator does), so a step's time is its compute, not the page
 faults of re-mapping activations that the methods' different footprints would cause.
@@ -352,9 +353,10 @@ def run_benchmark(args) -> Dict[str, Any]:
         row['ratio_quartiles'] = _paired_quartiles(row['times'], ref['times']) if ref else None
         row['ratio'] = row['ratio_quartiles'][1] if ref else None
     natural_mb = None if args.no_memory else _measure_memory(args, device, runners, rows)
-    compile_speedups = {name: _paired_quartiles(compiled['times'], eager['times'])
-                        for name in EAGER_TOO for compiled in rows if compiled['method'] == name + ' (compiled)'
-                        for eager in rows if eager['method'] == name + ' (eager)'}
+    by_label = {row['method']: row for row in rows}
+    compile_speedups = {name: _paired_quartiles(by_label[f'{name} (compiled)']['times'],
+                                                by_label[f'{name} (eager)']['times'])
+                        for name in EAGER_TOO if f'{name} (compiled)' in by_label and f'{name} (eager)' in by_label}
     result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
               'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
               'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'channels_last': args.channels_last,
@@ -407,7 +409,8 @@ def format_table(result: Dict[str, Any]) -> str:
         rounds = f"{quartiles[0]:>8.3f}–{quartiles[2]:.3f}" if quartiles else f"{'—':>14}"
         lines.append(f"{r['method']:<26}{r['passes']:>7}{r['passes_rel_at']:>9.3f}{r['seconds']:>10.4f}{ratio}"
                      f"{rounds}{mem}{mrel}")
-    lines.append('rel.: median of the round-by-round ratios to PGD-3 of the same kind; rounds: their interquartile range')
+    lines.append('rel.: median of the round-by-round ratios to PGD-3 of the same kind; '
+                 'rounds: their interquartile range')
     for name, (q1, median, q3) in result.get('compiled_over_eager', {}).items():
         lines.append(f"{name} compiled / eager, round by round: median {median:.3f}, interquartile {q1:.3f}–{q3:.3f}"
                      f" ({'faster' if q3 < 1 else 'slower' if q1 > 1 else 'no clear difference'} compiled)")
