@@ -93,9 +93,8 @@ class _Conv2dFastDoubleBackward(torch.autograd.Function):
     gradient is ``conv_transpose2d(grad_out, weight)`` (for patch embeddings a matrix product,
     in every backward); differentiating that again uses the native kernels (a forward
     convolution and a weight gradient) instead of ``_convolution_double_backward``'s
-    stride-dilated convolution. Gradients that the
-    running backward does not need (the weights during ``autograd.grad(loss, x)``) are
-    not computed.
+    stride-dilated convolution. Gradients that the running backward does not need (the
+    weights during ``autograd.grad(loss, x)``) are not computed.
     """
 
     @staticmethod
