@@ -66,7 +66,7 @@ def test_profile_lists_the_operators_of_one_method(capsys):
 def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsys):
     out = tmp_path / 'bench.json'
     assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', '--torchcompile', 'aot_eager',
-                        '--no-memory', '--no-fd-check', '--steps', '2', '--output', str(out)]) == 0
+                        '--torchcompile-mode', 'default', '--no-memory', '--no-fd-check', '--steps', '2', '--output', str(out)]) == 0
     text = capsys.readouterr().out
     rows = _rows(text)
     # double backprop cannot be compiled; FD and PGD-3 are also timed eager, each ratio is to PGD-3 of its kind
@@ -78,7 +78,9 @@ def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsy
         line = re.search(rf'^{name} compiled / eager, round by round: median (\S+), interquartile (\S+)–(\S+) '
                          r'\((faster|slower|no clear difference) compiled\)$', text, re.M)
         assert line and float(line[2]) <= float(line[1]) <= float(line[3])
+    assert ', compile mode default, ' in text.splitlines()[0]
     result = json.loads(out.read_text())
+    assert result['torchcompile'] == 'aot_eager' and result['torchcompile_mode'] == 'default'
     by_label = {r['method']: r for r in result['rows']}
     fd, pgd = by_label['gradnorm-fd (compiled)'], by_label['pgd-3 (compiled)']
     round_ratios = sorted(t / r for t, r in zip(fd['times'], pgd['times']))
@@ -143,6 +145,17 @@ def test_unknown_model_is_a_usage_error(capsys):
         main(['--model', 'no_such_model', '--steps', '1', '--warmup', '0'])
     assert exit_info.value.code == 2
     assert "Unknown timm model 'no_such_model'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['--torchcompile', '--torchcompile-mode', 'fastest'], "unknown torch.compile mode 'fastest'; valid: default"),
+    (['--torchcompile-mode', 'max-autotune'], 'has no effect without --torchcompile'),
+])
+def test_bad_compile_mode_is_a_usage_error(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY + argv + ['--steps', '1', '--warmup', '0'])
+    assert exit_info.value.code == 2
+    assert needle in capsys.readouterr().err
 
 
 def test_channels_last_lays_out_model_and_batch_and_is_reported(capsys):

@@ -96,6 +96,12 @@ def test_double_backprop_tasks_refuse_torch_compile(tiny_net):
         create_task('edge', tiny_net, verbose=False).compile()
 
 
+def test_unknown_compile_mode_is_named(tiny_net):
+    from timm_gradreg.tasks import CompileModeError
+    with pytest.raises(CompileModeError, match=r"'fastest'; valid: default, .*max-autotune"):
+        create_task('pgd', tiny_net, verbose=False).compile(mode='fastest')
+
+
 def test_task_needs_autograd(tiny_net, batch):
     x, y = batch
     task = create_task('gradnorm', tiny_net, warmup_epochs=0, verbose=False)

@@ -95,6 +95,9 @@ def test_missing_or_broken_config_file(tmp_path, capsys):
     (['--eval-metric', 'top3'], 'choose from top1, top5, loss, advtop1'),
     (['--bn-eval', '--sync-bn'], 'pick one'),
     (['--epochs', '3', '--stop-epoch', '5'], '--stop-epoch must be in 1..'),
+    (['--gradreg', 'pgd', '--torchcompile-mode', 'max-autotune'], 'has no effect without --torchcompile'),
+    (['--gradreg', 'pgd', '--torchcompile', '--torchcompile-mode', 'fastest'],
+     "unknown torch.compile mode 'fastest'; valid: default"),
 ])
 def test_incompatible_combinations_are_refused(capsys, argv, needle):
     assert needle in _error(capsys, argv)
@@ -103,6 +106,8 @@ def test_incompatible_combinations_are_refused(capsys, argv, needle):
 def test_natural_compiles_fine():
     args, _ = parse_args(['--gradreg', 'pgd', '--torchcompile'])
     assert args.torchcompile == 'inductor'
+    args, _ = parse_args(['--gradreg', 'pgd', '--torchcompile', '--torchcompile-mode', 'max-autotune'])
+    assert args.torchcompile_mode == 'max-autotune'
 
 
 @pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.relpath(r, REPO) for r in RECIPES])

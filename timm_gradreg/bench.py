@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .activations import swap_activations
 from .models import ModelError, create_model
 from .modes import freeze_batchnorm
-from .tasks import create_task
+from .tasks import CompileModeError, check_compile_mode, create_task
 
 __all__ = ['METHODS', 'BenchMethod', 'build_parser', 'run_benchmark', 'format_table', 'fd_accuracy', 'main']
 
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='torch.compile the methods that can be compiled (not double backprop) with this '
                              'backend (default inductor), and also time gradnorm-fd and pgd-3 eager; ratios are to '
                              'PGD-3 of the same kind (compiled or eager)')
+    parser.add_argument('--torchcompile-mode', default=None,
+                        help="torch.compile mode with --torchcompile, e.g. max-autotune (default: torch's default)")
     parser.add_argument('--no-fused-attn', action='store_true', help='create the model with fused attention off')
     parser.add_argument('--train-bn', action='store_true', help='BatchNorm in train mode (double backprop is slow)')
     parser.add_argument('--channels-last', action='store_true',
@@ -184,7 +186,7 @@ class _Runner:
         self.task = create_task(method.task, self.model, verbose=False, **options)
         self.task.set_epoch(100.0)  # schedules at full strength
         if compiled:
-            self.task.compile(backend=args.torchcompile)
+            self.task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
         self.amp = None if args.amp == 'none' else (torch.bfloat16 if args.amp == 'bf16' else torch.float16)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
@@ -359,7 +361,8 @@ def run_benchmark(args) -> Dict[str, Any]:
                         for name in EAGER_TOO if f'{name} (compiled)' in by_label and f'{name} (eager)' in by_label}
     result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
               'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
-              'torchcompile': args.torchcompile, 'train_bn': args.train_bn, 'channels_last': args.channels_last,
+              'torchcompile': args.torchcompile, 'torchcompile_mode': args.torchcompile_mode,
+              'train_bn': args.train_bn, 'channels_last': args.channels_last,
               'rows': rows, 'compiled_over_eager': compile_speedups,
               'torch': torch.__version__, 'cpu_malloc_cached': cached_malloc, **warmup}
     if natural_mb is not None:
@@ -398,7 +401,9 @@ def format_table(result: Dict[str, Any]) -> str:
     head = (f"{result['model']}{' (' + result['act'] + ')' if result['act'] else ''}, batch {result['batch_size']}, "
             f"{result['img_size']}px, {result['device']}, amp {result['amp']}, BatchNorm "
             f"{'train' if result['train_bn'] else 'eval'} mode"
-            f"{', channels_last' if result.get('channels_last') else ''}, torch {result['torch']}")
+            f"{', channels_last' if result.get('channels_last') else ''}"
+            f"{', compile mode ' + result['torchcompile_mode'] if result.get('torchcompile_mode') else ''}, "
+            f"torch {result['torch']}")
     lines = [head, f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'rounds':>14}"
                    f"{'peak MB':>10}{'mem/nat':>9}"]
     for r in result['rows']:
@@ -435,12 +440,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.memory_child:
         _memory_child(args)
         return 0
+    if args.torchcompile_mode is not None and not args.torchcompile:
+        parser.error(f'--torchcompile-mode {args.torchcompile_mode} has no effect without --torchcompile')
     try:
+        check_compile_mode(args.torchcompile_mode)
+
         if args.profile:
             print(profile_step(args))
             return 0
         result = run_benchmark(args)
-    except ModelError as e:
+    except (ModelError, CompileModeError) as e:
         parser.error(str(e))
     print(format_table(result))
     if args.output:

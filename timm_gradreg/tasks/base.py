@@ -11,7 +11,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..normalization import PixelSpace, Stats
 
-__all__ = ['GradRegTask']
+__all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode']
+
+
+class CompileModeError(ValueError):
+    """A ``torch.compile`` mode that torch does not know."""
+
+
+def check_compile_mode(mode: Optional[str]) -> None:
+    """Refuse a ``torch.compile`` mode that torch does not know, naming the ones it does."""
+    if mode is None:
+        return
+    from torch._inductor import list_mode_options  # the mode names torch.compile accepts
+    valid = list(list_mode_options())
+    if mode not in valid:
+        raise CompileModeError(f"unknown torch.compile mode {mode!r}; valid: {', '.join(valid)}")
 
 
 class GradRegTask(ClassificationTask, abc.ABC):
@@ -99,6 +113,7 @@ class GradRegTask(ClassificationTask, abc.ABC):
         return module.module if isinstance(module, DistributedDataParallel) else module
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs):
+        check_compile_mode(mode)
         if self.double_backprop:
             raise RuntimeError(
                 f"torch.compile does not support double backward, which the '{self.task_name}' task needs. "

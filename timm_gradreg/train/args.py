@@ -15,7 +15,7 @@ from timm import utils
 
 from ..activations import SOURCE_ACTIVATIONS
 from ..edges import COSINE_MODES, EdgeEnergy
-from ..tasks import GRADNORM_INPUTS, get_task_class, list_tasks
+from ..tasks import GRADNORM_INPUTS, check_compile_mode, get_task_class, list_tasks
 
 __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'fraction', 'check_args', 'task_kwargs_from_args',
            'ConfigError']
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
                        help='Enable compilation w/ specified backend (default: inductor). Not possible with '
                             'double-backprop regularizers.')
-    group.add_argument('--torchcompile-mode', type=str, default=None, help='torch.compile mode (default: None).')
+    group.add_argument('--torchcompile-mode', type=str, default=None,
+                       help='torch.compile mode with --torchcompile, e.g. max-autotune (default: torch\'s default).')
 
     group = parser.add_argument_group('Device parameters')
     group.add_argument('--device', default=None, type=str,
@@ -475,6 +476,10 @@ def parse_args(argv: Optional[Sequence[str]] = None,
 def check_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, saying why and what does."""
     task_cls = get_task_class(args.gradreg)
+    if args.torchcompile_mode is not None and not args.torchcompile:
+        raise ValueError(f'--torchcompile-mode {args.torchcompile_mode} has no effect without --torchcompile: '
+                         'add --torchcompile, or drop the mode.')
+    check_compile_mode(args.torchcompile_mode)
     if args.torchcompile and task_cls.needs_double_backprop(**task_kwargs_from_args(args)):
         alternative = ' or use --gradnorm-impl fd' if args.gradreg == 'gradnorm' else ''
         raise ValueError(
