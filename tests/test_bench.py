@@ -92,6 +92,13 @@ def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsy
     assert result['compiled_over_eager']['gradnorm-fd'][1] == pytest.approx(sum(speedups) / 2)
 
 
+def test_round_order_rotates():
+    from timm_gradreg.bench import rotated
+    assert [rotated(['a', 'b', 'c'], r) for r in range(4)] == [
+        ['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b'], ['a', 'b', 'c']]
+    assert rotated([], 3) == []
+
+
 def test_round_ratio_quartiles_by_hand():
     from timm_gradreg.bench import _paired_quartiles
     # rounds' ratios 2/1, 3/2, 1/1, 4/2, 6/4 -> sorted 1, 1.5, 1.5, 2, 2 -> quartiles 1.5, 1.5, 2

@@ -311,6 +311,38 @@ def test_attention_derivatives_match_finite_differences(mask_shape):
     _assert_rewritten_with_exact_derivatives(attention, (q, k, v, mask), '_SoftmaxBackward', reference=by_hand)
 
 
+@pytest.mark.parametrize('mask_shape', [None, (1, 3, 5, 5)])
+def test_packed_qkv_attention_derivatives_match_finite_differences(mask_shape):
+    """q, k, v split from one packed projection as timm's attention blocks do are taken from the
+    projection directly: same values, first and second derivatives against float64 finite differences."""
+    torch.manual_seed(0)
+    packed = torch.randn(2, 5, 3 * 3 * 4, dtype=torch.float64, requires_grad=True)
+    mask = None if mask_shape is None else torch.randn(mask_shape, dtype=torch.float64, requires_grad=True)
+
+    def attention(packed, mask):
+        q, k, v = packed.reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def by_hand(packed, mask):
+        q, k, v = packed.reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        return (q @ k.transpose(-2, -1) / 2.0 + (0 if mask is None else mask)).softmax(-1) @ v
+
+    _assert_rewritten_with_exact_derivatives(attention, (packed, mask), '_SplitHeadsBackward', reference=by_hand)
+
+
+@pytest.mark.parametrize('split,packed_split', [
+    (lambda p: p.reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4).unbind(0), True),  # timm's
+    (lambda p: p.reshape(2, 5, 3, 3, 4).permute(2, 0, 1, 3, 4).transpose(2, 3).unbind(0), True),  # same layout
+    (lambda p: [t * 1.0 for t in p.reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4).unbind(0)], False),  # changed
+    (lambda p: p.reshape(2, 5, 3, 3, 4).permute(3, 0, 2, 1, 4).unbind(0), False),  # heads before q/k/v
+    (lambda p: p.reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4)[:, :, :, 1:].unbind(0), False),  # a slice
+])
+def test_only_the_packed_split_is_taken_from_the_projection(split, packed_split):
+    from timm_gradreg.double_backward.attention import packed_projection
+    packed = torch.randn(2, 5, 36, requires_grad=True)
+    assert (packed_projection(*split(packed)) is packed) == packed_split
+
+
 @pytest.mark.parametrize('options', [{'dropout_p': 0.5}, {'is_causal': True}, {'attn_mask': 'bool'}])
 def test_other_attention_forms_take_the_math_kernel(options):
     torch.manual_seed(0)
@@ -337,6 +369,8 @@ def test_transformer_penalty_gradient_equals_unfused_double_backprop(model_name,
     model = timm.create_model(model_name, num_classes=4, **kwargs).eval().double()
     x, y = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 3])
     g, p = _penalty_gradients(model, x, y, double_backward_safe())
+    with double_backward_safe():
+        assert _graph_has(model(x), '_SplitHeadsBackward')  # q, k, v taken from the packed projection
     for module in model.modules():
         if hasattr(module, 'fused_attn'):
             module.fused_attn = False

@@ -5,7 +5,8 @@
 
 Full training steps (task forward with its regularizer or attack, backward, optimizer
 step) of every method are interleaved round by round after a warm-up, so machine noise
-hits all methods alike. On CPU the warm-up goes on (up to --max-warmup rounds) until a round
+hits all methods alike; the order rotates from round to round, so no method always runs after
+the same one. On CPU the warm-up goes on (up to --max-warmup rounds) until a round
 of steps no longer faults in fresh memory pages: the heap has then grown to each method's
 steady-state footprint, as in a long training run, and first-touch page faults (slow on
 virtual machines) are not counted as compute. The table gives the median seconds per step,
@@ -315,6 +316,16 @@ def fd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fd_step: flo
             'fd_step': fd_step}
 
 
+def rotated(items: List[Any], shift: int) -> List[Any]:
+    """``items`` starting at position ``shift`` (mod its length), wrapping around.
+
+    Each round's steps run in a rotated order: a step runs measurably faster or slower by
+    what ran just before it (up to 2% on CPU), so no method always follows the same one.
+    """
+    shift %= max(len(items), 1)
+    return items[shift:] + items[:shift]
+
+
 def _paired_quartiles(times: List[float], reference: List[float]) -> Tuple[float, float, float]:
     """Quartiles (q1, median, q3) of the round-by-round ratios ``times[i] / reference[i]``.
 
@@ -338,8 +349,8 @@ def run_benchmark(args) -> Dict[str, Any]:
     warmup = _warm_up(args, device, runners)
     times: Dict[str, List[float]] = {label: [] for label, *_ in runners}
     faults: Dict[str, List[int]] = {label: [] for label, *_ in runners}
-    for _ in range(args.steps):
-        for label, runner, _, _ in runners:
+    for round_index in range(args.steps):
+        for label, runner, _, _ in rotated(runners, round_index):
             seconds, step_faults = _with_page_faults(runner.timed_step)
             times[label].append(seconds)
             faults[label].append(step_faults)
