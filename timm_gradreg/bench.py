@@ -455,7 +455,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'--torchcompile-mode {args.torchcompile_mode} has no effect without --torchcompile')
     try:
         check_compile_mode(args.torchcompile_mode)
-
         if args.profile:
             print(profile_step(args))
             return 0
