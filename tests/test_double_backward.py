@@ -364,16 +364,22 @@ def test_other_attention_forms_take_the_math_kernel(options):
 ])
 def test_transformer_penalty_gradient_equals_unfused_double_backprop(model_name, kwargs):
     """ViT and Swin (LayerNorm, GELU, attention with a learnt position bias and shifted-window
-    masks): the rewritten ops give the parameter gradient of timm's own unfused attention."""
+    masks), attention fused (timm's Swin default is unfused): the rewritten ops give the parameter
+    gradient of timm's own unfused attention."""
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=4, **kwargs).eval().double()
     x, y = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 3])
+
+    def set_fused_attn(fused):
+        for module in model.modules():
+            if hasattr(module, 'fused_attn'):
+                module.fused_attn = fused
+
+    set_fused_attn(True)
     g, p = _penalty_gradients(model, x, y, double_backward_safe())
     with double_backward_safe():
         assert _graph_has(model(x), '_SplitHeadsBackward')  # q, k, v taken from the packed projection
-    for module in model.modules():
-        if hasattr(module, 'fused_attn'):
-            module.fused_attn = False
+    set_fused_attn(False)
     model.zero_grad()
     g_ref, p_ref = _penalty_gradients(model, x, y, contextlib.nullcontext())
     torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
