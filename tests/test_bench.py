@@ -66,7 +66,8 @@ def test_profile_lists_the_operators_of_one_method(capsys):
 def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsys):
     out = tmp_path / 'bench.json'
     assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', '--torchcompile', 'aot_eager',
-                        '--torchcompile-mode', 'default', '--no-memory', '--no-fd-check', '--steps', '2', '--output', str(out)]) == 0
+                        '--torchcompile-mode', 'default', '--no-memory', '--no-fd-check', '--steps', '2',
+                        '--output', str(out)]) == 0
     text = capsys.readouterr().out
     rows = _rows(text)
     # double backprop cannot be compiled; FD and PGD-3 are also timed eager, each ratio is to PGD-3 of its kind

@@ -451,10 +451,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.memory_child:
         _memory_child(args)
         return 0
-    if args.torchcompile_mode is not None and not args.torchcompile:
-        parser.error(f'--torchcompile-mode {args.torchcompile_mode} has no effect without --torchcompile')
     try:
-        check_compile_mode(args.torchcompile_mode)
+        check_compile_mode(args.torchcompile_mode, args.torchcompile)
         if args.profile:
             print(profile_step(args))
             return 0

@@ -18,10 +18,14 @@ class CompileModeError(ValueError):
     """A ``torch.compile`` mode that torch does not know."""
 
 
-def check_compile_mode(mode: Optional[str]) -> None:
-    """Refuse a ``torch.compile`` mode that torch does not know, naming the ones it does."""
+def check_compile_mode(mode: Optional[str], backend: Optional[str] = 'inductor') -> None:
+    """Refuse a ``torch.compile`` mode that torch does not know (naming the ones it does), or one
+    given without a backend to compile with (``--torchcompile-mode`` without ``--torchcompile``)."""
     if mode is None:
         return
+    if not backend:
+        raise CompileModeError(f'--torchcompile-mode {mode} has no effect without --torchcompile: add '
+                               '--torchcompile, or drop the mode.')
     from torch._inductor import list_mode_options  # the mode names torch.compile accepts
     valid = list(list_mode_options())
     if mode not in valid:
@@ -113,7 +117,7 @@ class GradRegTask(ClassificationTask, abc.ABC):
         return module.module if isinstance(module, DistributedDataParallel) else module
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs):
-        check_compile_mode(mode)
+        check_compile_mode(mode, backend)
         if self.double_backprop:
             raise RuntimeError(
                 f"torch.compile does not support double backward, which the '{self.task_name}' task needs. "

@@ -476,10 +476,7 @@ def parse_args(argv: Optional[Sequence[str]] = None,
 def check_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, saying why and what does."""
     task_cls = get_task_class(args.gradreg)
-    if args.torchcompile_mode is not None and not args.torchcompile:
-        raise ValueError(f'--torchcompile-mode {args.torchcompile_mode} has no effect without --torchcompile: '
-                         'add --torchcompile, or drop the mode.')
-    check_compile_mode(args.torchcompile_mode)
+    check_compile_mode(args.torchcompile_mode, args.torchcompile)
     if args.torchcompile and task_cls.needs_double_backprop(**task_kwargs_from_args(args)):
         alternative = ' or use --gradnorm-impl fd' if args.gradreg == 'gradnorm' else ''
         raise ValueError(
