@@ -15,7 +15,7 @@ __all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode']
 
 
 class CompileModeError(ValueError):
-    """A ``torch.compile`` mode that torch does not know."""
+    """A ``torch.compile`` mode that cannot be used: unknown to torch, or given without a backend."""
 
 
 def check_compile_mode(mode: Optional[str], backend: Optional[str] = 'inductor') -> None:
