@@ -180,3 +180,48 @@ def test_channels_last_lays_out_model_and_batch_and_is_reported(capsys):
     assert text.splitlines()[0].startswith('test_resnet (gelu), batch 2, 32px, cpu, amp none, BatchNorm eval mode, '
                                            'channels_last, torch ')
     assert list(_rows(text)) == ['gradnorm', 'pgd-3']
+
+
+PASS_ROW = re.compile(r'^(?P<label>[a-z\- ()]+?)\s+(?P<eager>\d+\.\d)\s+(?P<compiled>\d+\.\d)\s+(?P<ratio>\d+\.\d{3})$')
+
+
+def test_pass_costs_table_json_and_floor(tmp_path, capsys):
+    from timm_gradreg.bench import PASSES
+    out = tmp_path / 'passes.json'
+    assert main(TINY + ['--passes', '--torchcompile', 'aot_eager', '--steps', '2', '--output', str(out)]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].startswith('test_resnet (gelu), batch 2, 32px, cpu, amp none, BatchNorm eval mode, torch ')
+    assert lines[0].endswith(': first-order passes, median ms of 2 rounds')
+    rows = {m['label']: m for m in map(PASS_ROW.match, lines) if m}
+    assert list(rows) == list(PASSES.values())
+    result = json.loads(out.read_text())
+    for kind in ('eager', 'compiled'):
+        times, medians = result['times'][kind], result['seconds'][kind]
+        for key in PASSES:
+            assert len(times[key]) == 2 and medians[key] == pytest.approx(sum(times[key]) / 2)
+            assert float(rows[PASSES[key]][kind]) == pytest.approx(medians[key] * 1000, abs=0.051)
+        f, b, fa, bi = (medians[k] for k in ('forward', 'backward', 'attack_forward', 'input_backward'))
+        assert result['floor'][kind] == pytest.approx(2 * (f + b) / (3 * (fa + bi) + f + b))
+    for key in PASSES:
+        ratios = [c / e for c, e in zip(result['times']['compiled'][key], result['times']['eager'][key])]
+        assert result['compiled_over_eager'][key] == pytest.approx(sum(ratios) / 2)
+    floor = re.search(r'^gradnorm-fd floor, .+: eager (\S+), compiled (\S+)$', text, re.M)
+    assert floor and float(floor[1]) == pytest.approx(result['floor']['eager'], abs=5e-4)
+
+
+def test_pass_timer_leaves_no_gradients_and_restores_trainable_parameters():
+    from timm_gradreg import bench
+    args = bench.build_parser().parse_args(TINY + ['--passes'])
+    timer = bench._PassTimer(bench._make_model(args), args, torch.device('cpu'), compiled=False)
+    seconds = timer.round()
+    assert set(seconds) == set(bench.PASSES) and all(s > 0 for s in seconds.values())
+    assert all(p.grad is None and p.requires_grad for p in timer.model.parameters())
+    assert not timer.model.training  # BatchNorm in eval mode, as the timed runs
+
+
+def test_passes_and_profile_together_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY + ['--passes', '--profile', 'gradnorm'])
+    assert exit_info.value.code == 2
+    assert '--passes and --profile are two different reports' in capsys.readouterr().err

@@ -17,6 +17,10 @@ running only that method). Models run with BatchNorm in
 eval mode unless --train-bn, as in the paper's runs. On CPU, glibc's malloc is told to keep
 freed memory (as CUDA's caching allocator does), so a step's time is its compute, not the page
 faults of re-mapping activations that the methods' different footprints would cause.
+
+``--passes`` times the first-order passes the methods are made of instead (training forward and
+backward, attack forward and input-only backward, eager and compiled) and prints the cost of two
+training passes relative to PGD-3's passes: the floor of the finite difference on that machine.
 """
 import argparse
 import copy
@@ -38,10 +42,11 @@ import torch.nn.functional as F
 
 from .activations import swap_activations
 from .models import ModelError, create_model
-from .modes import freeze_batchnorm
+from .modes import freeze_batchnorm, frozen_parameters
 from .tasks import CompileModeError, check_compile_mode, create_task
 
-__all__ = ['METHODS', 'BenchMethod', 'build_parser', 'run_benchmark', 'format_table', 'fd_accuracy', 'main']
+__all__ = ['METHODS', 'PASSES', 'BenchMethod', 'build_parser', 'run_benchmark', 'format_table', 'pass_costs',
+           'format_passes', 'fd_accuracy', 'main']
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='instead of the table, print torch.profiler\'s costliest operators of a step of this '
                              'method (eager, or compiled with --torchcompile) and exit')
     parser.add_argument('--profile-rows', type=int, default=25, help='operators listed by --profile (default: 25)')
+    parser.add_argument('--passes', action='store_true',
+                        help='instead of the table, time the first-order passes the methods are made of (eager, '
+                             'and compiled with --torchcompile) and print the cost of two training passes (the '
+                             "finite difference's floor) relative to PGD-3's passes")
     parser.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -173,6 +182,20 @@ def _input_size(args, model) -> int:
     return args.img_size or model.pretrained_cfg.get('input_size', (3, 224, 224))[-1]
 
 
+def _amp_dtype(args) -> Optional[torch.dtype]:
+    return {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
+
+
+def _batch(args, model: nn.Module, device: torch.device,
+           memory_format: torch.memory_format) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fixed random batch every step of a run trains on: images and labels."""
+    size = _input_size(args, model)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device, memory_format=memory_format)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+    return x, y
+
+
 class _Runner:
     """One method's task, optimizer and batch: ``step()`` is one full training step."""
 
@@ -189,15 +212,11 @@ class _Runner:
         if compiled:
             self.task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
-        self.amp = None if args.amp == 'none' else (torch.bfloat16 if args.amp == 'bf16' else torch.float16)
+        self.amp = _amp_dtype(args)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
         if self.scaler is not None:
             self.task.attach_grad_scaler(self.scaler)
-        size = _input_size(args, model)
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(
-            device, memory_format=memory_format)
-        self.y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+        self.x, self.y = _batch(args, model, device, memory_format)
         self.device = device
 
     def step(self) -> None:
@@ -408,14 +427,121 @@ def profile_step(args) -> str:
     return head + '\n' + prof.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows)
 
 
-def format_table(result: Dict[str, Any]) -> str:
-    head = (f"{result['model']}{' (' + result['act'] + ')' if result['act'] else ''}, batch {result['batch_size']}, "
+#: The first-order passes every method is made of: key -> label.
+PASSES: Dict[str, str] = {
+    'forward': 'training forward',
+    'backward': 'full backward',
+    'attack_forward': 'attack forward (frozen)',
+    'input_backward': 'input-only backward',
+}
+
+
+class _PassTimer:
+    """One model's first-order passes, timed one by one: a training step's forward and full backward,
+    and an attack step's forward and input-only backward (parameters frozen, as in PGD)."""
+
+    def __init__(self, model: nn.Module, args, device: torch.device, compiled: bool):
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = copy.deepcopy(model).to(device, memory_format=memory_format)
+        self.model.train(args.train_bn)
+        self.module = torch.compile(self.model, backend=args.torchcompile, mode=args.torchcompile_mode) \
+            if compiled else self.model
+        self.amp = _amp_dtype(args)
+        self.x, self.y = _batch(args, model, device, memory_format)
+        self.device = device
+
+    def _clock(self) -> float:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            return F.cross_entropy(self.module(x).float(), self.y)
+
+    def round(self) -> Dict[str, float]:
+        """Seconds of each pass of ``PASSES`` in one training step and one attack step."""
+        t0 = self._clock()
+        loss = self._loss(self.x)
+        t1 = self._clock()
+        loss.backward()
+        t2 = self._clock()
+        self.model.zero_grad(set_to_none=True)
+        with frozen_parameters(self.model):
+            x = self.x.detach().clone().requires_grad_(True)
+            t3 = self._clock()
+            loss = self._loss(x)
+            t4 = self._clock()
+            torch.autograd.grad(loss, x)
+            t5 = self._clock()
+        return {'forward': t1 - t0, 'backward': t2 - t1, 'attack_forward': t4 - t3, 'input_backward': t5 - t4}
+
+
+def pass_costs(args) -> Dict[str, Any]:
+    """Median seconds of each first-order pass, eager and (with ``--torchcompile``) compiled, interleaved.
+
+    The finite difference is two training passes, forward and full backward (pass 1 also takes
+    the input gradient), and PGD-3 is three attack passes and one training pass. Their ratio,
+    ``floor``, is what FD costs relative to PGD-3 before its optimizer step and its own
+    elementwise work, so no FD step can be cheaper than that on this machine.
+    """
+    device = _device(args)
+    if device.type == 'cpu':
+        _cache_freed_memory()  # as in the timed runs: no page faults of re-mapped activations
+    torch.manual_seed(0)
+    model = _make_model(args)
+    kinds = ['eager'] + (['compiled'] if args.torchcompile else [])
+    timers = {kind: _PassTimer(model, args, device, kind == 'compiled') for kind in kinds}
+    for _ in range(max(args.warmup, 1)):
+        for timer in timers.values():
+            timer.round()
+    times: Dict[str, Dict[str, List[float]]] = {kind: {key: [] for key in PASSES} for kind in kinds}
+    for round_index in range(max(args.steps, 1)):
+        for kind in rotated(kinds, round_index):
+            for key, seconds in timers[kind].round().items():
+                times[kind][key].append(seconds)
+    medians = {kind: {key: statistics.median(values) for key, values in passes.items()}
+               for kind, passes in times.items()}
+    floor = {kind: 2 * (m['forward'] + m['backward'])
+             / (3 * (m['attack_forward'] + m['input_backward']) + m['forward'] + m['backward'])
+             for kind, m in medians.items()}
+    result = {'model': args.model, 'act': args.act, 'batch_size': args.batch_size,
+              'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
+              'torchcompile': args.torchcompile, 'torchcompile_mode': args.torchcompile_mode,
+              'train_bn': args.train_bn, 'channels_last': args.channels_last, 'torch': torch.__version__,
+              'rounds': max(args.steps, 1), 'times': times, 'seconds': medians, 'floor': floor}
+    if 'compiled' in kinds:
+        result['compiled_over_eager'] = {key: _paired_quartiles(times['compiled'][key], times['eager'][key])[1]
+                                         for key in PASSES}
+    return result
+
+
+def _header(result: Dict[str, Any]) -> str:
+    return (f"{result['model']}{' (' + result['act'] + ')' if result['act'] else ''}, batch {result['batch_size']}, "
             f"{result['img_size']}px, {result['device']}, amp {result['amp']}, BatchNorm "
             f"{'train' if result['train_bn'] else 'eval'} mode"
             f"{', channels_last' if result.get('channels_last') else ''}"
             f"{', compile mode ' + result['torchcompile_mode'] if result.get('torchcompile_mode') else ''}, "
             f"torch {result['torch']}")
-    lines = [head, f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'rounds':>14}"
+
+
+def format_passes(result: Dict[str, Any]) -> str:
+    kinds = list(result['seconds'])
+    speedups = result.get('compiled_over_eager')
+    lines = [_header(result) + f": first-order passes, median ms of {result['rounds']} rounds",
+             f"{'pass':<26}" + ''.join(f'{kind:>10}' for kind in kinds) + (f"{'c/e':>8}" if speedups else '')]
+    for key, label in PASSES.items():
+        lines.append(f'{label:<26}' + ''.join(f"{result['seconds'][kind][key] * 1000:>10.1f}" for kind in kinds)
+                     + (f'{speedups[key]:>8.3f}' if speedups else ''))
+    if speedups:
+        lines.append('c/e: median of the round-by-round ratios compiled / eager')
+    lines.append("gradnorm-fd floor, two training passes / PGD-3's passes (3 attack, 1 training): "
+                 + ', '.join(f'{kind} {value:.3f}' for kind, value in result['floor'].items()))
+    return '\n'.join(lines)
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    lines = [_header(result), f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'rounds':>14}"
                    f"{'peak MB':>10}{'mem/nat':>9}"]
     for r in result['rows']:
         mem = f"{r['peak_mb']:>10.0f}" if r.get('peak_mb') is not None else f"{'—':>10}"
@@ -451,15 +577,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.memory_child:
         _memory_child(args)
         return 0
+    if args.passes and args.profile:
+        parser.error('--passes and --profile are two different reports: give one of them')
     try:
         check_compile_mode(args.torchcompile_mode, args.torchcompile)
         if args.profile:
             print(profile_step(args))
             return 0
-        result = run_benchmark(args)
+        result = pass_costs(args) if args.passes else run_benchmark(args)
     except (ModelError, CompileModeError) as e:
         parser.error(str(e))
-    print(format_table(result))
+    print(format_passes(result) if args.passes else format_table(result))
     if args.output:
         with open(args.output, 'w') as f:
             json.dump(result, f, indent=2)
