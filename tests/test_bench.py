@@ -208,6 +208,7 @@ def test_pass_costs_table_json_and_floor(tmp_path, capsys):
         assert result['compiled_over_eager'][key] == pytest.approx(sum(ratios) / 2)
     floor = re.search(r'^gradnorm-fd floor, .+: eager (\S+), compiled (\S+)$', text, re.M)
     assert floor and float(floor[1]) == pytest.approx(result['floor']['eager'], abs=5e-4)
+    assert lines[-1].startswith('warm-up: ') and result['warmup_rounds'] >= 1  # the timed runs' warm-up
 
 
 def test_pass_timer_leaves_no_gradients_and_restores_trainable_parameters():

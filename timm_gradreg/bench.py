@@ -476,6 +476,10 @@ class _PassTimer:
             t5 = self._clock()
         return {'forward': t1 - t0, 'backward': t2 - t1, 'attack_forward': t4 - t3, 'input_backward': t5 - t4}
 
+    def step(self) -> None:
+        """An untimed round (warm-up)."""
+        self.round()
+
 
 def pass_costs(args) -> Dict[str, Any]:
     """Median seconds of each first-order pass, eager and (with ``--torchcompile``) compiled, interleaved.
@@ -492,9 +496,7 @@ def pass_costs(args) -> Dict[str, Any]:
     model = _make_model(args)
     kinds = ['eager'] + (['compiled'] if args.torchcompile else [])
     timers = {kind: _PassTimer(model, args, device, kind == 'compiled') for kind in kinds}
-    for _ in range(max(args.warmup, 1)):
-        for timer in timers.values():
-            timer.round()
+    warmup = _warm_up(args, device, [(kind, timer, None, None) for kind, timer in timers.items()])
     times: Dict[str, Dict[str, List[float]]] = {kind: {key: [] for key in PASSES} for kind in kinds}
     for round_index in range(max(args.steps, 1)):
         for kind in rotated(kinds, round_index):
@@ -509,7 +511,7 @@ def pass_costs(args) -> Dict[str, Any]:
               'img_size': _input_size(args, model), 'device': str(device), 'amp': args.amp,
               'torchcompile': args.torchcompile, 'torchcompile_mode': args.torchcompile_mode,
               'train_bn': args.train_bn, 'channels_last': args.channels_last, 'torch': torch.__version__,
-              'rounds': max(args.steps, 1), 'times': times, 'seconds': medians, 'floor': floor}
+              'rounds': max(args.steps, 1), 'times': times, 'seconds': medians, 'floor': floor, **warmup}
     if 'compiled' in kinds:
         result['compiled_over_eager'] = {key: _paired_quartiles(times['compiled'][key], times['eager'][key])[1]
                                          for key in PASSES}
@@ -537,12 +539,21 @@ def format_passes(result: Dict[str, Any]) -> str:
         lines.append('c/e: median of the round-by-round ratios compiled / eager')
     lines.append("gradnorm-fd floor, two training passes / PGD-3's passes (3 attack, 1 training): "
                  + ', '.join(f'{kind} {value:.3f}' for kind, value in result['floor'].items()))
-    return '\n'.join(lines)
+    return '\n'.join(lines + _warmup_lines(result))
+
+
+def _warmup_lines(result: Dict[str, Any]) -> List[str]:
+    if result.get('steady') is None:
+        return []
+    return [f"warm-up: {result['warmup_rounds']} rounds, " + (
+        'steady state (no step faulted in fresh memory)' if result['steady'] else
+        'memory still growing at the end (raise --max-warmup): first-touch page faults inflate the times')]
 
 
 def format_table(result: Dict[str, Any]) -> str:
-    lines = [_header(result), f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'rounds':>14}"
-                   f"{'peak MB':>10}{'mem/nat':>9}"]
+    lines = [_header(result),
+             f"{'method':<26}{'passes':>7}{'rel. AT':>9}{'s/step':>10}{'rel.':>8}{'rounds':>14}{'peak MB':>10}"
+             f"{'mem/nat':>9}"]
     for r in result['rows']:
         mem = f"{r['peak_mb']:>10.0f}" if r.get('peak_mb') is not None else f"{'—':>10}"
         mrel = f"{r['mem_rel_natural']:>9.2f}" if r.get('mem_rel_natural') else f"{'—':>9}"
@@ -560,10 +571,7 @@ def format_table(result: Dict[str, Any]) -> str:
     if result.get('natural_eager_peak_mb') and natural_row and natural_row.get('peak_mb') is None:
         lines.append(f"mem/nat: relative to eager natural training, {result['natural_eager_peak_mb']:.0f} MB; "
                      'compiled steps have no CPU peak (RSS mixes in compilation)')
-    if result.get('steady') is not None:
-        lines.append(f"warm-up: {result['warmup_rounds']} rounds, " + (
-            'steady state (no step faulted in fresh memory)' if result['steady'] else
-            'memory still growing at the end (raise --max-warmup): first-touch page faults inflate the times'))
+    lines += _warmup_lines(result)
     if 'fd_accuracy' in result:
         fd = result['fd_accuracy']
         lines.append(f"gradnorm-fd vs double backprop parameter gradient: cosine {fd['cosine']:.5f}, relative error "
