@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from timm_gradreg.analyze import (hessian_spectral_norm, hessian_vector_product, local_linearity_error,

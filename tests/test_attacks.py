@@ -1,7 +1,6 @@
 """PGD / FGSM in pixel space: budget, box, strength, modes."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from timm_gradreg import PixelSpace, fgsm_attack, pgd_attack

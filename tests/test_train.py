@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from timm_gradreg.checkpoint import AtomicCheckpointSaver, atomic_save
+from timm_gradreg.checkpoint import AtomicCheckpointSaver
 from timm_gradreg.cli.train import main as train_main
 from timm_gradreg.data import prepare_demo_dataset
 from timm_gradreg.train import Trainer, parse_args

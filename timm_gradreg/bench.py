@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .activations import swap_activations
 from .models import ModelError, create_model
-from .modes import freeze_batchnorm, frozen_parameters
+from .modes import frozen_parameters
 from .tasks import CompileModeError, check_compile_mode, create_task
 
 __all__ = ['METHODS', 'PASSES', 'BenchMethod', 'build_parser', 'run_benchmark', 'format_table', 'pass_costs',
@@ -186,14 +186,29 @@ def _amp_dtype(args) -> Optional[torch.dtype]:
     return {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
 
 
-def _batch(args, model: nn.Module, device: torch.device,
-           memory_format: torch.memory_format) -> Tuple[torch.Tensor, torch.Tensor]:
+def _memory_format(args) -> torch.memory_format:
+    return torch.channels_last if args.channels_last else torch.contiguous_format
+
+
+def _model_copy(model: nn.Module, args, device: torch.device) -> nn.Module:
+    """A copy of ``model`` on ``device`` in the run's memory format, BatchNorm in eval mode unless --train-bn."""
+    return copy.deepcopy(model).to(device, memory_format=_memory_format(args)).train(args.train_bn)
+
+
+def _batch(args, model: nn.Module, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """The fixed random batch every step of a run trains on: images and labels."""
     size = _input_size(args, model)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device, memory_format=memory_format)
+    x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device, memory_format=_memory_format(args))
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
     return x, y
+
+
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has finished the work queued so far."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 class _Runner:
@@ -201,11 +216,7 @@ class _Runner:
 
     def __init__(self, name: str, method: BenchMethod, model: nn.Module, args, device, compiled: bool):
         self.name, self.method = name, method
-        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = copy.deepcopy(model).to(device, memory_format=memory_format)
-        self.model.train()
-        if not args.train_bn:
-            self.model.eval()
+        self.model = _model_copy(model, args, device)
         options = dict(method.options)
         self.task = create_task(method.task, self.model, verbose=False, **options)
         self.task.set_epoch(100.0)  # schedules at full strength
@@ -216,7 +227,7 @@ class _Runner:
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
         if self.scaler is not None:
             self.task.attach_grad_scaler(self.scaler)
-        self.x, self.y = _batch(args, model, device, memory_format)
+        self.x, self.y = _batch(args, model, device)
         self.device = device
 
     def step(self) -> None:
@@ -232,13 +243,9 @@ class _Runner:
         self.optimizer.zero_grad(set_to_none=True)
 
     def timed_step(self) -> float:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
+        start = _clock(self.device)
         self.step()
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+        return _clock(self.device) - start
 
 
 def _variants(args) -> List[tuple]:
@@ -398,11 +405,7 @@ def run_benchmark(args) -> Dict[str, Any]:
     if natural_mb is not None:
         result['natural_eager_peak_mb'] = natural_mb
     if not args.no_fd_check and 'gradnorm-fd' in args.methods:
-        fd_model = copy.deepcopy(model).to(device)
-        fd_model.train(args.train_bn)
-        if not args.train_bn:
-            fd_model.eval()
-        result['fd_accuracy'] = fd_accuracy(fd_model, runners[0][1].x, runners[0][1].y)
+        result['fd_accuracy'] = fd_accuracy(_model_copy(model, args, device), runners[0][1].x, runners[0][1].y)
     return result
 
 
@@ -441,19 +444,12 @@ class _PassTimer:
     and an attack step's forward and input-only backward (parameters frozen, as in PGD)."""
 
     def __init__(self, model: nn.Module, args, device: torch.device, compiled: bool):
-        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = copy.deepcopy(model).to(device, memory_format=memory_format)
-        self.model.train(args.train_bn)
+        self.model = _model_copy(model, args, device)
         self.module = torch.compile(self.model, backend=args.torchcompile, mode=args.torchcompile_mode) \
             if compiled else self.model
         self.amp = _amp_dtype(args)
-        self.x, self.y = _batch(args, model, device, memory_format)
+        self.x, self.y = _batch(args, model, device)
         self.device = device
-
-    def _clock(self) -> float:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
 
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
@@ -461,19 +457,19 @@ class _PassTimer:
 
     def round(self) -> Dict[str, float]:
         """Seconds of each pass of ``PASSES`` in one training step and one attack step."""
-        t0 = self._clock()
+        t0 = _clock(self.device)
         loss = self._loss(self.x)
-        t1 = self._clock()
+        t1 = _clock(self.device)
         loss.backward()
-        t2 = self._clock()
+        t2 = _clock(self.device)
         self.model.zero_grad(set_to_none=True)
         with frozen_parameters(self.model):
             x = self.x.detach().clone().requires_grad_(True)
-            t3 = self._clock()
+            t3 = _clock(self.device)
             loss = self._loss(x)
-            t4 = self._clock()
+            t4 = _clock(self.device)
             torch.autograd.grad(loss, x)
-            t5 = self._clock()
+            t5 = _clock(self.device)
         return {'forward': t1 - t0, 'backward': t2 - t1, 'attack_forward': t4 - t3, 'input_backward': t5 - t4}
 
     def step(self) -> None:

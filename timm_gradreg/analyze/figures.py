@@ -1,5 +1,5 @@
 """The paper's gradient figures, one panel or line per model."""
-from typing import Dict, List, Sequence
+from typing import Dict
 
 import torch
 

@@ -13,7 +13,6 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-import torch
 from timm import utils
 
 from ..analyze import (AnalysisConfig, analyze_model, channel_histograms, gradient_grid, gradnorm_histograms,

@@ -11,7 +11,6 @@ from timm import utils
 from ..activations import SOURCE_ACTIVATIONS
 from ..models import load_eval_model
 from ..normalization import normalized_model
-from ..train.args import fraction
 
 __all__ = ['add_model_args', 'add_data_args', 'resolve_models', 'init_device', 'gather_rows', 'ModelSpec']
 

@@ -13,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import fgsm_attack, pgd_attack
-from .robustness import worst_case_correct
 
 __all__ = ['CheckResult', 'SanityContext', 'register_check', 'list_checks', 'run_sanity_checks', 'masking_verdict']
 

@@ -1,7 +1,7 @@
 """Name -> task class registry with a factory that explains bad names and arguments."""
 import difflib
 import inspect
-from typing import Callable, Dict, List, Optional, Type
+from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 

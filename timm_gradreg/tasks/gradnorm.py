@@ -1,5 +1,5 @@
 """GradNorm training task (paper Eq. 2), by double backprop or by finite differences."""
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict
 
 import torch
 

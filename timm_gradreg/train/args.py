@@ -8,13 +8,13 @@ import argparse
 import difflib
 import fractions
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 from timm import utils
 
 from ..activations import SOURCE_ACTIVATIONS
-from ..edges import COSINE_MODES, EdgeEnergy
+from ..edges import COSINE_MODES
 from ..tasks import GRADNORM_INPUTS, check_compile_mode, get_task_class, list_tasks
 
 __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'fraction', 'check_args', 'task_kwargs_from_args',
