@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import swap_activations
+from .input_grad import at_least_fp32
 from .models import ModelError, create_model
 from .modes import frozen_parameters
 from .tasks import CompileModeError, check_compile_mode, create_task
@@ -453,7 +454,7 @@ class _PassTimer:
 
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            return F.cross_entropy(self.module(x).float(), self.y)
+            return F.cross_entropy(at_least_fp32(self.module(x)), self.y)  # as the tasks' losses
 
     def round(self) -> Dict[str, float]:
         """Seconds of each pass of ``PASSES`` in one training step and one attack step."""
