@@ -51,6 +51,16 @@ def test_log_correlation_is_one_for_a_power_law_of_edge_energy():
     assert noise.abs().max() < 0.3
 
 
+def test_log_correlation_by_hand():
+    # log maps (0, 1, 2, 3) and log energy (0, 2, 4, 7): Pearson 11.5 / (sqrt(5) · sqrt(26.75))
+    maps = torch.tensor([[0.0, 1.0], [2.0, 3.0]]).exp()[None]
+    energy = torch.tensor([[0.0, 2.0], [4.0, 7.0]]).exp()[None]
+    assert log_correlation(maps, energy).item() == pytest.approx(11.5 / (5 ** 0.5 * 26.75 ** 0.5), rel=1e-6)
+    # energy below the clamp counts as the clamp: (0, 1, 2, 3) against (log 1e-3, log 1e-3, 0, 0)
+    flat = torch.tensor([[1e-5, 1e-4], [1.0, 1.0]])[None]
+    assert log_correlation(maps, flat).item() == pytest.approx(2 / (5 ** 0.5 * 1.0), rel=1e-6)
+
+
 def test_local_linearity_error_vanishes_for_a_linear_loss():
     torch.manual_seed(0)
     x = torch.rand(4, 3, 8, 8, dtype=torch.float64)
@@ -75,10 +85,24 @@ def test_cli_side_by_side_with_figures(tmp_path, capsys):
     data = json.load(open(out / 'analysis.json'))['models']
     for label in ('resnet', 'vit'):
         t = data[label]
-        assert t['table1_grad_l1']['all']['n'] == 6
-        assert t['table6_curvature']['hessian_norm']['mean'] > 0
-        assert -1 <= t['table5_edge_correlation']['saliency']['mean'] <= 1
-        assert len(t['fig11_path']['loss']) == 3
+        table1 = t['table1_grad_l1']
+        assert table1['all']['n'] == 6
+        for parts in (('pgd_fails', 'pgd_succeeds'), ('correct', 'incorrect')):  # the split covers every image
+            counts = [table1[p]['n'] for p in parts]
+            assert sum(counts) == 6
+            total = sum(table1[p]['mean'] * n for p, n in zip(parts, counts) if n)
+            assert total == pytest.approx(6 * table1['all']['mean'], rel=1e-6)
+        path = t['fig11_path']
+        assert path['t'] == [0.0, 0.5, 1.0]
+        assert path['grad_l1'][0] == pytest.approx(table1['all']['mean'], rel=1e-5)  # the path starts at x
+        assert path['loss'][-1] >= path['loss'][0]  # towards the PGD-5 point the loss rises
+        curvature = t['table6_curvature']
+        assert curvature['normalized_curvature']['n'] == 6 and curvature['hessian_norm']['mean'] > 0
+        for kind in ('saliency', 'loss_gradient'):
+            assert t['table5_edge_correlation'][kind]['n'] == 6
+    from matplotlib.image import imread
     for name in ('gradients_grid.png', 'gradnorm_hist.png', 'channel_hist.png', 'path_profile.png'):
-        assert (out / name).stat().st_size > 5_000, name
+        pixels = imread(out / name)[..., :3]
+        assert min(pixels.shape[:2]) >= 200 and pixels.std() > 0.05, name  # a drawn figure, not a blank canvas
+        assert (pixels.mean(-1) < 0.5).mean() > 0.002, name  # with dark ink: axes, text, curves
     assert 'table6_curvature' in open(out / 'tables.csv').read()

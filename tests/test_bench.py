@@ -8,9 +8,14 @@ import sys
 import pytest
 import torch
 
-from timm_gradreg.bench import METHODS, REFERENCE, main
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+
+from cost import pages, steps  # noqa: E402
+from cost.methods import METHODS, REFERENCE  # noqa: E402
+from cost.passes import PASSES, PassTimer, fd_floor  # noqa: E402
+from cost.setup import make_model  # noqa: E402
+from step_cost import build_parser, main  # noqa: E402
 TINY = ['--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '2', '--num-classes', '10',
         '--steps', '1', '--warmup', '0']
 ROW = re.compile(r'^(?P<method>[a-z0-9\-]+(?: \((?:compiled|eager)\))?)\s+(?P<passes>\d+)\s+(?P<rel_at>\d\.\d{3})\s+'
@@ -94,14 +99,14 @@ def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsy
 
 
 def test_round_order_rotates():
-    from timm_gradreg.bench import rotated
+    rotated = steps.rotated
     assert [rotated(['a', 'b', 'c'], r) for r in range(4)] == [
         ['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b'], ['a', 'b', 'c']]
     assert rotated([], 3) == []
 
 
 def test_round_ratio_quartiles_by_hand():
-    from timm_gradreg.bench import _paired_quartiles
+    _paired_quartiles = steps.paired_quartiles
     # rounds' ratios 2/1, 3/2, 1/1, 4/2, 6/4 -> sorted 1, 1.5, 1.5, 2, 2 -> quartiles 1.5, 1.5, 2
     assert _paired_quartiles([2, 3, 1, 4, 6], [1, 2, 1, 2, 4]) == (1.5, 1.5, 2.0)
     assert _paired_quartiles([3.0], [2.0]) == (1.5, 1.5, 1.5)
@@ -120,7 +125,6 @@ class _Runner:
 
 
 def _warm_up_with_faults(monkeypatch, faults_per_step, warmup, max_warmup, device='cpu'):
-    from timm_gradreg import bench
     counter = iter(range(10 ** 6))
     total = [0]
 
@@ -130,10 +134,10 @@ def _warm_up_with_faults(monkeypatch, faults_per_step, warmup, max_warmup, devic
             total[0] += faults_per_step[min(n // 2, len(faults_per_step) - 1)]
         return total[0]
 
-    monkeypatch.setattr(bench, '_minor_page_faults', fake_faults)
-    args = bench.build_parser().parse_args(['--warmup', str(warmup), '--max-warmup', str(max_warmup)])
+    monkeypatch.setattr(pages, '_minor_page_faults', fake_faults)
+    args = build_parser().parse_args(['--warmup', str(warmup), '--max-warmup', str(max_warmup)])
     runners = [('a', _Runner(), 'natural', False), ('b', _Runner(), 'pgd-3', False)]
-    return bench._warm_up(args, torch.device(device), runners)
+    return steps.warm_up(args, torch.device(device), runners)
 
 
 def test_cpu_warm_up_runs_until_no_step_faults_in_fresh_memory(monkeypatch):
@@ -167,10 +171,9 @@ def test_bad_compile_mode_is_a_usage_error(capsys, argv, needle):
 
 
 def test_channels_last_lays_out_model_and_batch_and_is_reported(capsys):
-    from timm_gradreg import bench
-    args = bench.build_parser().parse_args(TINY + ['--channels-last'])
-    runner = bench._Runner('gradnorm', METHODS['gradnorm'], bench._make_model(args), args, torch.device('cpu'),
-                           compiled=False)
+    args = build_parser().parse_args(TINY + ['--channels-last'])
+    runner = steps.StepRunner('gradnorm', METHODS['gradnorm'], make_model(args), args, torch.device('cpu'),
+                              compiled=False)
     assert runner.x.is_contiguous(memory_format=torch.channels_last) and not runner.x.is_contiguous()
     conv_weights = [m.weight for m in runner.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert conv_weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
@@ -186,7 +189,6 @@ PASS_ROW = re.compile(r'^(?P<label>[a-z\- ()]+?)\s+(?P<eager>\d+\.\d)\s+(?P<comp
 
 
 def test_pass_costs_table_json_and_floor(tmp_path, capsys):
-    from timm_gradreg.bench import PASSES
     out = tmp_path / 'passes.json'
     assert main(TINY + ['--passes', '--torchcompile', 'aot_eager', '--steps', '2', '--output', str(out)]) == 0
     text = capsys.readouterr().out
@@ -201,8 +203,7 @@ def test_pass_costs_table_json_and_floor(tmp_path, capsys):
         for key in PASSES:
             assert len(times[key]) == 2 and medians[key] == pytest.approx(sum(times[key]) / 2)
             assert float(rows[PASSES[key]][kind]) == pytest.approx(medians[key] * 1000, abs=0.051)
-        f, b, fa, bi = (medians[k] for k in ('forward', 'backward', 'attack_forward', 'input_backward'))
-        assert result['floor'][kind] == pytest.approx(2 * (f + b) / (3 * (fa + bi) + f + b))
+        assert result['floor'][kind] == pytest.approx(fd_floor(medians))
     for key in PASSES:
         ratios = [c / e for c, e in zip(result['times']['compiled'][key], result['times']['eager'][key])]
         assert result['compiled_over_eager'][key] == pytest.approx(sum(ratios) / 2)
@@ -211,12 +212,19 @@ def test_pass_costs_table_json_and_floor(tmp_path, capsys):
     assert lines[-1].startswith('warm-up: ') and result['warmup_rounds'] >= 1  # the timed runs' warm-up
 
 
+def test_fd_floor_by_hand():
+    # training 1 + 2 = 3 twice; PGD-3: three attack passes of 1 + 1 and one training pass: 6 / 9
+    assert fd_floor({'forward': 1.0, 'backward': 2.0, 'attack_forward': 1.0, 'input_backward': 1.0}) == pytest.approx(2 / 3)
+    # training 2 + 3 = 5 twice = 10; PGD-3: 3 · (1 + 0.5) + 5 = 9.5
+    assert fd_floor({'forward': 2.0, 'backward': 3.0, 'attack_forward': 1.0, 'input_backward': 0.5}) == pytest.approx(
+        10 / 9.5)
+
+
 def test_pass_timer_leaves_no_gradients_and_restores_trainable_parameters():
-    from timm_gradreg import bench
-    args = bench.build_parser().parse_args(TINY + ['--passes'])
-    timer = bench._PassTimer(bench._make_model(args), args, torch.device('cpu'), compiled=False)
+    args = build_parser().parse_args(TINY + ['--passes'])
+    timer = PassTimer(make_model(args), args, torch.device('cpu'), compiled=False)
     seconds = timer.round()
-    assert set(seconds) == set(bench.PASSES) and all(s > 0 for s in seconds.values())
+    assert set(seconds) == set(PASSES) and all(s > 0 for s in seconds.values())
     assert all(p.grad is None and p.requires_grad for p in timer.model.parameters())
     assert not timer.model.training  # BatchNorm in eval mode, as the timed runs
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from timm_gradreg import create_task
-from timm_gradreg.edges import (EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, gaussian_blur,
+from timm_gradreg.edges import (_TEACHERS, EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, gaussian_blur,
                                 list_gradient_teachers, register_gradient_teacher)
 
 from conftest import TinyNet
@@ -105,8 +105,13 @@ def test_teacher_registry_and_callables():
     fn = lambda images: images.mean(1, keepdim=True)  # noqa: E731
     assert create_gradient_teacher(fn) is fn
     register_gradient_teacher('brightness', lambda **kw: fn)
-    assert create_gradient_teacher('brightness') is fn
-    with pytest.raises(ValueError, match='sobel'):
+    try:
+        assert create_gradient_teacher('brightness') is fn
+        assert 'brightness' in list_gradient_teachers()
+    finally:
+        _TEACHERS.unregister('brightness')
+    assert 'brightness' not in list_gradient_teachers()
+    with pytest.raises(ValueError, match="Unknown gradient teacher 'canny'. Valid: gaussian, sobel"):
         create_gradient_teacher('canny')
 
 

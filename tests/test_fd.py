@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from timm_gradreg import create_task
+from timm_gradreg.tasks import gradnorm_fd_agreement
 from timm_gradreg.gradnorm import penalty_direction, per_sample_gradnorm
-from timm_gradreg.train.args import parse_args
 
 from conftest import TinyNet
 
@@ -51,9 +51,9 @@ def test_fd_matches_double_backprop_on_a_vit_with_fused_attention():
     assert model.blocks[0].attn.fused_attn
     x, y = torch.randn(4, 3, 160, 160), torch.tensor([1, 2, 3, 4])
     cosine, rel, _, _ = _compare(model, x, y, ce_weight=0.0, gn_weight=1.0)
-    assert cosine >= 0.99, (cosine, rel)
-    cosine, rel, _, _ = _compare(model, x, y)  # the paper's weights
-    assert cosine >= 0.99, (cosine, rel)
+    assert cosine >= 0.99 and rel < 0.12, (cosine, rel)  # measured 0.997, 0.073
+    agreement = gradnorm_fd_agreement(model, x, y)  # the paper's weights
+    assert agreement['cosine'] >= 0.99 and agreement['rel_error'] < 0.12, agreement  # measured 0.998, 0.066
 
 
 def test_fd_on_a_resnet_with_max_pooling():
@@ -62,7 +62,7 @@ def test_fd_on_a_resnet_with_max_pooling():
     model = timm.create_model('test_resnet', num_classes=10, act_layer='gelu').eval()
     x, y = torch.randn(8, 3, 64, 64), torch.randint(0, 10, (8,))
     cosine, rel, _, _ = _compare(model, x, y, ce_weight=0.5, gn_weight=0.5)
-    assert cosine >= 0.99, (cosine, rel)
+    assert cosine >= 0.999 and rel < 0.05, (cosine, rel)  # measured 0.9996, 0.028
 
 
 def test_fd_compiles_where_double_backprop_cannot(batch):
@@ -76,8 +76,6 @@ def test_fd_compiles_where_double_backprop_cannot(batch):
     task.compile(backend='aot_eager')
     compiled, _ = _param_grad(task, model, x, y)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-7)
-    args, _ = parse_args(['--gradreg', 'gradnorm', '--gradnorm-impl', 'fd', '--torchcompile'])
-    assert args.torchcompile == 'inductor'
 
 
 def test_fd_under_fp16_autocast_keeps_the_penalty(batch):

@@ -123,10 +123,23 @@ def test_gradnorm_warmup_is_linear_per_iteration(tiny_net):
 
 
 def test_gradnorm_penalty_backpropagates_to_parameters(tiny_net, batch):
+    """The penalty-only loss's parameter gradient equals the float64 finite difference of the penalty."""
     x, y = batch
-    task = create_task('gradnorm', tiny_net, ce_weight=0.0, gn_weight=1.0, warmup_epochs=0, verbose=False)
+    model = tiny_net.double()
+    x = x.double()
+    task = create_task('gradnorm', model, ce_weight=0.0, gn_weight=1.0, warmup_epochs=0, verbose=False)
     task(x, y)['loss'].backward()
-    assert tiny_net.conv1.weight.grad.abs().sum() > 0
+    weight, index, h = model.conv1.weight, (2, 1, 0, 1), 1e-6
+    analytic = weight.grad[index].item()
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            weight[index] += sign * h
+        values.append(task(x, y)['loss'].item())
+        with torch.no_grad():
+            weight[index] -= sign * h
+    numeric = (values[0] - values[1]) / (2 * h)
+    assert abs(analytic) > 1e-4 and analytic == pytest.approx(numeric, rel=1e-5)
 
 
 @pytest.mark.parametrize('inputs', ['noise', 'pgd'])

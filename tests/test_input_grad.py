@@ -3,6 +3,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from timm_gradreg.double_backward import double_backward_safe
@@ -72,17 +73,7 @@ def test_double_backprop_through_vit_with_fused_attention():
     model = timm.create_model('vit_tiny_patch16_224', num_classes=10).eval()
     assert model.blocks[0].attn.fused_attn, 'timm should use fused attention by default'
     x, y = torch.randn(2, 3, 224, 224), torch.tensor([1, 2])
-    # the stock fused kernel has no double backward ...
-    xg = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction='sum'), xg, create_graph=True)
-    try:
-        g.abs().sum().backward()
-        fused_failed = False
-    except RuntimeError as e:
-        fused_failed = 'not implemented' in str(e)
-    assert fused_failed
-    model.zero_grad()
-    # ... the library's path works with no user action and matches the unfused attention
+    # the library's path works with no user action and matches the unfused attention
     _, _, g = loss_and_input_gradient(model, x, y, nn.CrossEntropyLoss())
     g.abs().sum().backward()
     grad_fused = model.blocks[0].attn.qkv.weight.grad.clone()
@@ -109,9 +100,17 @@ def test_input_gradient_unscales_and_adapts_on_overflow():
 
 
 def test_double_backward_safe_is_a_context():
+    """Fused attention under the context is twice differentiable, with the math kernel's second derivative."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 4, 8, requires_grad=True)
     with double_backward_safe():
-        q = torch.randn(1, 2, 4, 8, requires_grad=True)
         out = F.scaled_dot_product_attention(q, q, q)
     (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
-    g.square().sum().backward()
-    assert torch.isfinite(q.grad).all()
+    (second,) = torch.autograd.grad(g.square().sum(), q)
+    with sdpa_kernel([SDPBackend.MATH]):
+        ref_out = F.scaled_dot_product_attention(q, q, q)
+        (ref_g,) = torch.autograd.grad(ref_out.sum(), q, create_graph=True)
+        (ref_second,) = torch.autograd.grad(ref_g.square().sum(), q)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(second, ref_second, rtol=1e-4, atol=1e-5)
+    assert second.abs().sum() > 1e-3  # not a trivially zero second derivative

@@ -17,6 +17,8 @@ from timm.layers import create_act_layer, get_act_layer
 from timm.layers import activations as timm_acts
 from torch.overrides import TorchFunctionMode
 
+from ._private import timm_activation_names
+
 __all__ = ['SwapReport', 'swap_activations', 'find_functional_activations', 'SOURCE_ACTIVATIONS',
            'DEFAULT_SOURCES', 'list_target_activations']
 
@@ -48,13 +50,9 @@ _SOURCE_FUNCTIONS = {
     'elu': (nn.functional.elu, nn.functional.elu_),
 }
 
-_TARGET_NAMES = ('gelu', 'gelu_tanh', 'silu', 'swish', 'mish', 'softplus', 'elu', 'celu', 'selu', 'quick_gelu',
-                 'tanh', 'sigmoid', 'hard_swish', 'identity')
-
-
 def list_target_activations() -> List[str]:
-    """Names accepted as the new activation (timm ``get_act_layer`` names plus 'softplus')."""
-    return list(_TARGET_NAMES)
+    """Names accepted as the new activation: those of timm's activation registry, plus 'softplus'."""
+    return sorted(set(timm_activation_names()) | {'softplus'})
 
 
 def _target_factory(act: Union[str, Type[nn.Module]]):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .input_grad import at_least_fp32
 from .modes import eval_mode, frozen_parameters
 from .normalization import PixelSpace
+from .registry import Registry
 
 __all__ = [
     'ATTACK_LOSSES', 'register_attack_loss', 'get_attack_loss', 'list_attack_losses',
@@ -23,27 +24,20 @@ __all__ = [
 ]
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ATTACK_LOSSES: Dict[str, AttackLoss] = {}
+ATTACK_LOSSES: Registry[AttackLoss] = Registry('attack loss')
 
 
 def register_attack_loss(name: str):
     """Register a per-sample attack loss ``fn(logits, target) -> [B]`` (higher = stronger attack)."""
-    def _register(fn: AttackLoss) -> AttackLoss:
-        ATTACK_LOSSES[name] = fn
-        return fn
-    return _register
+    return ATTACK_LOSSES.register(name)
 
 
 def list_attack_losses() -> List[str]:
-    return sorted(ATTACK_LOSSES)
+    return ATTACK_LOSSES.names()
 
 
 def get_attack_loss(loss: Union[str, AttackLoss]) -> AttackLoss:
-    if callable(loss):
-        return loss
-    if loss not in ATTACK_LOSSES:
-        raise ValueError(f'Unknown attack loss {loss!r}; valid: {", ".join(list_attack_losses())}')
-    return ATTACK_LOSSES[loss]
+    return loss if callable(loss) else ATTACK_LOSSES.get(loss)
 
 
 def _hard_labels(target: torch.Tensor) -> torch.Tensor:

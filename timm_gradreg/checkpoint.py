@@ -1,50 +1,18 @@
 """Checkpoint files: atomic writes, timm's CheckpointSaver made crash-safe, the activation-swap record."""
 import os
 import shutil
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
 from timm.utils import CheckpointSaver
 
-__all__ = ['atomic_save', 'AtomicCheckpointSaver', 'SWAP_KEY', 'read_swap_record']
+from .activations import DEFAULT_SOURCES
+from .files import atomic_save, fsync_dir
+
+__all__ = ['atomic_save', 'AtomicCheckpointSaver', 'SWAP_KEY', 'swap_record', 'read_swap_record']
 
 #: Checkpoint key under which the activation swap of the model is recorded.
 SWAP_KEY = 'gradreg_swap'
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
-
-    A process killed mid-write leaves the previous file intact, never a truncated one.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -62,7 +30,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def _replace(self, src, dst):
         os.replace(src, dst)
-        _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+        fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
     def _duplicate(self, src, dst):
         tmp = dst + '.tmp'
@@ -75,19 +43,24 @@ class AtomicCheckpointSaver(CheckpointSaver):
         self._replace(tmp, dst)
 
 
-def read_swap_record(path: str) -> Optional[Dict[str, Any]]:
-    """The activation swap a checkpoint's weights expect, or None.
+def swap_record(checkpoint: Any) -> Optional[Dict[str, Any]]:
+    """The activation swap a loaded checkpoint's weights expect, or None.
 
     From ``swap-activations`` output (its ``gradreg_swap`` entry) or from a timm-train
-    checkpoint (the ``--swap-activations`` / ``--swap-source`` of its saved args).
+    checkpoint (the ``swap_activations`` / ``swap_source`` of its saved args).
     """
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     if not isinstance(checkpoint, dict):
         return None
     if checkpoint.get(SWAP_KEY):
         return checkpoint[SWAP_KEY]
     args = checkpoint.get('args')
-    act = getattr(args, 'swap_activations', None)
+    args = vars(args) if hasattr(args, '__dict__') else (args or {})
+    act = args.get('swap_activations') if isinstance(args, dict) else None
     if act:
-        return {'act': act, 'sources': list(getattr(args, 'swap_source', None) or ['relu', 'relu6'])}
+        return {'act': act, 'sources': list(args.get('swap_source') or DEFAULT_SOURCES)}
     return None
+
+
+def read_swap_record(path: str) -> Optional[Dict[str, Any]]:
+    """``swap_record`` of the checkpoint file at ``path`` (tensors memory-mapped, not read)."""
+    return swap_record(torch.load(path, map_location='cpu', weights_only=False, mmap=True))

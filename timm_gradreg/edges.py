@@ -7,13 +7,14 @@ callable works (e.g. a perceptually aligned gradient from a robust model), and
 named teachers can be registered with ``register_gradient_teacher``.
 """
 import math
-from typing import Callable, Dict, List, Union
+from typing import Callable, List, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .input_grad import at_least_fp32
+from .registry import Registry
 
 __all__ = [
     'EdgeEnergy', 'gaussian_blur', 'cosine_alignment_loss', 'COSINE_MODES',
@@ -95,26 +96,23 @@ class EdgeEnergy(nn.Module):
         return (du.square() + dv.square()).sum(1, keepdim=True)
 
 
-_TEACHERS: Dict[str, Callable[..., GradientTeacher]] = {}
+_TEACHERS: Registry[Callable[..., GradientTeacher]] = Registry('gradient teacher')
 
 
 def register_gradient_teacher(name: str, factory: Callable[..., GradientTeacher]) -> None:
     """Make ``create_gradient_teacher(name, **kwargs)`` call ``factory(**kwargs)``."""
-    _TEACHERS[name] = factory
+    _TEACHERS.register(name, factory)
 
 
 def list_gradient_teachers() -> List[str]:
-    return sorted(_TEACHERS)
+    return _TEACHERS.names()
 
 
 def create_gradient_teacher(teacher: Union[str, GradientTeacher] = 'sobel', **kwargs) -> GradientTeacher:
     """A registered teacher by name (kwargs go to its factory) or any callable, returned as is."""
     if callable(teacher):
         return teacher
-    if teacher not in _TEACHERS:
-        raise ValueError(f'Unknown gradient teacher {teacher!r}; valid: {", ".join(list_gradient_teachers())} '
-                         'or any callable mapping [0, 1] images to target maps')
-    return _TEACHERS[teacher](**kwargs)
+    return _TEACHERS.get(teacher)(**kwargs)
 
 
 register_gradient_teacher('sobel', lambda sigma=1.0: EdgeEnergy('sobel', sigma))

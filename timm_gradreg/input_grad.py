@@ -9,12 +9,12 @@ Everything a regularizer on ∇ₓ needs, in one place:
   differentiable and its double backward cheap (fused attention as its math formulation,
   eval BatchNorm folded into convolutions, patch embeddings as matrix products, compiled
   softmax, LayerNorm and GELU/SiLU input gradients).
-* ``input_gradient`` differentiates with ``create_graph`` and, under fp16 autocast,
-  through a scaled loss that is unscaled afterwards (tiny input gradients underflow
-  in fp16 otherwise: the PyTorch AMP gradient-penalty recipe).
+* ``scaled_grad`` (and ``input_gradient`` for one tensor) differentiates, with ``create_graph``
+  if asked, and under fp16 autocast through a scaled loss that is unscaled afterwards (tiny
+  input gradients underflow in fp16 otherwise: the PyTorch AMP gradient-penalty recipe).
 """
 import contextlib
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ import torch.nn as nn
 from .double_backward import double_backward_safe
 
 __all__ = [
-    'per_sample_loss_sum', 'fp16_autocast_active', 'resolve_loss_scale',
+    'per_sample_loss_sum', 'fp16_autocast_active', 'resolve_loss_scale', 'scaled_grad',
     'input_gradient', 'loss_and_input_gradient', 'at_least_fp32', 'DEFAULT_FP16_INPUT_GRAD_SCALE',
 ]
 
@@ -74,31 +74,47 @@ def resolve_loss_scale(inputs: torch.Tensor, grad_scaler: Any = None) -> Optiona
     return DEFAULT_FP16_INPUT_GRAD_SCALE
 
 
+def scaled_grad(
+        loss: torch.Tensor,
+        inputs: Sequence[torch.Tensor],
+        *,
+        create_graph: bool = False,
+        grad_scaler: Any = None,
+        loss_scale: Optional[float] = None,
+        allow_unused: bool = False,
+) -> List[Optional[torch.Tensor]]:
+    """∂loss/∂inputs, taken of the fp16-scaled loss and unscaled: the one place every regularizer
+    takes its gradients.
+
+    The scale is the GradScaler's current one under fp16 autocast (``resolve_loss_scale`` of the
+    first input), or ``loss_scale`` when given. Without a GradScaler owning it, an overflow
+    lowers the scale (by 2⁸ each time) and the gradients are retaken from the same graph; with
+    one, the inf is kept so that the scaler skips the step and lowers its scale as usual.
+    """
+    scale = resolve_loss_scale(inputs[0], grad_scaler) if loss_scale is None else float(loss_scale)
+    if scale is None or scale == 1.0:
+        return list(torch.autograd.grad(loss, inputs, create_graph=create_graph, allow_unused=allow_unused))
+    adapt = grad_scaler is None
+    while True:
+        grads = torch.autograd.grad(loss * scale, inputs, create_graph=create_graph, retain_graph=True,
+                                    allow_unused=allow_unused)
+        grads = [None if g is None else g / scale for g in grads]
+        if not adapt or scale <= 1.0 or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+            return grads
+        scale = max(scale / 256.0, 1.0)
+
+
 def input_gradient(
         loss: torch.Tensor,
         inputs: torch.Tensor,
         *,
         create_graph: bool = True,
+        grad_scaler: Any = None,
         loss_scale: Optional[float] = None,
-        adapt_scale: bool = True,
 ) -> torch.Tensor:
-    """∂loss/∂inputs, differentiable when ``create_graph``.
-
-    With ``loss_scale`` the gradient is taken of ``loss * loss_scale`` and divided
-    back. If ``adapt_scale`` and the scaled gradient overflows, the scale is lowered
-    (by 2⁸ each time) and the gradient retaken from the same graph; pass
-    ``adapt_scale=False`` when a GradScaler owns the scale and will skip the step.
-    """
-    if loss_scale is None or loss_scale == 1.0:
-        (grad,) = torch.autograd.grad(loss, inputs, create_graph=create_graph)
-        return grad
-    scale = float(loss_scale)
-    while True:
-        (grad,) = torch.autograd.grad(loss * scale, inputs, create_graph=create_graph, retain_graph=True)
-        grad = grad / scale
-        if not adapt_scale or scale <= 1.0 or bool(torch.isfinite(grad).all()):
-            return grad
-        scale = max(scale / 256.0, 1.0)
+    """∂loss/∂inputs (differentiable with ``create_graph``), fp16-scaled as ``scaled_grad``."""
+    (grad,) = scaled_grad(loss, [inputs], create_graph=create_graph, grad_scaler=grad_scaler, loss_scale=loss_scale)
+    return grad
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -127,7 +143,5 @@ def loss_and_input_gradient(
     with double_backward_safe() if create_graph else contextlib.nullcontext():
         output = model(x)
     loss_sum = per_sample_loss_sum(criterion, at_least_fp32(output), target)
-    loss_scale = resolve_loss_scale(x, grad_scaler)
-    grad = input_gradient(
-        loss_sum, x, create_graph=create_graph, loss_scale=loss_scale, adapt_scale=grad_scaler is None)
+    grad = input_gradient(loss_sum, x, create_graph=create_graph, grad_scaler=grad_scaler)
     return output, loss_sum / x.shape[0], grad

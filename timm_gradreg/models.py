@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 from timm.models import load_checkpoint
 
-from .activations import SwapReport, swap_activations
-from .checkpoint import SWAP_KEY, read_swap_record
+from .activations import DEFAULT_SOURCES, SwapReport, swap_activations
+from .checkpoint import read_swap_record, swap_record
 
 __all__ = ['check_model_name', 'create_model', 'load_model_checkpoint', 'load_eval_model', 'ModelError']
 
@@ -105,9 +105,7 @@ def load_eval_model(
                     raise ModelError(f"--use-ema: checkpoint '{checkpoint}' has no EMA weights (state_dict_ema).")
             else:
                 state_dict = ckpt.get('state_dict', ckpt.get('model', ckpt))
-            record = ckpt.get(SWAP_KEY)
-            if record is None and saved.get('swap_activations'):
-                record = {'act': saved['swap_activations'], 'sources': saved.get('swap_source') or ['relu', 'relu6']}
+            record = swap_record(ckpt)
             num_classes = num_classes if num_classes is not None else (saved.get('num_classes') or ckpt.get(
                 'num_classes'))
         else:
@@ -121,7 +119,7 @@ def load_eval_model(
         kwargs['in_chans'] = saved['in_chans']
     model = create_model(model_name, pretrained=pretrained, **kwargs)
     if swap:
-        swap_activations(model, swap, swap_source or ('relu', 'relu6'), check_functional=False)
+        swap_activations(model, swap, swap_source or DEFAULT_SOURCES, check_functional=False)
     elif record:
         swap_activations(model, record['act'], record['sources'], check_functional=False)
     if state_dict is not None:

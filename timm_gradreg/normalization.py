@@ -69,10 +69,6 @@ class PixelSpace:
         """[0, 1] pixels -> normalized tensor."""
         return (x - self.mean_tensor(x)) / self.std_tensor(x)
 
-    def normalized_eps(self, eps: float, like: torch.Tensor) -> torch.Tensor:
-        """A pixel-space L∞ radius expressed per channel in normalized units (ε / σ_c)."""
-        return eps / self.std_tensor(like)
-
 
 class Normalize(nn.Module):
     """Normalization as a layer, so a model can take [0, 1] pixels (attack / evaluation convention)."""

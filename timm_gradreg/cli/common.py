@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm import utils
 
-from ..activations import SOURCE_ACTIVATIONS
+from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS
+from ..device import default_device
 from ..models import load_eval_model
 from ..normalization import normalized_model
 
@@ -28,8 +29,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--use-ema', action='store_true', help='load the EMA weights of the checkpoints')
     group.add_argument('--swap-activations', default=None, metavar='ACT',
                        help='swap activations before loading (only if the checkpoint does not record its swap)')
-    group.add_argument('--swap-source', nargs='+', default=['relu', 'relu6'], choices=list(SOURCE_ACTIVATIONS),
-                       metavar='KIND', help='activation kinds --swap-activations replaces (default: relu relu6)')
+    group.add_argument('--swap-source', nargs='+', default=list(DEFAULT_SOURCES), choices=list(SOURCE_ACTIVATIONS),
+                       metavar='KIND', help=f'activation kinds --swap-activations replaces (default: '
+                                            f'{" ".join(DEFAULT_SOURCES)})')
     group.add_argument('--num-classes', type=int, default=None, metavar='N',
                        help='classifier size (default: from the checkpoint or the model)')
     group.add_argument('--pretrained', action='store_true', help='start from timm pretrained weights (HF hub)')
@@ -105,8 +107,7 @@ def resolve_models(args: argparse.Namespace, device: torch.device) -> List[Model
 
 def init_device(args: argparse.Namespace) -> torch.device:
     """Device and (under torchrun) the process group, via timm."""
-    if args.device is None:
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    args.device = default_device(args.device)
     return utils.init_distributed_device(args)
 
 

@@ -6,12 +6,15 @@ from typing import List, Optional
 from timm import utils
 
 from ..models import ModelError
-from ..train import Trainer, TrainingError, parse_args
+from ..train import Trainer, TrainingError, config_yaml, parse_args, resolve_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     utils.setup_default_logging()
     args, args_text = parse_args(argv)
+    if args.dry_run:
+        print(config_yaml(resolve_config(args)), end='')
+        return 0
     try:
         Trainer(args, args_text).fit()
     except (TrainingError, ModelError) as e:

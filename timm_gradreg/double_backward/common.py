@@ -3,6 +3,8 @@ from typing import Any, Dict, Sequence
 
 import torch
 
+from .._private import engine_will_execute
+
 __all__ = ['bind_args', 'gradient_needed', 'record_inputs']
 
 
@@ -36,7 +38,4 @@ def gradient_needed(ctx: Any, index: int) -> bool:
     node = ctx.next_functions[ctx.graph_position[index]][0]
     if node is None:
         return False
-    try:
-        return bool(torch._C._will_engine_execute_node(node))
-    except (AttributeError, RuntimeError):  # no such query in this torch: compute it
-        return True
+    return engine_will_execute(node)

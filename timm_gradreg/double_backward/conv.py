@@ -149,21 +149,31 @@ class _ConvBatchNorm(torch.autograd.Function):
         return _Conv2dFastDoubleBackward.backward(ctx, grad_out) + (None, None, None)
 
 
-_FOLDABLE_NODES = (_Conv2dFastDoubleBackward._backward_cls, _ConvBatchNorm._backward_cls)
+#: Attribute under which a convolution's output keeps what folding a BatchNorm into it needs.
+_CONV_RECORD = '_gradreg_conv_record'
+
+
+def _record_conv(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 conv: tuple) -> torch.Tensor:
+    """Attach (its autograd node, x, weight, bias, conv) to a convolution's output, for ``_fold_into_conv``."""
+    setattr(out, _CONV_RECORD, (out.grad_fn, x, weight, bias, conv))
+    return out
 
 
 def _fold_into_conv(conv_out: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> Optional[torch.Tensor]:
-    """``conv_out·scale + shift`` folded into the convolution that made ``conv_out``; None if none did."""
-    node = conv_out.grad_fn
-    if type(node) not in _FOLDABLE_NODES or conv_out.ndim != 4:
+    """``conv_out·scale + shift`` folded into the convolution that made ``conv_out``; None if none did
+    (or ``conv_out`` was modified since: its autograd node is no longer the convolution's)."""
+    record = getattr(conv_out, _CONV_RECORD, None)
+    if record is None or record[0] is not conv_out.grad_fn or conv_out.grad_fn is None:
         return None
-    x, weight, bias = node.saved_tensors
+    _, x, weight, bias, conv = record
     if not (x.dtype == weight.dtype == scale.dtype == conv_out.dtype):  # autocast: keep the plain affine map
         return None
     folded_weight = weight * scale.view(-1, 1, 1, 1)
     folded_bias = shift if bias is None else torch.addcmul(shift, bias, scale)
-    return _ConvBatchNorm.apply(x, folded_weight, folded_bias, *node.conv, conv_out.detach(), scale.detach(),
-                                shift.detach())
+    out = _ConvBatchNorm.apply(x, folded_weight, folded_bias, *conv, conv_out.detach(), scale.detach(),
+                               shift.detach())
+    return _record_conv(out, x, folded_weight, folded_bias, conv)
 
 
 def _pair(value: Any) -> Tuple[int, int]:
@@ -177,7 +187,8 @@ def conv2d_fast_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: Opt
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    return _Conv2dFastDoubleBackward.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
+    conv = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    return _record_conv(_Conv2dFastDoubleBackward.apply(x, weight, bias, *conv), x, weight, bias, conv)
 
 
 _BATCH_NORM_ARGS = ('input', 'running_mean', 'running_var', 'weight', 'bias', 'training', 'momentum', 'eps')

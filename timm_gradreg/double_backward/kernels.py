@@ -10,6 +10,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .._private import recompile_limit, torch_function_disabled
+
 __all__ = ['CompiledKernel']
 
 #: Graphs one kernel may compile (one per input shape; a network has a handful of layer sizes).
@@ -36,8 +38,8 @@ class CompiledKernel:
             try:
                 if self._compiled is None:
                     self._compiled = torch.compile(self.fn, dynamic=False)
-                with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS_PER_KERNEL), \
-                        torch._C.DisableTorchFunction():  # not traced through double_backward_safe's mode
+                with recompile_limit(MAX_GRAPHS_PER_KERNEL), \
+                        torch_function_disabled():  # not traced through double_backward_safe's mode
                     return self._compiled(*args)
             except Exception as e:  # compile errors vary by backend; the eager result is identical
                 self._failed = True

@@ -4,6 +4,7 @@ from typing import Callable, Dict, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from .activation import SMOOTH_ACTIVATIONS, smooth_activation
@@ -45,10 +46,6 @@ class _CheapDoubleBackward(TorchFunctionMode):
 def double_backward_safe() -> Iterator[None]:
     """Context in which forward passes can be differentiated twice, and cheaply (package docstring)."""
     with contextlib.ExitStack() as stack:
-        try:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        except ImportError:  # torch < 2.3 has no SDPA backend selection
-            pass
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         stack.enter_context(_CheapDoubleBackward())
         yield

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .._private import softmax_backward
 from .common import bind_args
 from .kernels import CompiledKernel
 
@@ -40,7 +41,7 @@ class _Softmax(torch.autograd.Function):
         (probs,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: this gradient will be differentiated
             return _SOFTMAX_INPUT_GRAD(grad_out, probs, ctx.dim), None
-        return torch._softmax_backward_data(grad_out, probs, ctx.dim, probs.dtype), None
+        return softmax_backward(grad_out, probs, ctx.dim), None
 
 
 def twice_differentiable_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:

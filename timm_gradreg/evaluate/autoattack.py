@@ -17,6 +17,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..files import write_json
+
 __all__ = ['STANDARD_ATTACKS', 'autoattack_backend', 'AutoAttackResult', 'run_autoattack']
 
 _logger = logging.getLogger(__name__)
@@ -87,10 +89,7 @@ def _load_state(path: Optional[str], signature: dict) -> Optional[dict]:
 def _save_state(path: Optional[str], state: dict) -> None:
     if not path:
         return
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
+    write_json(path, state, indent=None)
 
 
 @torch.no_grad()

@@ -1,17 +1,10 @@
 """Evaluation outputs: JSON, CSV, a markdown report and the accuracy-vs-ε plot."""
 import csv
-import json
-import os
 from typing import Any, Dict, List, Sequence
 
+from ..files import write_json
+
 __all__ = ['write_json', 'write_sweep_csv', 'plot_robust_curves', 'markdown_report']
-
-
-def write_json(path: str, data: Any) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def write_sweep_csv(path: str, models: List[Dict[str, Any]]) -> None:

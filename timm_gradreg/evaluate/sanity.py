@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import fgsm_attack, pgd_attack
+from ..registry import Registry
 
 __all__ = ['CheckResult', 'SanityContext', 'register_check', 'list_checks', 'run_sanity_checks', 'masking_verdict']
 
@@ -72,18 +73,16 @@ class SanityContext:
         return self.accuracy(self.x)
 
 
-_CHECKS: Dict[str, Callable[[SanityContext], CheckResult]] = {}
+_CHECKS: Registry[Callable[[SanityContext], CheckResult]] = Registry('sanity check', sorted_names=False)
 
 
 def register_check(name: str):
-    def _register(fn: Callable[[SanityContext], CheckResult]):
-        _CHECKS[name] = fn
-        return fn
-    return _register
+    """Register a check ``fn(ctx: SanityContext) -> CheckResult``; checks run in registration order."""
+    return _CHECKS.register(name)
 
 
 def list_checks() -> List[str]:
-    return list(_CHECKS)
+    return _CHECKS.names()
 
 
 @register_check('steps_converge')
@@ -165,10 +164,8 @@ def _zero_gradients(ctx: SanityContext) -> CheckResult:
 
 def run_sanity_checks(ctx: SanityContext, names: Optional[Sequence[str]] = None) -> List[CheckResult]:
     """Run the named checks (all by default) in registration order."""
-    unknown = [n for n in (names or []) if n not in _CHECKS]
-    if unknown:
-        raise ValueError(f"Unknown sanity checks {unknown}; valid: {', '.join(_CHECKS)}")
-    return [_CHECKS[name](ctx) for name in (names or list(_CHECKS))]
+    checks = [_CHECKS.get(name) for name in (names or list_checks())]
+    return [check(ctx) for check in checks]
 
 
 def masking_verdict(results: Sequence[CheckResult]) -> str:

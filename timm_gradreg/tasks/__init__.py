@@ -1,7 +1,13 @@
-"""Training tasks, one per method, as ``timm.task.ClassificationTask`` subclasses."""
-from ._registry import create_task, get_task_class, list_tasks, register_task, task_parameters
+"""Training tasks, one per method, as ``timm.task.ClassificationTask`` subclasses.
+
+Each method is one module that registers its class with its options
+(``register_task(name, options=[...])``); every front end reads them from the registry.
+"""
+from ._registry import (TaskEntry, all_task_options, create_task, get_task_class, list_tasks, register_task,
+                        task_kwargs, task_options, task_parameters)
 from .adversarial import AdversarialTask, FGSMTask, PGDTask
 from .base import CompileModeError, GradRegTask, check_compile_mode
 from .edge import EdgeTask
-from .gradnorm import GRADNORM_INPUTS, GradNormTask
+from .gradnorm import GRADNORM_IMPLS, GRADNORM_INPUTS, GradNormTask, gradnorm_fd_agreement
 from .natural import NaturalTask
+from .options import FROM_TASK, Option, fraction, number, sigma_value

@@ -1,35 +1,75 @@
-"""Name -> task class registry with a factory that explains bad names and arguments."""
-import difflib
+"""Name -> task registry: each task's class and its options, and the factory that builds it."""
 import inspect
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-__all__ = ['register_task', 'list_tasks', 'get_task_class', 'create_task', 'task_parameters']
+from ..registry import Registry, closest
+from .options import Option, options_to_kwargs, resolve_default, unique_options
 
-_TASKS: Dict[str, type] = {}
+__all__ = ['register_task', 'list_tasks', 'get_task_class', 'create_task', 'task_parameters', 'task_options',
+           'task_kwargs', 'all_task_options', 'TaskEntry']
 
 
-def register_task(name: str) -> Callable[[type], type]:
-    """Class decorator: make the task available to ``create_task(name, ...)``."""
+@dataclass(frozen=True)
+class TaskEntry:
+    """A registered task: its class, its options and the title of their help group."""
+    cls: type
+    options: Tuple[Option, ...]
+    title: str
+
+
+_TASKS: Registry[TaskEntry] = Registry('gradreg task')
+
+
+def register_task(name: str, options: Sequence[Option] = (), title: Optional[str] = None) -> Callable[[type], type]:
+    """Class decorator: make the task available to ``create_task(name, ...)`` and its options to every
+    front end (timm-train flags and YAML keys, the train.py launcher).
+
+    Args:
+        name: Task name (``--gradreg NAME``).
+        options: The task's ``Option``s; a flag shared with another task must be declared identically.
+        title: Help-group title for the options (default: the name).
+    """
     def _register(cls: type) -> type:
+        for option in options:
+            resolve_default(option, cls)  # fail at registration, not at parse time
+        unique_options([list(options)] + [list(e.options) for n, e in _TASKS.items() if n != name])
         cls.task_name = name
-        _TASKS[name] = cls
+        _TASKS.register(name, TaskEntry(cls, tuple(options), title or name))
         return cls
     return _register
 
 
 def list_tasks() -> List[str]:
     """Registered task names, e.g. ['edge', 'fgsm', 'gradnorm', 'natural', 'pgd']."""
-    return sorted(_TASKS)
+    return _TASKS.names()
 
 
 def get_task_class(name: str) -> type:
-    if name not in _TASKS:
-        close = difflib.get_close_matches(name, _TASKS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ''
-        raise ValueError(f"Unknown gradreg task '{name}'. Valid tasks: {', '.join(list_tasks())}.{hint}")
-    return _TASKS[name]
+    return _TASKS.get(name).cls
+
+
+def task_options(name: str) -> List[Option]:
+    """The options a task declares (its flags and the constructor kwargs they set)."""
+    return list(_TASKS.get(name).options)
+
+
+def all_task_options() -> List[Tuple[str, Option, Any]]:
+    """(help-group title, option, default) for every flag of every registered task, each flag once."""
+    rows, seen = [], set()
+    for _, entry in _TASKS.items():
+        for option in entry.options:
+            if option.flag not in seen:
+                seen.add(option.flag)
+                rows.append((option.group or entry.title, option, resolve_default(option, entry.cls)))
+    return rows
+
+
+def task_kwargs(name: str, config: Any) -> Dict[str, Any]:
+    """``create_task`` keyword arguments from parsed options (a Namespace or a mapping)."""
+    return options_to_kwargs(task_options(name), config)
 
 
 def task_parameters(name: str) -> List[str]:
@@ -64,9 +104,7 @@ def create_task(name: str, model: nn.Module, criterion: Optional[Callable] = Non
     valid += [k for k in ('criterion_kwargs', 'device', 'dtype', 'verbose') if k not in valid]
     unknown = [k for k in kwargs if k not in valid]
     if unknown:
-        msgs = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, valid, n=1)
-            msgs.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ''))
-        raise TypeError(f"Task '{name}' got unknown option(s) {', '.join(msgs)}. Valid: {', '.join(valid)}.")
+        names = ', '.join(f"'{key}'" + (f" (did you mean '{closest(key, valid)}'?)" if closest(key, valid) else '')
+                          for key in unknown)
+        raise TypeError(f"Task '{name}' got unknown option(s) {names}. Valid: {', '.join(valid)}.")
     return cls(model, criterion, **kwargs)

@@ -8,8 +8,26 @@ from ..attacks import fgsm_attack, pgd_attack
 from ..schedules import LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
+from .options import Option, number
 
-__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask']
+__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS']
+
+_GROUP = 'Training attack (pgd, fgsm; gradnorm --gn-inputs pgd)'
+#: The training attack's options, shared by the adversarial tasks and GradNorm's PGD inputs.
+ATTACK_EPS = Option('--attack-eps', 'eps', number(0), 4 / 255, 'training attack radius in pixels (default: 4/255)',
+                    metavar='EPS', group=_GROUP)
+ATTACK_STEP_SIZE = Option('--attack-step-size', 'step_size', number(0), None,
+                          'training attack step in pixels (default: 8/255/3 for pgd, 1.25·eps for fgsm)',
+                          metavar='STEP', group=_GROUP)
+ATTACK_STEPS = Option('--attack-steps', 'steps', number(1, integer=True), 3, 'PGD training steps (default: 3)',
+                      metavar='N', group=_GROUP)
+ATTACK_WARMUP = Option('--attack-warmup-epochs', 'warmup_epochs', number(0), 5.0,
+                       'epochs over which the attack radius and step rise from 0 (default: 5)', metavar='N',
+                       group=_GROUP)
+ATTACK_RANDOM_START = Option('--attack-random-start', 'random_start', bool, True,
+                             'start training attacks from a uniform random point in the ε-ball (default: on)',
+                             group=_GROUP)
+_ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP]
 
 
 class AdversarialTask(GradRegTask):
@@ -51,7 +69,7 @@ class AdversarialTask(GradRegTask):
         }
 
 
-@register_task('pgd')
+@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS])
 class PGDTask(AdversarialTask):
     """L∞ PGD adversarial training, the paper's skyline (ε 4/255, 3 steps of 8/255/3, random start).
 
@@ -81,7 +99,7 @@ class PGDTask(AdversarialTask):
                 f'warmup={self.warmup.epochs}, ' + super().extra_repr())
 
 
-@register_task('fgsm')
+@register_task('fgsm', options=_ATTACK_OPTIONS)
 class FGSMTask(AdversarialTask):
     """FGSM-RS adversarial training: one step of 1.25·ε from a random start (Wong et al. 2020).
 

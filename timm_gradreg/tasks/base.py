@@ -1,7 +1,7 @@
 """Shared base of the gradreg training tasks."""
 import abc
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -9,6 +9,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask
 from torch.nn.parallel import DistributedDataParallel
 
+from .._private import compile_mode_names
 from ..normalization import PixelSpace, Stats
 
 __all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode']
@@ -26,8 +27,7 @@ def check_compile_mode(mode: Optional[str], backend: Optional[str] = 'inductor')
     if not backend:
         raise CompileModeError(f'--torchcompile-mode {mode} has no effect without --torchcompile: add '
                                '--torchcompile, or drop the mode.')
-    from torch._inductor import list_mode_options  # the mode names torch.compile accepts
-    valid = list(list_mode_options())
+    valid = compile_mode_names()
     if mode not in valid:
         raise CompileModeError(f"unknown torch.compile mode {mode!r}; valid: {', '.join(valid)}")
 
@@ -54,6 +54,12 @@ class GradRegTask(ClassificationTask, abc.ABC):
     double_backprop = False
     #: Whether the loss depends on set_epoch() (a warm-up or growing weight); set per instance.
     uses_schedule = False
+    #: What to use instead of torch.compile when the task needs double backprop (shown in errors).
+    compile_alternative = ''
+    #: timm loss types (``--loss``) the task trains with; None: any.
+    loss_types: Optional[Tuple[str, ...]] = None
+    #: Why other loss types do not apply (shown in errors).
+    loss_types_reason = ''
 
     @classmethod
     def needs_double_backprop(cls, **task_kwargs) -> bool:
@@ -119,10 +125,9 @@ class GradRegTask(ClassificationTask, abc.ABC):
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs):
         check_compile_mode(mode, backend)
         if self.double_backprop:
-            raise RuntimeError(
-                f"torch.compile does not support double backward, which the '{self.task_name}' task needs. "
-                'Train without --torchcompile' + (" or use --gradnorm-impl fd (impl='fd')." if self.task_name ==
-                                                  'gradnorm' else '.'))
+            alternative = f' or {self.compile_alternative}' if self.compile_alternative else ''
+            raise RuntimeError(f"torch.compile does not support double backward, which the '{self.task_name}' task "
+                               f'needs. Train without --torchcompile{alternative}.')
         return super().compile(backend=backend, mode=mode, **compile_kwargs)
 
     # --- forward -----------------------------------------------------------------------

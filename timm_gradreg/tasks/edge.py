@@ -3,17 +3,35 @@ from typing import Dict, Union
 
 import torch
 
-from ..edges import COSINE_MODES, GradientTeacher, cosine_alignment_loss, create_gradient_teacher
 from ..double_backward import double_backward_safe
-from ..input_grad import at_least_fp32, input_gradient, resolve_loss_scale
+from ..edges import COSINE_MODES, GradientTeacher, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers
+from ..input_grad import at_least_fp32, input_gradient
 from ..schedules import LinearGrowth
 from ._registry import register_task
 from .base import GradRegTask
+from .options import Option, number
 
 __all__ = ['EdgeTask']
 
+_OPTIONS = [
+    Option('--edge-teacher', 'teacher', choices=list_gradient_teachers,
+           help='target map: the official Sobel edge pipeline, the literal Gaussian-derivative energy, or any '
+                'registered teacher (default: sobel)'),
+    Option('--edge-sigma', 'teacher_sigma', number(0, low_open=True),
+           help='Gaussian σ of the edge filters in pixels (default: 1)', metavar='SIGMA'),
+    Option('--edge-temperature', 'temperature', number(0, low_open=True),
+           help='softmax temperature for sampling the target class (default: 0.5)', metavar='T'),
+    Option('--edge-cosine', 'cosine', choices=COSINE_MODES,
+           help='cosine loss: official batch-RMS MSE or literal per-image (default: batch_rms)'),
+    Option('--edge-weight-start', 'weight_start', number(0), help='edge loss weight at epoch 0 (default: 1)',
+           metavar='W'),
+    Option('--edge-weight-growth', 'weight_growth', number(), help='edge weight growth per epoch (default: 0.09)',
+           metavar='W'),
+    Option('--edge-weight-cap', 'weight_cap', number(0), help='edge weight cap (default: 19)', metavar='W'),
+]
 
-@register_task('edge')
+
+@register_task('edge', options=_OPTIONS, title='Edge alignment (--gradreg edge)')
 class EdgeTask(GradRegTask):
     """CE + w(epoch)·(2 − 2·cos(∇ₓ f(x)_t, teacher(x))), trained by double backprop.
 
@@ -34,6 +52,8 @@ class EdgeTask(GradRegTask):
     """
 
     double_backprop = True
+    loss_types = ('ce',)
+    loss_types_reason = 'it aligns the gradient of a class logit sampled from the softmax.'
 
     def __init__(
             self,
@@ -75,8 +95,7 @@ class EdgeTask(GradRegTask):
             sampled = torch.distributions.Categorical(logits=at_least_fp32(output.detach()) / self.temperature).sample()
             edges = self.teacher(self.space.to_pixel(input.detach()).clamp(0.0, 1.0))
         class_logit = at_least_fp32(output).gather(1, sampled[:, None]).sum()
-        grad = input_gradient(class_logit, x, create_graph=True, loss_scale=resolve_loss_scale(x, self.grad_scaler),
-                              adapt_scale=self.grad_scaler is None)
+        grad = input_gradient(class_logit, x, create_graph=True, grad_scaler=self.grad_scaler)
         alignment = cosine_alignment_loss(grad, edges, self.cosine)
         weight = self.alignment_weight()
         loss = ce + weight * alignment

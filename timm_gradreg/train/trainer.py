@@ -3,12 +3,16 @@
 Everything comes from timm (create_model, resolve_data_config, create_dataset,
 create_loader with prefetcher and FastCollateMixup, create_optimizer_v2,
 create_scheduler_v2, the task's ModelEmaV3, NativeScaler, init_distributed_device,
-distribute_bn, update_summary) and the method from ``create_task(args.gradreg)``;
+distribute_bn, update_summary) and the method from ``create_task(cfg.gradreg)``;
 the loop knows no method by name.
 
     >>> from timm_gradreg.train import Trainer, parse_args
     >>> args, text = parse_args(['-c', 'recipes/demo/digits_gradnorm.yaml'])
     >>> Trainer(args, text).fit()
+
+The Trainer reads the resolved configuration (``resolve_config(args)``, ``self.cfg``) and never
+writes to it; what it learns while setting up (the process's rank, the class count of the
+model, the demo data folder) are attributes of its own.
 """
 import argparse
 import json
@@ -34,6 +38,8 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
 
+from timm.utils.distributed import init_distributed_device_so
+
 from ..activations import swap_activations
 from ..checkpoint import AtomicCheckpointSaver
 from ..data import is_demo_dataset, prepare_demo_dataset
@@ -41,7 +47,7 @@ from ..models import create_model, load_model_checkpoint
 from ..modes import freeze_batchnorm
 from ..normalization import PixelSpace
 from ..tasks import GradRegTask, create_task
-from .args import task_kwargs_from_args
+from .config import resolve_config
 from .validate import RobustValidationConfig, validate
 
 __all__ = ['Trainer', 'TrainingError']
@@ -61,14 +67,15 @@ class Trainer:
     """
 
     def __init__(self, args: argparse.Namespace, args_text: Optional[str] = None):
-        self.args = args
         self.args_text = args_text if args_text is not None else yaml.safe_dump(vars(args), default_flow_style=False)
+        self.cfg = resolve_config(args)
+        self.rank, self.local_rank, self.distributed = 0, 0, False
         self.is_setup = False
 
     # ------------------------------------------------------------------ properties
     @property
     def is_primary(self) -> bool:
-        return utils.is_primary(self.args)
+        return self.rank == 0
 
     def log(self, msg: str) -> None:
         if self.is_primary:
@@ -76,184 +83,167 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup steps
     def init_device(self) -> torch.device:
-        args = self.args
-        if args.device is None:
-            args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        """The device and, under torchrun, the process group (timm's init_distributed_device)."""
+        cfg = self.cfg
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
-        device = utils.init_distributed_device(args)
-        if args.distributed:
-            _logger.info(f'Training in distributed mode, process {args.rank} of {args.world_size}, device {device}.')
+        info = init_distributed_device_so(device=cfg.device, dist_backend=getattr(cfg, 'dist_backend', None),
+                                          dist_url=getattr(cfg, 'dist_url', None))
+        if info['world_size'] != cfg.world_size:
+            raise TrainingError(f"the process group has {info['world_size']} processes, the configuration was resolved "
+                                f'for {cfg.world_size}')
+        self.rank, self.local_rank, self.distributed = info['global_rank'], info['local_rank'], info['distributed']
+        device = torch.device(info['device'])
+        if self.distributed:
+            _logger.info(f'Training in distributed mode, process {self.rank} of {cfg.world_size}, device {device}.')
         else:
             _logger.info(f'Training with a single process on 1 device ({device}).')
         return device
 
     def build_amp(self) -> Tuple[Any, Optional[NativeScaler]]:
         """Autocast context factory and, for float16, timm's NativeScaler (shared with the task)."""
-        args = self.args
-        if not args.amp:
+        cfg = self.cfg
+        if not cfg.amp:
             self.log('AMP not enabled. Training in float32.')
             return suppress, None
-        amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+        amp_dtype = torch.bfloat16 if cfg.amp_dtype == 'bfloat16' else torch.float16
         autocast = partial(torch.autocast, device_type=self.device.type, dtype=amp_dtype)
         scaler = NativeScaler(device=self.device.type) if amp_dtype == torch.float16 else None
-        self.log(f'Using native torch AMP ({args.amp_dtype}).')
+        self.log(f'Using native torch AMP ({cfg.amp_dtype}).')
         return autocast, scaler
 
     def build_model(self) -> nn.Module:
-        args = self.args
-        in_chans = args.in_chans or (args.input_size[0] if args.input_size is not None else 3)
+        cfg = self.cfg
+        in_chans = cfg.in_chans or (cfg.input_size[0] if cfg.input_size is not None else 3)
         factory_kwargs = {}
-        if args.pretrained_path:
-            factory_kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
+        if cfg.pretrained_path:
+            factory_kwargs['pretrained_cfg_overlay'] = dict(file=cfg.pretrained_path, num_classes=-1)
         model = create_model(
-            args.model,
-            pretrained=args.pretrained,
+            cfg.model,
+            pretrained=cfg.pretrained,
             in_chans=in_chans,
-            num_classes=args.num_classes,
-            drop_rate=args.drop,
-            drop_path_rate=args.drop_path,
-            drop_block_rate=args.drop_block,
-            global_pool=args.gp,
-            bn_momentum=args.bn_momentum,
-            bn_eps=args.bn_eps,
+            num_classes=cfg.num_classes,
+            drop_rate=cfg.drop,
+            drop_path_rate=cfg.drop_path,
+            drop_block_rate=cfg.drop_block,
+            global_pool=cfg.gp,
+            bn_momentum=cfg.bn_momentum,
+            bn_eps=cfg.bn_eps,
             **factory_kwargs,
-            **args.model_kwargs,
+            **cfg.model_kwargs,
         )
-        swapped = None
-        if args.initial_checkpoint:
-            swapped = load_model_checkpoint(model, args.initial_checkpoint, apply_swap=not args.swap_activations)
-            if swapped is not None:
-                self.log(f'Re-applied the activation swap recorded in {args.initial_checkpoint}: '
-                         f'{len(swapped)} modules -> {swapped.act}.')
-                args.swap_activations, args.swap_source = swapped.act, swapped.sources
-        if args.swap_activations and swapped is None:
-            report = swap_activations(model, args.swap_activations, args.swap_source, check_functional=self.is_primary)
+        if cfg.swap_activations:  # given, or recorded by the --initial-checkpoint (resolve_config)
+            report = swap_activations(model, cfg.swap_activations, cfg.swap_source, check_functional=self.is_primary)
             self.log(f'Swapped {len(report)} activation modules to {report.act}: {report.counts()}')
-        if args.head_init_scale is not None:
+        if cfg.initial_checkpoint:
+            load_model_checkpoint(model, cfg.initial_checkpoint, apply_swap=False)
+        if cfg.head_init_scale is not None:
             with torch.no_grad():
-                model.get_classifier().weight.mul_(args.head_init_scale)
-                model.get_classifier().bias.mul_(args.head_init_scale)
-        if args.head_init_bias is not None:
-            nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
-        if args.num_classes is None:
-            args.num_classes = model.num_classes
-        if args.grad_checkpointing:
+                model.get_classifier().weight.mul_(cfg.head_init_scale)
+                model.get_classifier().bias.mul_(cfg.head_init_scale)
+        if cfg.head_init_bias is not None:
+            nn.init.constant_(model.get_classifier().bias, cfg.head_init_bias)
+        self.num_classes = model.num_classes
+        if cfg.grad_checkpointing:
             model.set_grad_checkpointing(enable=True)
-        self.log(f'Model {safe_model_name(args.model)} created, param count: '
+        self.log(f'Model {safe_model_name(cfg.model)} created, param count: '
                  f'{sum(p.numel() for p in model.parameters())}')
         return model
 
     def build_datasets(self) -> Tuple[Any, Any]:
-        args = self.args
-        if args.data and not args.data_dir:
-            args.data_dir = args.data
-        dataset_name = args.dataset
-        if is_demo_dataset(args.dataset):
-            args.data_dir = prepare_demo_dataset(args.dataset, args.data_dir)
+        cfg = self.cfg
+        dataset_name = cfg.dataset
+        if is_demo_dataset(cfg.dataset):
+            prepare_demo_dataset(cfg.dataset, cfg.data_dir)
             dataset_name = ''
-        elif not args.data_dir and (not args.dataset or args.dataset.split('/')[0] in ('folder', 'torch')):
+        elif not cfg.data_dir and (not cfg.dataset or cfg.dataset.split('/')[0] in ('folder', 'torch')):
             raise TrainingError('No data: give --data-dir (an image folder with train/validation splits, or where '
                                 'a torch/ dataset is downloaded to) or use the embedded --dataset demo/digits.')
-        elif args.data_dir and not args.dataset and not os.path.exists(args.data_dir):
-            raise TrainingError(f"--data-dir '{args.data_dir}' does not exist.")
-        input_img_mode = args.input_img_mode or ('RGB' if self.data_config['input_size'][0] == 3 else 'L')
-        common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
-                      batch_size=args.batch_size, input_img_mode=input_img_mode, input_key=args.input_key,
-                      target_key=args.target_key)
-        dataset_train = create_dataset(dataset_name, split=args.train_split, is_training=True, seed=args.seed,
-                                       repeats=args.epoch_repeats, num_samples=args.train_num_samples, **common)
+        elif cfg.data_dir and not cfg.dataset and not os.path.exists(cfg.data_dir):
+            raise TrainingError(f"--data-dir '{cfg.data_dir}' does not exist.")
+        input_img_mode = cfg.input_img_mode or ('RGB' if self.data_config['input_size'][0] == 3 else 'L')
+        common = dict(root=cfg.data_dir, class_map=cfg.class_map, download=cfg.dataset_download,
+                      batch_size=cfg.batch_size, input_img_mode=input_img_mode, input_key=cfg.input_key,
+                      target_key=cfg.target_key)
+        dataset_train = create_dataset(dataset_name, split=cfg.train_split, is_training=True, seed=cfg.seed,
+                                       repeats=cfg.epoch_repeats, num_samples=cfg.train_num_samples, **common)
         dataset_eval = None
-        if args.val_split:
-            dataset_eval = create_dataset(dataset_name, split=args.val_split, is_training=False,
-                                          num_samples=args.val_num_samples, **common)
+        if cfg.val_split:
+            dataset_eval = create_dataset(dataset_name, split=cfg.val_split, is_training=False,
+                                          num_samples=cfg.val_num_samples, **common)
         return dataset_train, dataset_eval
 
     def build_loaders(self, dataset_train, dataset_eval) -> Tuple[Any, Any, Optional[Mixup]]:
-        args, cfg = self.args, self.data_config
+        cfg, data_config = self.cfg, self.data_config
         mixup_fn, collate_fn = None, None
         if self.mixup_active:
-            mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                              prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                              label_smoothing=args.smoothing, num_classes=args.num_classes)
-            if args.prefetcher:
+            mixup_args = dict(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                              prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                              label_smoothing=cfg.smoothing, num_classes=self.num_classes)
+            if cfg.prefetcher:
                 collate_fn = FastCollateMixup(**mixup_args)
             else:
                 mixup_fn = Mixup(**mixup_args)
-        train_interpolation = args.train_interpolation
-        if args.no_aug or not train_interpolation:
-            train_interpolation = cfg['interpolation']
-        common = dict(mean=cfg['mean'], std=cfg['std'], pin_memory=args.pin_mem and self.device.type == 'cuda',
-                      device=self.device,
-                      distributed=args.distributed, use_prefetcher=args.prefetcher,
-                      persistent_workers=args.persistent_workers and args.workers > 0)
+        train_interpolation = cfg.train_interpolation
+        if cfg.no_aug or not train_interpolation:
+            train_interpolation = data_config['interpolation']
+        common = dict(mean=data_config['mean'], std=data_config['std'],
+                      pin_memory=cfg.pin_mem and self.device.type == 'cuda', device=self.device,
+                      distributed=self.distributed, use_prefetcher=cfg.prefetcher,
+                      persistent_workers=cfg.persistent_workers and cfg.workers > 0)
         loader_train = create_loader(
-            dataset_train, input_size=cfg['input_size'], batch_size=args.batch_size, is_training=True,
-            no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
-            train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
-            vflip=args.vflip, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
-            grayscale_prob=args.grayscale_prob, gaussian_blur_prob=args.gaussian_blur_prob, auto_augment=args.aa,
-            num_aug_repeats=args.aug_repeats, interpolation=train_interpolation, num_workers=args.workers,
-            worker_seeding=args.worker_seeding, collate_fn=collate_fn, **common)
+            dataset_train, input_size=data_config['input_size'], batch_size=cfg.batch_size, is_training=True,
+            no_aug=cfg.no_aug, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
+            train_crop_mode=cfg.train_crop_mode, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+            vflip=cfg.vflip, color_jitter=cfg.color_jitter, color_jitter_prob=cfg.color_jitter_prob,
+            grayscale_prob=cfg.grayscale_prob, gaussian_blur_prob=cfg.gaussian_blur_prob, auto_augment=cfg.aa,
+            num_aug_repeats=cfg.aug_repeats, interpolation=train_interpolation, num_workers=cfg.workers,
+            worker_seeding=cfg.worker_seeding, collate_fn=collate_fn, **common)
         loader_eval = None
         if dataset_eval is not None:
             loader_eval = create_loader(
-                dataset_eval, input_size=cfg['input_size'], batch_size=args.validation_batch_size or args.batch_size,
-                is_training=False, interpolation=cfg['interpolation'], num_workers=args.workers,
-                crop_pct=cfg['crop_pct'], **common)
+                dataset_eval, input_size=data_config['input_size'],
+                batch_size=cfg.validation_batch_size or cfg.batch_size, is_training=False,
+                interpolation=data_config['interpolation'], num_workers=cfg.workers, crop_pct=data_config['crop_pct'],
+                **common)
         return loader_train, loader_eval, mixup_fn
 
-    def resolve_lr(self) -> None:
-        """timm's rule: lr = lr_base · global batch / lr_base_size (sqrt for adaptive optimizers)."""
-        args = self.args
-        if args.lr:
-            return
-        global_batch_size = args.batch_size * args.world_size * args.grad_accum_steps
-        batch_ratio = global_batch_size / args.lr_base_size
-        if not args.lr_base_scale:
-            args.lr_base_scale = 'sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear'
-        if args.lr_base_scale == 'sqrt':
-            batch_ratio = batch_ratio ** 0.5
-        args.lr = args.lr_base * batch_ratio
-        self.log(f'Learning rate ({args.lr}) calculated from base learning rate ({args.lr_base}) and global batch '
-                 f'size ({global_batch_size}) with {args.lr_base_scale} scaling.')
-
     def build_task(self, model: nn.Module) -> GradRegTask:
-        args = self.args
-        criterion_kwargs = dict(loss_type=args.loss, smoothing=args.smoothing, soft_targets=self.mixup_active)
-        if args.bce_target_thresh is not None:
-            criterion_kwargs['bce_target_thresh'] = args.bce_target_thresh
-        task = create_task(args.gradreg, model, criterion_kwargs=criterion_kwargs, device=self.device,
+        cfg = self.cfg
+        criterion_kwargs = dict(loss_type=cfg.loss, smoothing=cfg.smoothing, soft_targets=self.mixup_active)
+        if cfg.bce_target_thresh is not None:
+            criterion_kwargs['bce_target_thresh'] = cfg.bce_target_thresh
+        task = create_task(cfg.gradreg, model, criterion_kwargs=criterion_kwargs, device=self.device,
                            verbose=self.is_primary, mean=self.data_config['mean'], std=self.data_config['std'],
-                           **task_kwargs_from_args(args))
+                           **cfg.task_kwargs)
         if self.loss_scaler is not None:
             task.attach_grad_scaler(self.loss_scaler)
         self.log(f'Task: {task.extra_repr() if hasattr(task, "extra_repr") else type(task).__name__}')
         return task
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        args = self.args
-        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
-        self.log(f'Created {type(optimizer).__name__} ({args.opt}) optimizer, lr {args.lr}, '
-                 f'weight decay {args.weight_decay}')
+        cfg = self.cfg
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=cfg), **cfg.opt_kwargs)
+        self.log(f'Created {type(optimizer).__name__} ({cfg.opt}) optimizer, lr {cfg.lr}, '
+                 f'weight decay {cfg.weight_decay}')
         return optimizer
 
     def build_output(self) -> Tuple[Optional[str], Optional[AtomicCheckpointSaver]]:
-        args = self.args
+        cfg = self.cfg
         if not self.is_primary:
             return None, None
-        exp_name = args.experiment or '-'.join([
-            datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
+        exp_name = cfg.experiment or '-'.join([
+            datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(cfg.model),
             str(self.data_config['input_size'][-1])])
-        output_dir = utils.get_outdir(args.output or './output/train', exp_name)
+        output_dir = utils.get_outdir(cfg.output or './output/train', exp_name)
         saver = AtomicCheckpointSaver(
-            model=self.task.get_trainable_module(), optimizer=self.optimizer, args=args, amp_scaler=self.loss_scaler,
+            model=self.task.get_trainable_module(), optimizer=self.optimizer, args=cfg, amp_scaler=self.loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=self.eval_metric == 'loss',
-            max_history=args.checkpoint_hist, task=self.task)
+            max_history=cfg.checkpoint_hist, task=self.task)
         summary = os.path.join(output_dir, 'summary.csv')
-        if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir):
-            saver.load_state_dict_from_checkpoint(args.resume)  # continue ranking and summary in place
+        if cfg.resume and os.path.dirname(os.path.abspath(cfg.resume)) == os.path.abspath(output_dir):
+            saver.load_state_dict_from_checkpoint(cfg.resume)  # continue ranking and summary in place
         elif os.path.exists(summary):
             os.remove(summary)  # a fresh run into an existing experiment starts a fresh summary
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
@@ -262,62 +252,61 @@ class Trainer:
 
     def setup(self) -> 'Trainer':
         """Build device, model, data, task, optimizer, EMA, DDP, saver and scheduler (timm's order)."""
-        args = self.args
-        args.prefetcher = not args.no_prefetcher
+        cfg = self.cfg
         self.device = self.init_device()
-        utils.random_seed(args.seed, args.rank)
+        utils.random_seed(cfg.seed, self.rank)
+        self.log(f'Learning rate {cfg.lr:g} for a global batch of {cfg.global_batch_size} ({cfg.world_size} '
+                 f'process(es) x {cfg.batch_size} x {cfg.grad_accum_steps} accumulation steps).')
         self.amp_autocast, self.loss_scaler = self.build_amp()
         model = self.build_model()
-        self.data_config = resolve_data_config(vars(args), model=model, verbose=self.is_primary)
+        self.data_config = resolve_data_config(vars(cfg), model=model, verbose=self.is_primary)
         self.space = PixelSpace.from_data_config(self.data_config)
         model.to(device=self.device)
-        if args.channels_last:
+        if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        if args.distributed and args.sync_bn:
-            args.dist_bn = ''
+        if self.distributed and cfg.sync_bn:
             model = convert_sync_batchnorm(model)
-        self.mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+        self.mixup_active = cfg.mixup > 0 or cfg.cutmix > 0. or cfg.cutmix_minmax is not None
         self.loader_train, self.loader_eval, self.mixup_fn = self.build_loaders(*self.build_datasets())
-        self.resolve_lr()
 
         self.task = self.build_task(model)
         self.optimizer = self.build_optimizer(self.task.get_trainable_module())
         resume_epoch = None
-        if args.resume:
-            if not os.path.isfile(args.resume):
-                raise TrainingError(f"--resume checkpoint '{args.resume}' does not exist.")
+        if cfg.resume:
+            if not os.path.isfile(cfg.resume):
+                raise TrainingError(f"--resume checkpoint '{cfg.resume}' does not exist.")
             resume_epoch = resume_task_checkpoint(
-                self.task, args.resume, optimizer=None if args.no_resume_opt else self.optimizer,
-                loss_scaler=None if args.no_resume_opt else self.loss_scaler, log_info=self.is_primary)
-        if args.model_ema:
-            self.task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
-                                device='cpu' if args.model_ema_force_cpu else None)
-            if args.resume:
-                load_task_ema_checkpoint(self.task, args.resume)
-        if args.torchcompile:
-            self.task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+                self.task, cfg.resume, optimizer=None if cfg.no_resume_opt else self.optimizer,
+                loss_scaler=None if cfg.no_resume_opt else self.loss_scaler, log_info=self.is_primary)
+        if cfg.model_ema:
+            self.task.setup_ema(decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup,
+                                device='cpu' if cfg.model_ema_force_cpu else None)
+            if cfg.resume:
+                load_task_ema_checkpoint(self.task, cfg.resume)
+        if cfg.torchcompile:
+            self.task.compile(backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
             if self.task.has_ema():
-                self.task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
+                self.task.compile_ema(backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
         self.eval_model = self.task.get_eval_model()
-        if args.distributed:
+        if self.distributed:
             self.task.prepare_distributed(device_ids=[self.device] if self.device.type == 'cuda' else None,
-                                          broadcast_buffers=not args.no_ddp_bb)
+                                          broadcast_buffers=not cfg.no_ddp_bb)
 
-        self.robust = RobustValidationConfig.from_args(args)
-        self.eval_metric = args.eval_metric if self.loader_eval is not None else 'loss'
+        self.robust = RobustValidationConfig.from_args(cfg)
+        self.eval_metric = cfg.eval_metric if self.loader_eval is not None else 'loss'
         self.output_dir, self.saver = self.build_output()
 
-        self.updates_per_epoch = (len(self.loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+        self.updates_per_epoch = (len(self.loader_train) + cfg.grad_accum_steps - 1) // cfg.grad_accum_steps
         self.lr_scheduler, self.num_epochs = create_scheduler_v2(
-            self.optimizer, **scheduler_kwargs(args, decreasing_metric=self.eval_metric == 'loss'),
+            self.optimizer, **scheduler_kwargs(cfg, decreasing_metric=self.eval_metric == 'loss'),
             updates_per_epoch=self.updates_per_epoch)
-        self.start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
+        self.start_epoch = cfg.start_epoch if cfg.start_epoch is not None else (resume_epoch or 0)
         if self.lr_scheduler is not None and self.start_epoch > 0:
-            if args.sched_on_updates:
+            if cfg.sched_on_updates:
                 self.lr_scheduler.step_update(self.start_epoch * self.updates_per_epoch)
             else:
                 self.lr_scheduler.step(self.start_epoch)
-        self.end_epoch = min(self.num_epochs, args.stop_epoch) if args.stop_epoch else self.num_epochs
+        self.end_epoch = min(self.num_epochs, cfg.stop_epoch) if cfg.stop_epoch else self.num_epochs
         self.log(f'Scheduled epochs: {self.num_epochs}, training epochs {self.start_epoch}..{self.end_epoch - 1}.')
         self.is_setup = True
         return self
@@ -325,26 +314,26 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def seed_epoch(self, epoch: int) -> None:
         """Reseed all RNGs from (seed, epoch, rank): a resumed run replays the same data order and noise."""
-        utils.random_seed(self.args.seed + 65536 * epoch, self.args.rank)
+        utils.random_seed(self.cfg.seed + 65536 * epoch, self.rank)
         sampler = getattr(self.loader_train, 'sampler', None)
         if hasattr(sampler, 'set_epoch'):
             sampler.set_epoch(epoch)
 
     def train_one_epoch(self, epoch: int) -> 'OrderedDict[str, float]':
-        args, task, optimizer = self.args, self.task, self.optimizer
+        cfg, task, optimizer = self.cfg, self.task, self.optimizer
         loader = self.loader_train
-        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            if args.prefetcher and getattr(loader, 'mixup_enabled', False):
+        if cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch:
+            if cfg.prefetcher and getattr(loader, 'mixup_enabled', False):
                 loader.mixup_enabled = False
             elif self.mixup_fn is not None:
                 self.mixup_fn.mixup_enabled = False
 
         module = task.get_trainable_module()
         module.train()
-        if args.bn_eval:
+        if cfg.bn_eval:
             freeze_batchnorm(module)
-        has_no_sync = args.distributed and hasattr(module, 'no_sync')
-        accum_steps = args.grad_accum_steps
+        has_no_sync = self.distributed and hasattr(module, 'no_sync')
+        accum_steps = cfg.grad_accum_steps
         last_accum_steps = len(loader) % accum_steps
         last_batch_idx = len(loader) - 1
         last_batch_idx_to_accum = len(loader) - last_accum_steps
@@ -362,14 +351,13 @@ class Trainer:
             update_idx = batch_idx // accum_steps
             if batch_idx >= last_batch_idx_to_accum:
                 accum_steps = last_accum_steps
-            if not args.prefetcher:
+            if not cfg.prefetcher:
                 input, target = input.to(self.device), target.to(self.device)
                 if self.mixup_fn is not None:
                     input, target = self.mixup_fn(input, target)
-            if args.channels_last:
+            if cfg.channels_last:
                 input = input.contiguous(memory_format=torch.channels_last)
-            if hasattr(task, 'set_epoch'):
-                task.set_epoch(epoch + batch_idx / len(loader))  # per-iteration schedules
+            task.set_epoch(epoch + batch_idx / len(loader))  # per-iteration schedules
 
             def step():
                 with self.amp_autocast():
@@ -400,14 +388,14 @@ class Trainer:
             num_updates += 1
             optimizer.zero_grad()
             task.update_ema(step=num_updates)
-            if args.synchronize_step and self.device.type == 'cuda':
+            if cfg.synchronize_step and self.device.type == 'cuda':
                 torch.cuda.synchronize(self.device)
             now = time.time()
             update_time.update(now - start)
             start = now
-            if update_idx % args.log_interval == 0 or last_batch:
+            if update_idx % cfg.log_interval == 0 or last_batch:
                 self._log_train(epoch, update_idx, meters['loss'], sums, counts, update_time)
-            if self.saver is not None and args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
+            if self.saver is not None and cfg.recovery_interval and (update_idx + 1) % cfg.recovery_interval == 0:
                 self.saver.save_recovery(epoch, batch_idx=update_idx)
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step_update(num_updates=num_updates, metric=meters['loss'].avg)
@@ -418,25 +406,25 @@ class Trainer:
         if skipped:
             metrics['skipped_steps'] = float(skipped)
             self.log(f'{skipped} step(s) had a non-finite loss and were skipped by the AMP GradScaler.')
-        if args.distributed:
+        if self.distributed:
             for key, value in metrics.items():
-                metrics[key] = utils.reduce_tensor(torch.tensor([value], device=self.device), args.world_size).item()
+                metrics[key] = utils.reduce_tensor(torch.tensor([value], device=self.device), cfg.world_size).item()
         return metrics
 
     def backward(self, loss: torch.Tensor, need_update: bool) -> None:
         """One ordinary backward (the regularizers' input gradients are already in the graph), clip, step."""
-        args = self.args
+        cfg = self.cfg
         clip_parameters = None
-        if args.clip_grad is not None:
-            clip_parameters = self.task.get_clip_parameters(exclude_head='agc' in args.clip_mode)
+        if cfg.clip_grad is not None:
+            clip_parameters = self.task.get_clip_parameters(exclude_head='agc' in cfg.clip_mode)
         if self.loss_scaler is not None:
-            self.loss_scaler(loss, self.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+            self.loss_scaler(loss, self.optimizer, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
                              parameters=clip_parameters, need_update=need_update)
             return
         loss.backward()
         if need_update:
-            if args.clip_grad is not None:
-                utils.dispatch_clip_grad(clip_parameters, value=args.clip_grad, mode=args.clip_mode)
+            if cfg.clip_grad is not None:
+                utils.dispatch_clip_grad(clip_parameters, value=cfg.clip_grad, mode=cfg.clip_mode)
             self.optimizer.step()
 
     def _log_train(self, epoch, update_idx, loss_meter, sums, counts, update_time) -> None:
@@ -450,17 +438,17 @@ class Trainer:
             f'({loss_meter.avg:#.3g})  {parts}  Time: {update_time.val:.3f}s  LR: {sum(lrs) / len(lrs):.3e}')
 
     def validate(self, model: nn.Module, log_suffix: str = '') -> 'OrderedDict[str, float]':
-        args = self.args
+        cfg = self.cfg
         return validate(model, self.loader_eval, space=self.space, robust=self.robust, device=self.device,
-                        amp_autocast=self.amp_autocast, distributed=args.distributed,
-                        channels_last=args.channels_last, log_interval=args.log_interval, log_suffix=log_suffix,
+                        amp_autocast=self.amp_autocast, distributed=self.distributed,
+                        channels_last=cfg.channels_last, log_interval=cfg.log_interval, log_suffix=log_suffix,
                         verbose=self.is_primary)
 
     def fit(self) -> List[Dict[str, Any]]:
         """Train from ``start_epoch`` to ``end_epoch``; returns one record per validated epoch."""
         if not self.is_setup:
             self.setup()
-        args = self.args
+        cfg = self.cfg
         results, best_metric, best_epoch = [], None, None
         try:
             for epoch in range(self.start_epoch, self.end_epoch):
@@ -468,10 +456,10 @@ class Trainer:
                 epoch_start = time.time()
                 train_metrics = self.train_one_epoch(epoch)
                 train_metrics['time'] = time.time() - epoch_start
-                if args.distributed and args.dist_bn in ('broadcast', 'reduce') and not args.bn_eval:
-                    utils.distribute_bn(self.task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
+                if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not cfg.bn_eval:
+                    utils.distribute_bn(self.task.get_trainable_module(), cfg.world_size, cfg.dist_bn == 'reduce')
                 last = epoch + 1 == self.end_epoch
-                if (epoch + 1) % args.val_interval != 0 and not last:
+                if (epoch + 1) % cfg.val_interval != 0 and not last:
                     if self.lr_scheduler is not None:
                         self.lr_scheduler.step(epoch + 1, metric=None)
                     continue
@@ -479,9 +467,9 @@ class Trainer:
                 if self.loader_eval is not None:
                     eval_metrics = self.validate(self.eval_model)
                     ema = self.task.get_trainable_module(ema=True)
-                    if ema is not None and not args.model_ema_force_cpu:
-                        if args.distributed and args.dist_bn in ('broadcast', 'reduce') and not args.bn_eval:
-                            utils.distribute_bn(ema, args.world_size, args.dist_bn == 'reduce')
+                    if ema is not None and not cfg.model_ema_force_cpu:
+                        if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not cfg.bn_eval:
+                            utils.distribute_bn(ema, cfg.world_size, cfg.dist_bn == 'reduce')
                         eval_metrics = self.validate(self.task.get_eval_model(ema=True), log_suffix=' (EMA)')
                 if self.output_dir is not None:
                     lrs = [g['lr'] for g in self.optimizer.param_groups]
@@ -500,7 +488,7 @@ class Trainer:
                 if self.is_primary:
                     _logger.info(f'Epoch {epoch}: ' + json.dumps(record))
         finally:
-            if args.distributed and torch.distributed.is_initialized():
+            if self.distributed and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
         if best_metric is not None:
             self.log(f'*** Best metric: {best_metric} (epoch {best_epoch})')

@@ -1,0 +1,79 @@
+"""The resolved run configuration: parsed arguments with every derived value filled in.
+
+The value path is one-way: ``parse_args`` (flags over YAML) -> ``check_args`` -> ``resolve_config``
+-> the Trainer and the task. The Trainer reads the resolved configuration and never writes to
+it; ``timm-train --dry-run`` prints it.
+"""
+import argparse
+import copy
+import os
+from typing import Any, Dict, Optional
+
+import yaml
+from timm.utils.distributed import world_info_from_env
+
+from ..activations import DEFAULT_SOURCES
+from ..checkpoint import read_swap_record
+from ..data import default_data_root, is_demo_dataset
+from ..device import default_device
+from ..tasks import task_kwargs
+
+__all__ = ['resolve_config', 'resolve_lr', 'config_summary', 'config_yaml']
+
+
+def resolve_lr(cfg: argparse.Namespace, global_batch_size: int) -> Dict[str, Any]:
+    """timm's rule: ``--lr`` if given, else lr_base · (global batch / lr_base_size), linearly or by the
+    square root (adaptive optimizers, when ``--lr-base-scale`` is empty)."""
+    if cfg.lr:
+        return {'lr': cfg.lr, 'lr_base_scale': cfg.lr_base_scale}
+    scale = cfg.lr_base_scale or ('sqrt' if any(o in cfg.opt.lower() for o in ('ada', 'lamb')) else 'linear')
+    ratio = global_batch_size / cfg.lr_base_size
+    return {'lr': cfg.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio), 'lr_base_scale': scale}
+
+
+def resolve_config(args: argparse.Namespace, world_size: Optional[int] = None) -> argparse.Namespace:
+    """A copy of ``args`` with the derived values set; ``args`` is left as parsed.
+
+    Filled in: ``device`` (CUDA when available), ``prefetcher``, ``data_dir`` (the positional
+    ``data``, or a demo dataset's cache folder), ``world_size`` (torchrun's, or the given one
+    for a dry run) and ``global_batch_size``, ``lr`` and ``lr_base_scale`` (timm's base-LR
+    rule), ``task_kwargs`` (the method's options as ``create_task`` arguments), the activation
+    swap an ``--initial-checkpoint`` records, and ``dist_bn`` (off with ``--sync-bn``).
+    """
+    cfg = copy.deepcopy(args)
+    cfg.device = default_device(args.device)
+    cfg.prefetcher = not args.no_prefetcher
+    cfg.data_dir = args.data_dir or args.data
+    if is_demo_dataset(args.dataset) and not cfg.data_dir:
+        cfg.data_dir = default_data_root(args.dataset.split('/', 1)[1])
+    cfg.world_size = world_size or getattr(args, 'world_size', None) or world_info_from_env()[2]
+    cfg.global_batch_size = args.batch_size * cfg.world_size * args.grad_accum_steps
+    vars(cfg).update(resolve_lr(args, cfg.global_batch_size))
+    cfg.task_kwargs = task_kwargs(args.gradreg, args)
+    if args.initial_checkpoint and not args.swap_activations and os.path.isfile(args.initial_checkpoint):
+        record = read_swap_record(args.initial_checkpoint)
+        if record:
+            cfg.swap_activations, cfg.swap_source = record['act'], list(record.get('sources') or DEFAULT_SOURCES)
+    if args.sync_bn and cfg.world_size > 1:
+        cfg.dist_bn = ''
+    return cfg
+
+
+def config_summary(cfg: argparse.Namespace) -> Dict[str, Any]:
+    """The headline numbers of a resolved configuration (for logs and ``--dry-run``)."""
+    return {'gradreg': cfg.gradreg, 'task_kwargs': cfg.task_kwargs, 'model': cfg.model, 'epochs': cfg.epochs,
+            'world_size': cfg.world_size, 'global_batch_size': cfg.global_batch_size, 'lr': cfg.lr}
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe form of a configuration value (tuples as lists, recursively)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_yaml(cfg: argparse.Namespace) -> str:
+    """The resolved configuration as YAML, in the parser's order."""
+    return yaml.safe_dump(_plain(vars(cfg)), default_flow_style=False, sort_keys=False, allow_unicode=True)
