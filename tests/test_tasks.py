@@ -25,7 +25,7 @@ def test_registry_lists_every_method_and_explains_mistakes(tiny_net):
     with pytest.raises(TypeError, match="'gn_wieght' \\(did you mean 'gn_weight'"):
         create_task('gradnorm', tiny_net, gn_wieght=1.0)
     assert 'steps' in task_parameters('pgd') and 'steps' not in task_parameters('fgsm')
-    with pytest.raises(ValueError, match='clean, noise, pgd'):
+    with pytest.raises(ValueError, match='clean, noise, uniform, pgd'):
         create_task('gradnorm', tiny_net, inputs='adversarial')
 
 
@@ -60,21 +60,33 @@ def test_adversarial_task_loss_equals_hand_computation(batch, name, steps, step_
     eps = 8 / 255
     options = dict(steps=steps, step_size=eps * step_factor) if name == 'pgd' else {}  # fgsm: 1.25·ε default
     task = create_task(name, model, nn.CrossEntropyLoss(), eps=eps, warmup_epochs=2, verbose=False, **options)
-    task.set_epoch(1.0)  # half strength: ε and step halved
+    task.set_epoch(1.6)  # second epoch of a 2-epoch warm-up stepped per epoch: full ε, half the step
     torch.manual_seed(7)
     out = task(x, y)
     torch.manual_seed(7)
-    adv = _pgd_by_hand(model, x, y, task.space, eps / 2, eps * step_factor / 2, steps)
+    adv = _pgd_by_hand(model, x, y, task.space, eps, eps * step_factor / 2, steps)
     torch.testing.assert_close(out['loss'], F.cross_entropy(model(adv), y), rtol=1e-5, atol=1e-6)
     assert out['weight'].item() == pytest.approx(0.5)
     assert model.training  # mode restored after the attack
 
 
-def test_adversarial_warmup_starts_from_clean_inputs(tiny_net, batch):
+def test_adversarial_first_epoch_trains_on_the_random_start(tiny_net, batch):
+    """Epoch 0 of the official warm-up has a zero step: the attack is the uniform start in the full ε-ball."""
     x, y = batch
     task = create_task('pgd', tiny_net, nn.CrossEntropyLoss(), verbose=False)
-    task.set_epoch(0.0)
-    torch.testing.assert_close(task(x, y)['loss'], F.cross_entropy(tiny_net(x), y))
+    task.set_epoch(0.9)
+    torch.manual_seed(3)
+    loss = task(x, y)['loss']
+    torch.manual_seed(3)
+    adv = _pgd_by_hand(tiny_net, x, y, task.space, 4 / 255, 0.0, 3)
+    torch.testing.assert_close(loss, F.cross_entropy(tiny_net(adv), y))
+    assert not torch.allclose(loss, F.cross_entropy(tiny_net(x), y))
+    clean = create_task('pgd', tiny_net, nn.CrossEntropyLoss(), random_start=False, verbose=False)
+    clean.set_epoch(0.9)
+    torch.testing.assert_close(clean(x, y)['loss'], F.cross_entropy(tiny_net(x), y))
+    per_iteration = create_task('pgd', tiny_net, warmup_per='iteration', verbose=False)
+    per_iteration.set_epoch(0.9)
+    assert per_iteration.step_scale() == pytest.approx(0.18)
 
 
 def test_schedule_warning_when_set_epoch_is_forgotten(tiny_net, batch):

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from ._private import timm_activation_names
 
 __all__ = ['SwapReport', 'swap_activations', 'find_functional_activations', 'SOURCE_ACTIVATIONS',
-           'DEFAULT_SOURCES', 'list_target_activations']
+           'DEFAULT_SOURCES', 'list_target_activations', 'find_kinks', 'PIECEWISE_LINEAR']
 
 _logger = logging.getLogger(__name__)
 
@@ -37,6 +37,19 @@ SOURCE_ACTIVATIONS: Dict[str, Tuple[Type[nn.Module], ...]] = {
 }
 #: What ``swap_activations`` replaces unless told otherwise: the ReLU family (LeakyReLU on request).
 DEFAULT_SOURCES = ('relu', 'relu6')
+
+#: Piecewise-linear activations: their second derivative is zero almost everywhere, so a loss on the
+#: input gradient has no curvature to shape (GradNorm does not make them robust).
+PIECEWISE_LINEAR: Tuple[Type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.Hardtanh)
+#: Layers whose output is not differentiable everywhere in their input besides those activations.
+_KINKED_LAYERS: Tuple[Type[nn.Module], ...] = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)
+
+
+def find_kinks(model: nn.Module) -> Dict[str, int]:
+    """Count the modules where the network's input gradient jumps: piecewise-linear activations
+    (ReLU family) and max pooling, by class name. Empty for a smooth network."""
+    counts = Counter(type(m).__name__ for m in model.modules() if isinstance(m, PIECEWISE_LINEAR + _KINKED_LAYERS))
+    return dict(counts)
 
 #: Functional calls that implement each source activation (for the functional-use check).
 _SOURCE_FUNCTIONS = {

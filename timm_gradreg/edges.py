@@ -7,7 +7,7 @@ callable works (e.g. a perceptually aligned gradient from a robust model), and
 named teachers can be registered with ``register_gradient_teacher``.
 """
 import math
-from typing import Callable, List, Union
+from typing import Callable, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -34,14 +34,25 @@ def _gaussian_1d(sigma: float, derivative: bool = False, truncate: float = 3.0) 
     return g
 
 
-def _separable(x: torch.Tensor, kernel_u: torch.Tensor, kernel_v: torch.Tensor) -> torch.Tensor:
-    """Depthwise 2-D filtering with kernel_v (rows, H axis) ⊗ kernel_u (columns, W axis), replicate padding."""
+def _bessel_gaussian_1d(t: float, terms: int = 40) -> torch.Tensor:
+    """The discrete Gaussian kernel e^(−t)·I_n(t), n = −⌈3t⌉..⌈3t⌉, normalized (variance t; the
+    official edge code's filter, with t its σ). I_n by its power series Σ_k (t/2)^(2k+n) / (k!(k+n)!)."""
+    radius = int(math.ceil(3 * t))
+    values = [math.exp(-t) * sum((t / 2) ** (2 * k + abs(n)) / (math.factorial(k) * math.factorial(k + abs(n)))
+                                 for k in range(terms)) for n in range(-radius, radius + 1)]
+    kernel = torch.tensor(values, dtype=torch.float64)
+    return kernel / kernel.sum()
+
+
+def _separable(x: torch.Tensor, kernel_u: torch.Tensor, kernel_v: torch.Tensor, padding: str = 'replicate'
+               ) -> torch.Tensor:
+    """Depthwise 2-D filtering (cross-correlation) with kernel_v (rows, H axis) ⊗ kernel_u (columns, W axis)."""
     c = x.shape[1]
     ku = kernel_u.to(x).view(1, 1, 1, -1).expand(c, 1, 1, -1)
     kv = kernel_v.to(x).view(1, 1, -1, 1).expand(c, 1, -1, 1)
     pu, pv = kernel_u.numel() // 2, kernel_v.numel() // 2
-    x = F.conv2d(F.pad(x, (pu, pu, 0, 0), mode='replicate'), ku, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, pv, pv), mode='replicate'), kv, groups=c)
+    x = F.conv2d(F.pad(x, (pu, pu, 0, 0), mode=padding), ku, groups=c)
+    return F.conv2d(F.pad(x, (0, 0, pv, pv), mode=padding), kv, groups=c)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -54,6 +65,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 _CENTRAL_DIFF = torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64)
 _SOBEL_SMOOTH = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
+#: The official 3×3 Sobel kernel, x / (x² + y²) on the grid {−1, 0, 1}²: [−1, 0, 1] ⊗ [½, 1, ½].
+_OFFICIAL_DIFF = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+_OFFICIAL_SMOOTH = torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)
 
 
 class EdgeEnergy(nn.Module):
@@ -65,12 +79,18 @@ class EdgeEnergy(nn.Module):
             -> sqrt of the squared responses summed over channels -> blur again.
         'gaussian': the literal Eq. 4: Σ_c |∂G_σ/∂u * x_c|² + |∂G_σ/∂v * x_c|² with
             Gaussian-derivative filters.
-    Borders are replicated, so flat regions, image borders included, map to zero.
+        'official': the official code's ContourEnergy, term for term: the discrete (Bessel)
+            Gaussian kernel, reflected borders, the unnormalized Sobel kernel. It is given the
+            *normalized* images, as the official training does (``input_space='normalized'``).
+    'sobel' and 'gaussian' replicate borders, so flat regions, image borders included, map to zero.
+
+    ``input_space`` says which images a task passes: [0, 1] 'pixel' images, or the loader's
+    'normalized' ones.
     """
 
-    filter_types = ('sobel', 'gaussian')
+    filter_types = ('sobel', 'gaussian', 'official')
 
-    def __init__(self, filters: str = 'sobel', sigma: float = 1.0):
+    def __init__(self, filters: str = 'sobel', sigma: float = 1.0, input_space: Optional[str] = None):
         super().__init__()
         if filters not in self.filter_types:
             raise ValueError(f'Unknown edge filters {filters!r}; valid: {", ".join(self.filter_types)}')
@@ -78,12 +98,22 @@ class EdgeEnergy(nn.Module):
             raise ValueError(f'edge sigma must be > 0, got {sigma}')
         self.filters = filters
         self.sigma = sigma
+        self.input_space = input_space or ('normalized' if filters == 'official' else 'pixel')
+        if self.input_space not in ('pixel', 'normalized'):
+            raise ValueError(f"input_space must be 'pixel' or 'normalized', got {self.input_space!r}")
 
     def extra_repr(self) -> str:
-        return f'filters={self.filters!r}, sigma={self.sigma}'
+        return f'filters={self.filters!r}, sigma={self.sigma}, input_space={self.input_space!r}'
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = at_least_fp32(images)
+        if self.filters == 'official':
+            g = _bessel_gaussian_1d(self.sigma)
+            x = _separable(x, g, g, 'reflect')
+            du = _separable(x, _OFFICIAL_DIFF, _OFFICIAL_SMOOTH, 'reflect')
+            dv = _separable(x, _OFFICIAL_SMOOTH, _OFFICIAL_DIFF, 'reflect')
+            energy = (du.square() + dv.square()).sum(1, keepdim=True).sqrt()
+            return _separable(energy, g, g, 'reflect')
         if self.filters == 'sobel':
             x = gaussian_blur(x, self.sigma)
             du = _separable(x, _CENTRAL_DIFF, _SOBEL_SMOOTH)
@@ -117,6 +147,7 @@ def create_gradient_teacher(teacher: Union[str, GradientTeacher] = 'sobel', **kw
 
 register_gradient_teacher('sobel', lambda sigma=1.0: EdgeEnergy('sobel', sigma))
 register_gradient_teacher('gaussian', lambda sigma=1.0: EdgeEnergy('gaussian', sigma))
+register_gradient_teacher('official', lambda sigma=1.0: EdgeEnergy('official', sigma))
 
 
 COSINE_MODES = ('batch_rms', 'per_image')

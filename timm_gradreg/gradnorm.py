@@ -7,7 +7,7 @@ exactly the first-order loss increase under the worst L∞ perturbation of radiu
 pixel space (the first-order model of FGSM). ``sigma='channel'`` uses the data
 config's per-channel std (exact); a float uses one scalar (the paper: 0.225).
 """
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -37,30 +37,53 @@ def resolve_sigma(sigma: Sigma, space: PixelSpace) -> Union[float, Tuple[float, 
     return values
 
 
-def per_sample_gradnorm(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]]) -> torch.Tensor:
-    """(ε/σ)·||g_b||_1 for each sample b (L1 summed over C, H, W); shape [B]."""
-    if isinstance(sigma, (int, float)):
-        return grad.abs().flatten(1).sum(1) * (eps / sigma)
-    weight = eps / torch.tensor(sigma, device=grad.device, dtype=grad.dtype)
-    if weight.numel() not in (1, grad.shape[1]):
-        raise ValueError(f'sigma has {weight.numel()} values but the gradient has {grad.shape[1]} channels')
-    weight = weight.view(1, -1, *([1] * (grad.ndim - 2)))
-    return (grad.abs() * weight).flatten(1).sum(1)
+def _channel_scale(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]],
+                   channel_weights: Optional[Sequence[float]] = None) -> Union[float, torch.Tensor]:
+    """ε/σ (a scalar) or ε·w_c/σ_c shaped to broadcast over [B, C, H, W]."""
+    if isinstance(sigma, (int, float)) and channel_weights is None:
+        return eps / sigma
+    scale = eps / torch.as_tensor(sigma, device=grad.device, dtype=grad.dtype).reshape(-1)
+    if channel_weights is not None:
+        scale = scale * torch.as_tensor(channel_weights, device=grad.device, dtype=grad.dtype)
+    if scale.numel() not in (1, grad.shape[1]):
+        raise ValueError(f'sigma / channel weights have {scale.numel()} values but the gradient has {grad.shape[1]} '
+                         'channels')
+    return scale.view(1, -1, *([1] * (grad.ndim - 2)))
 
 
-def gradnorm_penalty(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]]) -> torch.Tensor:
-    """(ε/σ)·mean_b ||g_b||_1: the GradNorm penalty of Eq. 2 (before λ_GN)."""
-    return per_sample_gradnorm(grad, eps, sigma).mean()
+def per_sample_gradnorm(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]],
+                        channel_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """(ε/σ)·||g_b||_1 for each sample b (L1 summed over C, H, W); shape [B].
+
+    ``channel_weights`` w_c weigh each channel's L1 norm (the official ``DBPChannel``: 1, 2, 1).
+    """
+    scale = _channel_scale(grad, eps, sigma, channel_weights)
+    if isinstance(scale, float):
+        return grad.abs().flatten(1).sum(1) * scale
+    return (grad.abs() * scale).flatten(1).sum(1)
 
 
-def penalty_direction(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]]) -> torch.Tensor:
-    """v = (ε/σ)⊙sign(g): the normalized-space direction with g·v = (ε/σ)·||g||₁ per sample.
+def gradnorm_penalty(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]], threshold: float = 0.0,
+                     channel_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """The GradNorm penalty of Eq. 2 (before λ_GN): mean_b (ε/σ)·||g_b||_1.
+
+    With ``threshold`` t > 0 the hinge mean_b max(0, (ε/σ)·||g_b||_1 − t) (the official
+    ``DBPThresholded``): samples whose first-order loss increase is already below t cost nothing.
+    """
+    norms = per_sample_gradnorm(grad, eps, sigma, channel_weights)
+    return torch.relu(norms - threshold).mean() if threshold > 0 else norms.mean()
+
+
+def penalty_direction(grad: torch.Tensor, eps: float, sigma: Union[float, Sequence[float]], threshold: float = 0.0,
+                      channel_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """v with ∂penalty/∂g_b = v_b / B: (ε/σ)⊙w⊙sign(g), zero for samples below the hinge threshold.
 
     It is the worst-case L∞ step of radius ε in pixel space (FGSM), and, since
     ∇θ[(ε/σ)||g||₁] = H_θx·v, the direction of the finite-difference GradNorm gradient
     ∇θ[L(x + h·v) − L(x)] / h.
     """
-    if isinstance(sigma, (int, float)):
-        return grad.sign() * (eps / sigma)
-    weight = eps / torch.tensor(sigma, device=grad.device, dtype=grad.dtype)
-    return grad.sign() * weight.view(1, -1, *([1] * (grad.ndim - 2)))
+    direction = grad.sign() * _channel_scale(grad, eps, sigma, channel_weights)
+    if threshold > 0:
+        active = per_sample_gradnorm(grad, eps, sigma, channel_weights) > threshold
+        direction = direction * active.view(-1, *([1] * (grad.ndim - 1))).to(direction.dtype)
+    return direction

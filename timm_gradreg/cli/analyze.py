@@ -19,7 +19,7 @@ from ..analyze import (AnalysisConfig, analyze_model, channel_histograms, gradie
                        path_figure)
 from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, subset_indices, write_json
 from ..models import ModelError
-from ..train.args import fraction
+from ..tasks import fraction
 from .common import add_data_args, add_model_args, init_device, resolve_models
 
 _logger = logging.getLogger('timm_gradreg.analyze')

@@ -19,7 +19,7 @@ from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create
                         run_autoattack, run_sanity_checks, subset_indices, write_json, write_sweep_csv)
 from ..models import ModelError, load_eval_model
 from ..normalization import normalized_model
-from ..train.args import fraction
+from ..tasks import fraction
 from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
 
 _logger = logging.getLogger('timm_gradreg.eval')

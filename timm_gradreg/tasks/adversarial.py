@@ -5,7 +5,7 @@ from typing import Dict, Optional
 import torch
 
 from ..attacks import fgsm_attack, pgd_attack
-from ..schedules import LinearWarmup
+from ..schedules import SCHEDULE_UNITS, LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number
@@ -22,54 +22,61 @@ ATTACK_STEP_SIZE = Option('--attack-step-size', 'step_size', number(0), None,
 ATTACK_STEPS = Option('--attack-steps', 'steps', number(1, integer=True), 3, 'PGD training steps (default: 3)',
                       metavar='N', group=_GROUP)
 ATTACK_WARMUP = Option('--attack-warmup-epochs', 'warmup_epochs', number(0), 5.0,
-                       'epochs over which the attack radius and step rise from 0 (default: 5)', metavar='N',
-                       group=_GROUP)
+                       'epochs over which the attack step rises linearly from 0; ε is fixed from the start '
+                       '(default: 5)', metavar='N', group=_GROUP)
+ATTACK_WARMUP_PER = Option('--attack-warmup-per', 'warmup_per', choices=SCHEDULE_UNITS, default='epoch',
+                           help='the step warm-up advances at epoch boundaries (official: step·min(epoch, 5)/5) or '
+                                'every iteration (default: epoch)', group=_GROUP)
 ATTACK_RANDOM_START = Option('--attack-random-start', 'random_start', bool, True,
                              'start training attacks from a uniform random point in the ε-ball (default: on)',
                              group=_GROUP)
-_ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP]
+ATTACK_BEST_LOSS = Option('--attack-best-loss', 'best_loss', bool, False,
+                          "train on each sample's highest-loss PGD iterate, as the official code, instead of the last "
+                          '(one more forward pass) (default: off)', group=_GROUP)
+_ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP, ATTACK_WARMUP_PER]
 
 
 class AdversarialTask(GradRegTask):
     """Train on adversarial examples made by ``perturb`` with the model in eval mode.
 
-    The attack radius and step grow linearly from 0 over ``warmup_epochs`` (updated
-    per iteration); at strength 0 the clean batch is used.
+    ε is fixed from the first step; the attack *step* is warmed up linearly from 0 over
+    ``warmup_epochs`` (Appendix G, Liu et al. 2023), at epoch boundaries (``warmup_per='epoch'``,
+    the official ``step·min(epoch, 5)/5``: the first epoch's attack is the random start alone)
+    or every iteration.
     """
 
-
     def __init__(self, model, criterion=None, *, eps: float = 4 / 255, random_start: bool = True,
-                 warmup_epochs: float = 5.0, **kwargs):
+                 warmup_epochs: float = 5.0, warmup_per: str = 'epoch', **kwargs):
         super().__init__(model, criterion, **kwargs)
         if eps < 0:
             raise ValueError(f'eps must be >= 0, got {eps}')
         self.eps = float(eps)
         self.random_start = bool(random_start)
-        self.warmup = LinearWarmup(warmup_epochs)
+        self.warmup = LinearWarmup(warmup_epochs, per=warmup_per)
         self.uses_schedule = self.warmup.epochs > 0
 
-    def attack_strength(self) -> float:
-        """Warm-up factor applied to ε and the step at the current epoch."""
+    def step_scale(self) -> float:
+        """Warm-up factor of the attack step at the current epoch."""
         return self.warmup(self.epoch)
 
     @abc.abstractmethod
-    def perturb(self, input: torch.Tensor, target: torch.Tensor, strength: float) -> torch.Tensor:
-        """Adversarial version of ``input`` (normalized space) at the given warm-up strength."""
+    def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:
+        """Adversarial version of ``input`` (normalized space) with the step scaled by ``step_scale``."""
 
     def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        strength = self.attack_strength()
-        adv = self.perturb(input, target, strength) if strength > 0 else input
+        scale = self.step_scale()
+        adv = self.perturb(input, target, scale) if (scale > 0 or self.random_start) else input
         output = self.trainable_module(adv)
         loss = self.criterion(output, target)
         return {
             'loss': loss,
             'output': output,
             'ce': loss.detach(),
-            'weight': torch.tensor(strength, device=loss.device),
+            'weight': torch.tensor(scale, device=loss.device),
         }
 
 
-@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS])
+@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS, ATTACK_BEST_LOSS])
 class PGDTask(AdversarialTask):
     """L∞ PGD adversarial training, the paper's skyline (ε 4/255, 3 steps of 8/255/3, random start).
 
@@ -77,26 +84,29 @@ class PGDTask(AdversarialTask):
         model, criterion: As for timm's ClassificationTask.
         eps, step_size, steps: Attack radius, step and iterations in pixel units.
         random_start: Uniform start in the ε-ball.
-        warmup_epochs: ε and step rise linearly from 0 over these epochs (5).
+        warmup_epochs, warmup_per: The step rises linearly from 0 over these epochs, at epoch
+            boundaries ('epoch', official) or every 'iteration' (5, 'epoch').
+        best_loss: Train on each sample's highest-loss iterate (official) instead of the last.
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
     def __init__(self, model, criterion=None, *, eps: float = 4 / 255, step_size: float = 8 / 255 / 3,
-                 steps: int = 3, **kwargs):
+                 steps: int = 3, best_loss: bool = False, **kwargs):
         super().__init__(model, criterion, eps=eps, **kwargs)
         if step_size < 0 or steps < 1:
             raise ValueError(f'need step_size >= 0 and steps >= 1, got {step_size}, {steps}')
         self.step_size = float(step_size)
         self.steps = int(steps)
+        self.best_loss = bool(best_loss)
 
-    def perturb(self, input: torch.Tensor, target: torch.Tensor, strength: float) -> torch.Tensor:
+    def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:
         return pgd_attack(
-            self.attack_model(), input, target, eps=self.eps * strength, step_size=self.step_size * strength,
-            steps=self.steps, space=self.space, random_start=self.random_start)
+            self.attack_model(), input, target, eps=self.eps, step_size=self.step_size * step_scale,
+            steps=self.steps, space=self.space, random_start=self.random_start, best_loss=self.best_loss)
 
     def extra_repr(self) -> str:
         return (f'eps={self.eps:.5f}, step_size={self.step_size:.5f}, steps={self.steps}, '
-                f'warmup={self.warmup.epochs}, ' + super().extra_repr())
+                f'warmup={self.warmup}, best_loss={self.best_loss}, ' + super().extra_repr())
 
 
 @register_task('fgsm', options=_ATTACK_OPTIONS)
@@ -109,7 +119,7 @@ class FGSMTask(AdversarialTask):
         model, criterion: As for timm's ClassificationTask.
         eps: Attack radius in pixel units.
         step_size: Step in pixel units (1.25·ε with random start, ε without, if None).
-        random_start, warmup_epochs: As for PGDTask.
+        random_start, warmup_epochs, warmup_per: As for PGDTask.
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
@@ -122,10 +132,10 @@ class FGSMTask(AdversarialTask):
             raise ValueError(f'step_size must be >= 0, got {step_size}')
         self.step_size = float(step_size)
 
-    def perturb(self, input: torch.Tensor, target: torch.Tensor, strength: float) -> torch.Tensor:
+    def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:
         return fgsm_attack(
-            self.attack_model(), input, target, eps=self.eps * strength, step_size=self.step_size * strength,
+            self.attack_model(), input, target, eps=self.eps, step_size=self.step_size * step_scale,
             space=self.space, random_start=self.random_start)
 
     def extra_repr(self) -> str:
-        return f'eps={self.eps:.5f}, step_size={self.step_size:.5f}, ' + super().extra_repr()
+        return f'eps={self.eps:.5f}, step_size={self.step_size:.5f}, warmup={self.warmup}, ' + super().extra_repr()

@@ -315,6 +315,9 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--bn-eval', action=argparse.BooleanOptionalAction, default=False,
                        help='train with BatchNorm frozen in eval mode (the paper\'s ResNet runs): per-sample input '
                             'gradients, and double backprop at 0.73x instead of 1.06x a PGD-3 step (resnet50-GELU, CPU)')
+    group.add_argument('--train-in-eval-mode', action=argparse.BooleanOptionalAction, default=False,
+                       help='train with the whole model in eval mode, as the paper\'s runs ("training done in evaluation '
+                            'mode"): BatchNorm frozen and dropout / drop-path off')
     group.add_argument('--adv-val-steps', type=int, default=10, metavar='N',
                        help='PGD steps for robust validation, 0 to disable (default: 10)')
     group.add_argument('--adv-val-eps', type=fraction, default=4 / 255, metavar='EPS',
@@ -436,8 +439,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.eval_metric not in ('top1', 'top5', 'loss', 'advtop1'):
         raise ValueError(f"--eval-metric '{args.eval_metric}' is not produced here; choose from top1, top5, loss, "
                          'advtop1.')
-    if args.bn_eval and args.sync_bn:
-        raise ValueError('--bn-eval freezes BatchNorm statistics, --sync-bn synchronizes them: pick one.')
+    if (args.bn_eval or args.train_in_eval_mode) and args.sync_bn:
+        raise ValueError('--bn-eval / --train-in-eval-mode freeze BatchNorm statistics, --sync-bn synchronizes them: '
+                         'pick one.')
     if args.stop_epoch is not None and not 0 < args.stop_epoch <= args.epochs:
         raise ValueError(f'--stop-epoch must be in 1..--epochs ({args.epochs}), got {args.stop_epoch}.')
     if args.world_size is not None and not args.dry_run:

@@ -50,13 +50,22 @@ from ..tasks import GradRegTask, create_task
 from .config import resolve_config
 from .validate import RobustValidationConfig, validate
 
-__all__ = ['Trainer', 'TrainingError']
+__all__ = ['Trainer', 'TrainingError', 'schedule_position']
 
 _logger = logging.getLogger('timm_gradreg.train')
 
 
 class TrainingError(RuntimeError):
     """Setup problem the user can fix (missing data, bad checkpoint...)."""
+
+
+def schedule_position(epoch: int, batch_idx: int, num_batches: int, accum_steps: int = 1) -> float:
+    """The fractional epoch of an optimizer step, as the regularizer schedules see it.
+
+    The official code's ``epoch + (batch_idx // accum) / (num_batches / accum)``: constant within
+    a gradient-accumulation group, advancing by one step's share of the epoch per update.
+    """
+    return epoch + (batch_idx // accum_steps) * accum_steps / num_batches
 
 
 class Trainer:
@@ -311,6 +320,11 @@ class Trainer:
         self.is_setup = True
         return self
 
+    @property
+    def bn_frozen(self) -> bool:
+        """BatchNorm statistics do not change in training (--bn-eval or --train-in-eval-mode)."""
+        return bool(self.cfg.bn_eval or self.cfg.train_in_eval_mode)
+
     # ------------------------------------------------------------------ loop
     def seed_epoch(self, epoch: int) -> None:
         """Reseed all RNGs from (seed, epoch, rank): a resumed run replays the same data order and noise."""
@@ -329,7 +343,7 @@ class Trainer:
                 self.mixup_fn.mixup_enabled = False
 
         module = task.get_trainable_module()
-        module.train()
+        module.train(not cfg.train_in_eval_mode)
         if cfg.bn_eval:
             freeze_batchnorm(module)
         has_no_sync = self.distributed and hasattr(module, 'no_sync')
@@ -357,7 +371,7 @@ class Trainer:
                     input, target = self.mixup_fn(input, target)
             if cfg.channels_last:
                 input = input.contiguous(memory_format=torch.channels_last)
-            task.set_epoch(epoch + batch_idx / len(loader))  # per-iteration schedules
+            task.set_epoch(schedule_position(epoch, batch_idx, len(loader), cfg.grad_accum_steps))
 
             def step():
                 with self.amp_autocast():
@@ -456,7 +470,7 @@ class Trainer:
                 epoch_start = time.time()
                 train_metrics = self.train_one_epoch(epoch)
                 train_metrics['time'] = time.time() - epoch_start
-                if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not cfg.bn_eval:
+                if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not self.bn_frozen:
                     utils.distribute_bn(self.task.get_trainable_module(), cfg.world_size, cfg.dist_bn == 'reduce')
                 last = epoch + 1 == self.end_epoch
                 if (epoch + 1) % cfg.val_interval != 0 and not last:
@@ -468,7 +482,7 @@ class Trainer:
                     eval_metrics = self.validate(self.eval_model)
                     ema = self.task.get_trainable_module(ema=True)
                     if ema is not None and not cfg.model_ema_force_cpu:
-                        if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not cfg.bn_eval:
+                        if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not self.bn_frozen:
                             utils.distribute_bn(ema, cfg.world_size, cfg.dist_bn == 'reduce')
                         eval_metrics = self.validate(self.task.get_eval_model(ema=True), log_suffix=' (EMA)')
                 if self.output_dir is not None:
