@@ -1,4 +1,5 @@
 """Test helpers: tiny real-image folders and timm-train argument lists."""
+import glob
 import os
 from typing import List
 
@@ -33,3 +34,12 @@ def tiny_train_argv(data_dir, output, experiment, *extra, classes: int = 4) -> L
             '--smoothing', '0', '--device', 'cpu', '--bn-eval', '--output', str(output), '--experiment', experiment,
             '--adv-val-steps', '2', '--adv-val-eps', '8/255', '--adv-val-step-size', '4/255', '--log-interval', '1',
             *extra]
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def training_recipes() -> List[str]:
+    """The shipped timm-train recipes (the gradreg-eval configs among the recipes left out)."""
+    recipes = sorted(glob.glob(os.path.join(REPO, 'recipes', '*', '*.yaml')))
+    return [r for r in recipes if 'gradreg-eval -c' not in open(r).read()]

@@ -16,10 +16,10 @@ from timm_gradreg.cli.train import main as train_main
 from timm_gradreg.data import prepare_demo_dataset
 from timm_gradreg.train import Trainer, parse_args
 
-from helpers import tiny_train_argv, write_image_folder
+from helpers import training_recipes, tiny_train_argv, write_image_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(glob.glob(os.path.join(REPO, 'recipes', '*', '*.yaml')))
+RECIPES = training_recipes()
 
 
 @pytest.fixture(scope='module')
@@ -171,7 +171,7 @@ def test_every_recipe_runs_two_steps_with_a_tiny_model(tmp_path_factory, recipe)
     argv = ['-c', recipe, '--dataset', '', '--data-dir', data, '--val-split', 'validation', '--model', 'test_resnet',
             '--num-classes', '2', '--input-size', '3', '32', '32', '-b', '4', '--stop-epoch', '1', '--workers', '0',
             '--output', str(out), '--experiment', 'r', '--initial-checkpoint', '', '--no-pretrained', '--device',
-            'cpu', '--adv-val-samples', '2', '--adv-val-steps', '1', '--log-interval', '1']
+            'cpu', '--grad-accum-steps', '1', '--adv-val-samples', '2', '--adv-val-steps', '1', '--log-interval', '1']
     trainer, results = _train(argv)
     assert trainer.updates_per_epoch == 2
     assert torch.isfinite(torch.tensor(results[-1]['train']['loss']))

@@ -18,6 +18,7 @@ from .double_backward import double_backward_safe
 from .input_grad import loss_and_input_gradient, per_sample_loss_sum
 from .modes import eval_mode, freeze_batchnorm, frozen_parameters
 from .normalization import Normalize, PixelSpace, normalized_model
+from .preact_resnet import PreActResNet, preact_resnet18_cifar
 from .schedules import LinearGrowth, LinearWarmup
 from .tasks import (AdversarialTask, EdgeTask, FGSMTask, GradNormTask, GradRegTask, NaturalTask, PGDTask,
                     create_task, get_task_class, list_tasks, register_task, task_parameters)

@@ -1,15 +1,18 @@
 """Model creation with the errors a user can act on (unknown name, offline pretrained weights)."""
 import difflib
 import os
+import pickle
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
 import torch.nn as nn
-from timm.models import load_checkpoint
+from timm.data import resolve_data_config
+from timm.models import clean_state_dict, load_checkpoint
 
 from .activations import DEFAULT_SOURCES, SwapReport, swap_activations
-from .checkpoint import read_swap_record, swap_record
+from .checkpoint import read_swap_record
+from .layouts import CheckpointLayoutError, LoadedCheckpoint, model_checkpoint_filter, read_checkpoint
 
 __all__ = ['check_model_name', 'create_model', 'load_model_checkpoint', 'load_eval_model', 'ModelError']
 
@@ -65,12 +68,6 @@ def load_model_checkpoint(
     return report
 
 
-def _namespace_dict(args: Any) -> Dict[str, Any]:
-    if args is None:
-        return {}
-    return dict(vars(args)) if hasattr(args, '__dict__') else dict(args)
-
-
 def load_eval_model(
         checkpoint: Optional[str] = None,
         model_name: Optional[str] = None,
@@ -84,54 +81,63 @@ def load_eval_model(
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build a model for evaluation and the data config it was trained with.
 
-    The architecture, class count, model kwargs, activation swap and data settings come
-    from the checkpoint when it is a timm-train (or swap-activations) checkpoint; explicit
-    arguments win. ``use_ema`` loads the EMA weights (an error if the checkpoint has none).
-    Returns (model in eval mode, timm data config).
+    The architecture, class count, model kwargs, activation swap and data settings come from
+    the checkpoint (timm-train, timm, swap-activations, or the paper's official training code:
+    ``timm_gradreg.layouts``); explicit arguments win. ``use_ema`` loads the EMA weights (an
+    error if the checkpoint has none); the official code's checkpoints give their EMA weights
+    by default, as the paper evaluates them. Returns (model in eval mode, timm data config).
     """
-    saved: Dict[str, Any] = {}
-    state_dict = None
-    record = None
+    loaded = None
     if checkpoint:
         if not os.path.isfile(checkpoint):
             raise ModelError(f"Checkpoint '{checkpoint}' does not exist.")
-        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-        if isinstance(ckpt, dict):
-            saved = _namespace_dict(ckpt.get('args'))
-            model_name = model_name or ckpt.get('arch') or saved.get('model')
-            if use_ema:
-                state_dict = ckpt.get('state_dict_ema') or ckpt.get('model_ema')
-                if state_dict is None:
-                    raise ModelError(f"--use-ema: checkpoint '{checkpoint}' has no EMA weights (state_dict_ema).")
-            else:
-                state_dict = ckpt.get('state_dict', ckpt.get('model', ckpt))
-            record = swap_record(ckpt)
-            num_classes = num_classes if num_classes is not None else (saved.get('num_classes') or ckpt.get(
-                'num_classes'))
-        else:
-            state_dict = ckpt
+        try:
+            loaded = read_checkpoint(torch.load(checkpoint, map_location='cpu', weights_only=False),
+                                     use_ema=True if use_ema else None)
+        except CheckpointLayoutError as e:
+            raise ModelError(f"Checkpoint '{checkpoint}': {e}") from e
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise ModelError(f"Checkpoint '{checkpoint}' is not a readable torch checkpoint "
+                             f'({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
+        model_name = model_name or loaded.model_name
     if not model_name:
         raise ModelError('No model name: give --model (the checkpoint does not record its architecture).')
-    kwargs = dict(saved.get('model_kwargs') or {})
+    kwargs = dict(loaded.model_kwargs) if loaded else {}
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    if saved.get('in_chans'):
-        kwargs['in_chans'] = saved['in_chans']
     model = create_model(model_name, pretrained=pretrained, **kwargs)
+    record = loaded.swap if loaded else None
     if swap:
         swap_activations(model, swap, swap_source or DEFAULT_SOURCES, check_functional=False)
     elif record:
         swap_activations(model, record['act'], record['sources'], check_functional=False)
-    if state_dict is not None:
-        from timm.models import clean_state_dict
-        try:
-            model.load_state_dict(clean_state_dict(state_dict))
-        except RuntimeError as e:
-            raise ModelError(f"Checkpoint '{checkpoint}' does not fit {model_name}: {str(e).splitlines()[0]} "
-                             '(wrong --model, --num-classes or --swap-activations?)') from e
-    from timm.data import resolve_data_config
-    overrides = {k: saved.get(k) for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation')
-                 if saved.get(k) not in (None, '')}
+    if loaded is not None:
+        _load_weights(model, model_name, loaded, checkpoint)
+    overrides = dict(loaded.data) if loaded else {}
     overrides.update({k: v for k, v in (data_overrides or {}).items() if v not in (None, '')})
     data_config = resolve_data_config(overrides, model=model)
     return model.eval(), data_config
+
+
+def _load_weights(model: nn.Module, model_name: str, loaded: LoadedCheckpoint, path: str) -> None:
+    """Load a checkpoint's weights, through timm's filter for the model's older layouts when needed."""
+    state_dict = clean_state_dict(loaded.state_dict)
+    filter_fn = model_checkpoint_filter(model)
+    if filter_fn is not None and set(state_dict) != set(model.state_dict()):
+        state_dict = filter_fn(state_dict, model)
+    missing, unexpected = _key_mismatch(model, state_dict)
+    if missing or unexpected:
+        raise ModelError(
+            f"Checkpoint '{path}' ({loaded.layout} layout, {loaded.weights}) does not fit {model_name}: "
+            f'{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]} '
+            '(wrong --model, --num-classes or --swap-activations?)')
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise ModelError(f"Checkpoint '{path}' does not fit {model_name}: {str(e).splitlines()[-1].strip()[:300]} "
+                         '(wrong --model or --num-classes?)') from e
+
+
+def _key_mismatch(model: nn.Module, state_dict: Dict[str, Any]):
+    expected = set(model.state_dict())
+    return sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+import yaml
 from timm import utils
 
 from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
@@ -20,6 +21,7 @@ from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create
 from ..models import ModelError, load_eval_model
 from ..normalization import normalized_model
 from ..tasks import fraction
+from ..yaml_config import parse_with_config
 from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
 
 _logger = logging.getLogger('timm_gradreg.eval')
@@ -33,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                     'eval mode, fp32. Epsilons accept fractions such as 4/255.',
         epilog='Example: gradreg-eval --checkpoint output/demo/digits_*/last.pth.tar --dataset demo/digits '
                '--autoattack --aa-eps 24/255 --sanity --output output/eval')
+    parser.add_argument('-c', '--config', default='', metavar='FILE',
+                        help='YAML config of these options (e.g. recipes/imagenet/swin_base_natural.yaml); flags win, '
+                             'unknown keys are an error')
+    parser.add_argument('--dry-run', action='store_true', help='print the resolved options as YAML and exit')
     add_model_args(parser)
     add_data_args(parser)
     group = parser.add_argument_group('PGD sweep')
@@ -133,7 +139,10 @@ def _print_summary(models: List[Dict[str, Any]]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     utils.setup_default_logging()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, _ = parse_with_config(parser, argv)
+    if args.dry_run:
+        print(yaml.safe_dump(vars(args), sort_keys=False), end='')
+        return 0
     if not (args.autoattack or args.sanity) and args.no_sweep:
         parser.error('nothing to do: --no-sweep without --autoattack or --sanity')
     if args.output:

@@ -32,13 +32,16 @@ FROM_TASK = _FromTask()
 
 
 def fraction(value: Any) -> float:
-    """A float, or a fraction such as '4/255' (how ε is usually written)."""
+    """A float, or a fraction such as '4/255' or '8/255/3' (how ε and steps are usually written)."""
     if isinstance(value, bool):
         raise argparse.ArgumentTypeError(f'expected a number, got {value!r}')
     if isinstance(value, (int, float)):
         return float(value)
     try:
-        return float(fractions.Fraction(str(value).strip()))
+        first, *divisors = (fractions.Fraction(part.strip()) for part in str(value).split('/'))
+        for divisor in divisors:
+            first /= divisor
+        return float(first)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"expected a number or a fraction like 4/255, got '{value}'") from None
 

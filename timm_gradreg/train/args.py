@@ -1,28 +1,23 @@
 """timm-train arguments: timm train.py's names and YAML semantics, plus the gradreg group.
 
 ``-c/--config FILE`` sets defaults from YAML exactly like timm's train.py (command-line
-flags win), but strictly: an unknown key is an error naming the closest valid key, and
-each value is converted and checked as its command-line flag would be.
+flags win), but strictly (``yaml_config``): an unknown key is an error naming the closest
+valid key, and each value is converted and checked as its command-line flag would be.
 """
 import argparse
-import difflib
 import logging
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import yaml
 from timm import utils
 
 from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS
 from ..plugins import load_plugins
+from ..yaml_config import ConfigError, load_config, parse_with_config
 from ..tasks import all_task_options, check_compile_mode, fraction, get_task_class, list_tasks, task_kwargs
 
 __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'check_args', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A YAML config that does not fit the parser."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,93 +328,15 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
         groups[title].add_argument(option.flag, **option.argparse_kwargs(default))
 
 
-# --- YAML configs ---------------------------------------------------------------------------
-
-def _actions_by_dest(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
-
-
-def _convert(action: argparse.Action, key: str, value: Any) -> Any:
-    def fail(what: str):
-        raise ConfigError(f"config key '{key}': {what}")
-
-    if value is None:
-        return None
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
-        if not isinstance(value, bool):
-            fail(f'expected true or false, got {value!r}')
-        return value
-    if isinstance(action, utils.ParseKwargs):
-        if not isinstance(value, dict):
-            fail(f'expected a mapping (key: value), got {value!r}')
-        return value
-
-    def one(v):
-        if action.type is not None:
-            if isinstance(v, (list, dict)):
-                fail(f'expected a single value, got {v!r}')
-            if isinstance(v, bool) and action.type in (int, float):
-                fail(f'expected a number, got {v!r}')
-            try:
-                v = action.type(v)
-            except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
-                fail(f'{e}' if isinstance(e, argparse.ArgumentTypeError) else
-                     f'expected {getattr(action.type, "__name__", "a value")}, got {v!r}')
-        if action.choices is not None and v not in action.choices:
-            fail(f"{v!r} is not one of {', '.join(map(str, action.choices))}")
-        return v
-
-    if action.nargs in ('+', '*') or isinstance(action.nargs, int):
-        if not isinstance(value, (list, tuple)):
-            fail(f'expected a list, got {value!r}')
-        if isinstance(action.nargs, int) and len(value) != action.nargs:
-            fail(f'expected {action.nargs} values, got {len(value)}')
-        return [one(v) for v in value]
-    return one(value)
-
-
-def load_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
-    """Read a YAML config and return parser defaults, strictly checked and converted."""
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"config file '{path}' must be a mapping of argument names to values")
-    actions = _actions_by_dest(parser)
-    defaults = {}
-    for raw_key, value in cfg.items():
-        key = str(raw_key).replace('-', '_')
-        if key not in actions:
-            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else '; see timm-train --help'
-            raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
-        defaults[key] = _convert(actions[key], raw_key, value)
-    return defaults
-
-
 def parse_args(argv: Optional[Sequence[str]] = None,
                parser: Optional[argparse.ArgumentParser] = None) -> Tuple[argparse.Namespace, str]:
     """Parse ``argv`` (YAML defaults from -c/--config, then flags); returns (args, args as YAML text)."""
     parser = parser or build_parser()
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument('-c', '--config', default='', type=str)
-    args_config, remaining = config_parser.parse_known_args(argv)
-    if args_config.config:
-        try:
-            parser.set_defaults(**load_config(parser, args_config.config))
-        except ConfigError as e:
-            parser.error(str(e))
-    args = parser.parse_args(remaining)
-    args.config = args_config.config
+    args, args_text = parse_with_config(parser, argv)
     try:
         check_args(args)
     except ValueError as e:
         parser.error(str(e))
-    args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
     return args, args_text
 
 

@@ -1,0 +1,103 @@
+"""Strict YAML configs for the command-line tools, with timm train.py's ``-c/--config`` semantics.
+
+The YAML sets the parser's defaults and command-line flags win, as in timm's train.py; unlike
+timm, an unknown key is an error naming the closest valid key, and each value is converted and
+checked as its command-line flag would be (``lr: fast`` or ``input_size: 224`` fail).
+"""
+import argparse
+import difflib
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import yaml
+from timm import utils
+
+__all__ = ['ConfigError', 'load_config', 'parse_with_config']
+
+
+class ConfigError(ValueError):
+    """A YAML config that does not fit the parser."""
+
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+
+
+def _convert(action: argparse.Action, key: str, value: Any) -> Any:
+    def fail(what: str):
+        raise ConfigError(f"config key '{key}': {what}")
+
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            fail(f'expected true or false, got {value!r}')
+        return value
+    if isinstance(action, utils.ParseKwargs):
+        if not isinstance(value, dict):
+            fail(f'expected a mapping (key: value), got {value!r}')
+        return value
+
+    def one(v):
+        if action.type is not None:
+            if isinstance(v, (list, dict)):
+                fail(f'expected a single value, got {v!r}')
+            if isinstance(v, bool) and action.type in (int, float):
+                fail(f'expected a number, got {v!r}')
+            try:
+                v = action.type(v)
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+                fail(f'{e}' if isinstance(e, argparse.ArgumentTypeError) else
+                     f'expected {getattr(action.type, "__name__", "a value")}, got {v!r}')
+        if action.choices is not None and v not in action.choices:
+            fail(f"{v!r} is not one of {', '.join(map(str, action.choices))}")
+        return v
+
+    if action.nargs in ('+', '*') or isinstance(action.nargs, int):
+        if not isinstance(value, (list, tuple)):
+            fail(f'expected a list, got {value!r}')
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            fail(f'expected {action.nargs} values, got {len(value)}')
+        return [one(v) for v in value]
+    return one(value)
+
+
+def load_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    """Read a YAML config and return parser defaults, strictly checked and converted."""
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of argument names to values")
+    actions = _actions_by_dest(parser)
+    defaults = {}
+    for raw_key, value in cfg.items():
+        key = str(raw_key).replace('-', '_')
+        if key not in actions:
+            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else '; see timm-train --help'
+            raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
+        defaults[key] = _convert(actions[key], raw_key, value)
+    return defaults
+
+
+def parse_with_config(parser: argparse.ArgumentParser,
+                      argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
+    """Parse ``argv``: YAML defaults from ``-c/--config`` (strict), then the flags; returns (args, args as YAML).
+
+    A bad config is a usage error (``parser.error``): one line naming the key and what is wrong.
+    """
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('-c', '--config', default='', type=str)
+    args_config, remaining = config_parser.parse_known_args(argv)
+    if args_config.config:
+        try:
+            parser.set_defaults(**load_config(parser, args_config.config))
+        except ConfigError as e:
+            parser.error(str(e))
+    args = parser.parse_args(remaining)
+    args.config = args_config.config
+    return args, yaml.safe_dump(args.__dict__, default_flow_style=False)
