@@ -9,6 +9,10 @@ Regularizers of "Characterizing Model Robustness via Natural Input Gradients"
     >>> task = timm_gradreg.create_task('gradnorm', model, ce_weight=0.5, gn_weight=0.5)
     >>> task.set_epoch(0.0); out = task(images, targets); out['loss'].backward()
 """
+from ._private import require_timm
+
+require_timm()
+
 from .activations import SwapReport, find_functional_activations, swap_activations
 from .attacks import fgsm_attack, pgd_attack
 from .edges import (EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers,

@@ -6,12 +6,16 @@ that renames or drops one of these still trains correctly. The aten operators ca
 ``native_layer_norm_backward``) are the public operator registry, not listed here.
 """
 import contextlib
-from typing import Any, ContextManager, List
+from typing import Any, ContextManager, List, Optional
 
 import torch
 
-__all__ = ['engine_will_execute', 'foreach_mul_', 'compile_mode_names', 'recompile_limit', 'torch_function_disabled',
-           'softmax_backward', 'timm_activation_names']
+#: The oldest timm with the task API the package drives (trainable_module, setup_ema, resume_task_checkpoint).
+MIN_TIMM = (1, 0, 27)
+
+__all__ = ['require_timm', 'MIN_TIMM', 'engine_will_execute', 'foreach_mul_', 'compile_mode_names', 'recompile_limit', 'torch_function_disabled',
+           'softmax_backward', 'timm_activation_names', 'evaluation_sample_limit', 'TASK_TAKES_CRITERION_KWARGS',
+           'classification_criterion']
 
 #: The modes ``torch.compile(mode=...)`` documents; used where torch cannot list its own.
 _DOCUMENTED_COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
@@ -82,3 +86,52 @@ def timm_activation_names() -> List[str]:
         return sorted(_ACT_LAYER_DEFAULT)
     except ImportError:  # names are still validated by get_act_layer; only the listing is lost
         return []
+
+
+def evaluation_sample_limit(loader) -> Optional[int]:
+    """Real samples of this process in a loader, without the distributed sampler's padding (timm >= 1.0.31
+    samplers know it); None when unknown or unpadded."""
+    try:
+        from timm.task import evaluation_sample_limit as limit
+    except ImportError:
+        return getattr(getattr(loader, 'sampler', None), 'num_valid_samples', None)
+    return limit(loader)
+
+
+def _task_takes_criterion_kwargs() -> bool:
+    import inspect
+    from timm.task import ClassificationTask
+    return 'criterion_kwargs' in inspect.signature(ClassificationTask.__init__).parameters
+
+
+#: timm >= 1.0.31's ClassificationTask builds its criterion from ``criterion_kwargs``; 1.0.27-1.0.30 take a criterion.
+TASK_TAKES_CRITERION_KWARGS = _task_takes_criterion_kwargs()
+
+
+def classification_criterion(loss_type: Optional[str] = None, smoothing: float = 0.0, soft_targets: bool = False,
+                             bce_target_thresh: Optional[float] = None, **unused: Any) -> Any:
+    """The training criterion timm's train.py builds, for timm versions whose task takes no criterion_kwargs
+    (timm >= 1.0.31 builds it itself with ``create_classification_loss``)."""
+    try:
+        from timm.loss import create_classification_loss
+    except ImportError:
+        from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+        if loss_type == 'bce':
+            return BinaryCrossEntropy(smoothing=0.0 if soft_targets else smoothing, target_threshold=bce_target_thresh)
+        if soft_targets:
+            return SoftTargetCrossEntropy()
+        if smoothing:
+            return LabelSmoothingCrossEntropy(smoothing=smoothing)
+        return torch.nn.CrossEntropyLoss()
+    return create_classification_loss(loss_type=loss_type, smoothing=smoothing, soft_targets=soft_targets,
+                                      bce_target_thresh=bce_target_thresh, **unused)
+
+
+def require_timm() -> None:
+    """Refuse, with the fix, a timm older than ``MIN_TIMM`` (its task API lacks what the tasks and trainer use)."""
+    import timm
+    found = tuple(int(p) for p in timm.__version__.split('+')[0].split('.')[:3] if p.isdigit())
+    if found < MIN_TIMM:
+        need = '.'.join(map(str, MIN_TIMM))
+        raise ImportError(f"timm-gradreg needs timm >= {need}, found timm {timm.__version__} at "
+                          f"{timm.__file__}: pip install -U 'timm>={need}'")

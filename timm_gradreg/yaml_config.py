@@ -6,7 +6,7 @@ checked as its command-line flag would be (``lr: fast`` or ``input_size: 224`` f
 """
 import argparse
 import difflib
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Set, Tuple
 
 import yaml
 from timm import utils
@@ -61,8 +61,11 @@ def _convert(action: argparse.Action, key: str, value: Any) -> Any:
     return one(value)
 
 
-def load_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
-    """Read a YAML config and return parser defaults, strictly checked and converted."""
+def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[str]] = None) -> Dict[str, Any]:
+    """Read a YAML config and return parser defaults, strictly checked and converted.
+
+    ``only``: read just these keys (the rest of the file belongs to another parser).
+    """
     try:
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}
@@ -76,6 +79,8 @@ def load_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
     defaults = {}
     for raw_key, value in cfg.items():
         key = str(raw_key).replace('-', '_')
+        if only is not None and key not in only:
+            continue
         if key not in actions:
             close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else '; see timm-train --help'

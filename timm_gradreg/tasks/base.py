@@ -9,7 +9,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask
 from torch.nn.parallel import DistributedDataParallel
 
-from .._private import compile_mode_names
+from .._private import TASK_TAKES_CRITERION_KWARGS, classification_criterion, compile_mode_names
 from ..normalization import PixelSpace, Stats
 
 __all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode']
@@ -78,8 +78,15 @@ class GradRegTask(ClassificationTask, abc.ABC):
             dtype: Optional[torch.dtype] = None,
             verbose: bool = True,
     ):
-        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
-                         verbose=verbose)
+        if TASK_TAKES_CRITERION_KWARGS:
+            super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
+                             verbose=verbose)
+        else:  # timm 1.0.27-1.0.30: the task takes a ready criterion
+            if criterion is not None and criterion_kwargs:
+                raise ValueError(f'Pass either an explicit criterion or criterion_kwargs, not both: '
+                                 f'{sorted(criterion_kwargs)}')
+            criterion = criterion if criterion is not None else classification_criterion(**(criterion_kwargs or {}))
+            super().__init__(model, criterion, device=device, dtype=dtype, verbose=verbose)
         self.space = PixelSpace(mean, std)
         self.epoch = 0.0
         self._epoch_set = False

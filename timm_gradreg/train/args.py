@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='Manually specify num samples in validation split, for IterableDatasets.')
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
+    group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
+                       help='Allow huggingface dataset import to execute code downloaded from the dataset\'s repo.')
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
                        help='path to class to idx mapping file (default: "")')
     group.add_argument('--input-img-mode', default=None, type=str, help='Dataset image conversion mode for input images.')
@@ -99,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help='The number of steps to accumulate gradients (default: 1)')
     group.add_argument('--grad-checkpointing', action='store_true', default=False,
                        help='Enable gradient checkpointing through model blocks/stages')
+    group.add_argument('--fast-norm', default=False, action='store_true', help='enable experimental fast-norm')
+    group.add_argument('--model-dtype', default=None, type=str, choices=('float32', 'float16', 'bfloat16'),
+                       help='Model dtype override (non-AMP) (default: float32); float32 only with double-backprop '
+                            'methods')
+    group.add_argument('--torchscript', dest='torchscript', action='store_true',
+                       help='torch.jit.script the full model (not with double-backprop methods)')
+    group.add_argument('--fuser', default='', type=str, help="Select jit fuser. One of ('', 'te', 'old', 'nvfuser')")
     group.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs,
                        help='extra create_model kwargs, e.g. --model-kwargs act_layer=gelu')
     group.add_argument('--head-init-scale', default=None, type=float, help='Head initialization scale')
@@ -116,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='use AMP for mixed precision training')
     group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
                        help='lower precision AMP dtype (default: float16)')
+    group.add_argument('--device-modules', default=None, type=str, nargs='+',
+                       help='Python imports for device backend modules.')
     group.add_argument('--no-ddp-bb', action='store_true', default=False,
                        help='Force broadcast buffers for native DDP to off.')
     group.add_argument('--synchronize-step', action='store_true', default=False,
@@ -135,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--clip-mode', type=str, default='norm', choices=('norm', 'value', 'agc'),
                        help='Gradient clipping mode. One of ("norm", "value", "agc")')
     group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay (default: None)')
+    group.add_argument('--layer-decay-min-scale', default=0, type=float,
+                       help='layer-wise lr decay minimum scale')
+    group.add_argument('--layer-decay-no-opt-scale', default=None, type=float,
+                       help='layer-wise lr decay no optimization scale')
     group.add_argument('--opt-kwargs', nargs='*', default={}, action=utils.ParseKwargs,
                        help='extra optimizer kwargs, e.g. --opt-kwargs foreach=False')
 
@@ -216,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help='Loss type (default: "ce"); the input gradient is taken of this loss')
     group.add_argument('--bce-target-thresh', type=float, default=None,
                        help='Threshold for binarizing softened BCE targets (default: None, disabled).')
+    group.add_argument('--bce-loss', action='store_true', default=False,
+                       help='Enable BCE loss w/ Mixup/CutMix use (same as --loss bce).')
+    group.add_argument('--bce-sum', action='store_true', default=False,
+                       help='Sum over classes when using BCE loss.')
+    group.add_argument('--bce-pos-weight', type=float, default=None, help='Positive weighting for BCE loss.')
+    group.add_argument('--aug-splits', type=int, default=0,
+                       help='Number of augmentation splits (default: 0, valid: 0 or >=2); not with timm-train')
+    group.add_argument('--jsd-loss', action='store_true', default=False,
+                       help='Enable Jensen-Shannon Divergence + CE loss; not with timm-train')
+    group.add_argument('--resplit', action='store_true', default=False,
+                       help='Do not random erase first (clean) augmentation split; not with timm-train')
     group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='Random erase prob (default: 0.)')
     group.add_argument('--remode', type=str, default='pixel', help='Random erase mode (default: "pixel")')
     group.add_argument('--recount', type=int, default=1, help='Random erase count (default: 1)')
@@ -238,10 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='Drop path rate (default: None)')
     group.add_argument('--drop-block', type=float, default=None, metavar='PCT', help='Drop block rate (default: None)')
 
+    group.add_argument('--drop-connect', type=float, default=None, metavar='PCT',
+                       help='Drop connect rate, DEPRECATED, use drop-path (default: None)')
     group = parser.add_argument_group('Batch norm parameters')
     group.add_argument('--bn-momentum', type=float, default=None, help='BatchNorm momentum override (if not None)')
     group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon override (if not None)')
     group.add_argument('--sync-bn', action='store_true', help='Enable synchronized BatchNorm.')
+    group.add_argument('--split-bn', action='store_true',
+                       help='Enable separate BN layers per augmentation split; not with timm-train')
     group.add_argument('--dist-bn', type=str, default='reduce', choices=('broadcast', 'reduce', ''),
                        help='Distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", or "")')
 
@@ -285,11 +315,68 @@ def build_parser() -> argparse.ArgumentParser:
                        help='path to output folder (default: none, current dir)')
     group.add_argument('--experiment', default='', type=str, metavar='NAME',
                        help='name of train experiment, name of sub-folder for output')
+    group.add_argument('--save-images', action='store_true', default=False,
+                       help='save images of the first batch of each epoch\'s training logs (debug)')
+    group.add_argument('--tta', type=int, default=0, metavar='N',
+                       help='Test/inference time augmentation factor; not with timm-train')
+    group.add_argument('--use-multi-epochs-loader', action='store_true', default=False,
+                       help='use the multi-epochs-loader to save time at the beginning of every epoch')
+    group.add_argument('--log-wandb', action='store_true', default=False,
+                       help='log training and validation metrics to wandb (pip install timm-gradreg[wandb])')
+    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name')
+    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags')
+    group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
+                       help='If resuming a run, the id of the run in wandb')
     group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
                        help='Best metric: top1, top5, loss or advtop1 (robust top-1) (default: top1)')
 
+    _add_stock_only_args(parser)
     add_gradreg_args(parser)
     return parser
+
+
+#: train.py options timm-train accepts (a stock args.yaml loads) but does not run, with the reason and what does.
+UNSUPPORTED = {
+    ('aug_splits', 'jsd_loss', 'split_bn', 'resplit'): (
+        'AugMix augmentation splits are not run by timm-train: the regularizers take per-sample input gradients '
+        'of one view of each image; run timm\'s train.py through gradreg-launch for AugMix'),
+    ('tta',): 'test-time augmentation is not part of timm-train\'s clean-and-robust validation',
+    ('train_img_sizes', 'train_batch_sizes', 'train_size_probs', 'train_batches_per_epoch'): (
+        'variable-size training is not run by timm-train; run timm\'s train.py through gradreg-launch'),
+    ('naflex_loader',): 'NaFlex training is not run by timm-train; run timm\'s train.py through gradreg-launch',
+    ('kd_model_name',): ('knowledge distillation builds its own task and cannot be combined with a gradreg method in '
+                         'timm-train; for distillation run timm\'s train.py through gradreg-launch --gradreg natural'),
+}
+
+
+def _add_stock_only_args(parser: argparse.ArgumentParser) -> None:
+    """timm train.py's variable-size, NaFlex and distillation options: accepted with train.py's names and defaults
+    (so its args.yaml loads), refused when set (``UNSUPPORTED``)."""
+    group = parser.add_argument_group('Variable-size, NaFlex and distillation (timm train.py; use gradreg-launch)')
+    group.add_argument('--train-img-sizes', type=int, nargs='+', default=None, metavar='N')
+    group.add_argument('--train-batch-sizes', type=int, nargs='+', default=None, metavar='N')
+    group.add_argument('--train-size-probs', type=float, nargs='+', default=None, metavar='P')
+    group.add_argument('--train-size-schedule', type=str, default='constant', choices=('constant', 'progressive'))
+    group.add_argument('--train-size-schedule-spread', type=float, default=0.65)
+    group.add_argument('--train-size-random-mix', type=float, default=0.1)
+    group.add_argument('--train-batches-per-epoch', '--train-steps-per-epoch', type=int, default=None, metavar='N')
+    group.add_argument('--variable-batch-loss-scale', type=str, default='none', choices=('none', 'sqrt', 'linear'))
+    group.add_argument('--naflex-loader', action='store_true', default=False)
+    group.add_argument('--naflex-train-seq-lens', type=int, nargs='+', default=[128, 256, 576, 784, 1024])
+    group.add_argument('--naflex-max-seq-len', type=int, default=576)
+    group.add_argument('--naflex-patch-sizes', type=int, nargs='+', default=None)
+    group.add_argument('--naflex-patch-size-probs', type=float, nargs='+', default=None)
+    group.add_argument('--naflex-loss-scale', type=str, default='linear', choices=('none', 'sqrt', 'linear'))
+    group.add_argument('--naflex-patchify-channels-first', action='store_true', default=False)
+    group.add_argument('--kd-model-name', type=str, default=None)
+    group.add_argument('--kd-distill-type', type=str, default='logit', choices=['logit', 'feature', 'token'])
+    group.add_argument('--kd-loss-type', type=str, default='kl')
+    group.add_argument('--distill-loss-weight', type=float, default=None)
+    group.add_argument('--task-loss-weight', type=float, default=None)
+    group.add_argument('--kd-temperature', type=float, default=4.0)
+    group.add_argument('--kd-student-feature-dim', type=int, default=None)
+    group.add_argument('--kd-teacher-feature-dim', type=int, default=None)
+    group.add_argument('--kd-token-distill-type', type=str, default='soft', choices=['soft', 'hard'])
 
 
 def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
@@ -345,6 +432,20 @@ def parse_args(argv: Optional[Sequence[str]] = None,
 def check_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, saying why and what does."""
     task_cls = get_task_class(args.gradreg)
+    for names, reason in UNSUPPORTED.items():
+        for name in names:
+            if getattr(args, name, None) not in (None, False, 0, []):
+                raise ValueError(f"--{name.replace('_', '-')}: {reason}.")
+    double_backprop = task_cls.needs_double_backprop(**task_kwargs(args.gradreg, args))
+    if double_backprop and args.torchscript:
+        raise ValueError(f'--torchscript cannot be used with --gradreg {args.gradreg}: a scripted model runs no '
+                         'Python-level ops, and double backprop needs the rewritten ones. Use --torchcompile with a '
+                         'first-order method, or drop --torchscript.')
+    if double_backprop and args.model_dtype not in (None, 'float32'):
+        raise ValueError(f'--model-dtype {args.model_dtype} cannot be used with --gradreg {args.gradreg}: per-pixel '
+                         'input gradients underflow in low-precision weights. Use --amp --amp-dtype bfloat16.')
+    if args.model_dtype not in (None, 'float32') and args.amp:
+        raise ValueError('--model-dtype float16/bfloat16 and --amp are alternatives: pick one.')
     check_compile_mode(args.torchcompile_mode, args.torchcompile)
     if args.torchcompile and task_cls.needs_double_backprop(**task_kwargs(args.gradreg, args)):
         alternative = f' or {task_cls.compile_alternative}' if task_cls.compile_alternative else ''

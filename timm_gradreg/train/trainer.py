@@ -15,6 +15,7 @@ writes to it; what it learns while setting up (the process's rank, the class cou
 model, the demo data folder) are attributes of its own.
 """
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -30,8 +31,9 @@ import torch
 import torch.nn as nn
 import yaml
 from timm import utils
+from torchvision.utils import save_image
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
-from timm.layers import convert_sync_batchnorm
+from timm.layers import convert_sync_batchnorm, set_fast_norm
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -94,6 +96,8 @@ class Trainer:
     def init_device(self) -> torch.device:
         """The device and, under torchrun, the process group (timm's init_distributed_device)."""
         cfg = self.cfg
+        for name in cfg.device_modules or ():
+            importlib.import_module(name)  # device backends that register themselves (e.g. torch_npu)
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
@@ -124,6 +128,10 @@ class Trainer:
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
+        if cfg.fuser:
+            utils.set_jit_fuser(cfg.fuser)
+        if cfg.fast_norm:
+            set_fast_norm()
         in_chans = cfg.in_chans or (cfg.input_size[0] if cfg.input_size is not None else 3)
         factory_kwargs = {}
         if cfg.pretrained_path:
@@ -134,7 +142,7 @@ class Trainer:
             in_chans=in_chans,
             num_classes=cfg.num_classes,
             drop_rate=cfg.drop,
-            drop_path_rate=cfg.drop_path,
+            drop_path_rate=cfg.drop_path if cfg.drop_path is not None else cfg.drop_connect,
             drop_block_rate=cfg.drop_block,
             global_pool=cfg.gp,
             bn_momentum=cfg.bn_momentum,
@@ -175,6 +183,8 @@ class Trainer:
         common = dict(root=cfg.data_dir, class_map=cfg.class_map, download=cfg.dataset_download,
                       batch_size=cfg.batch_size, input_img_mode=input_img_mode, input_key=cfg.input_key,
                       target_key=cfg.target_key)
+        if cfg.dataset_trust_remote_code:
+            common['trust_remote_code'] = True
         dataset_train = create_dataset(dataset_name, split=cfg.train_split, is_training=True, seed=cfg.seed,
                                        repeats=cfg.epoch_repeats, num_samples=cfg.train_num_samples, **common)
         dataset_eval = None
@@ -208,7 +218,8 @@ class Trainer:
             vflip=cfg.vflip, color_jitter=cfg.color_jitter, color_jitter_prob=cfg.color_jitter_prob,
             grayscale_prob=cfg.grayscale_prob, gaussian_blur_prob=cfg.gaussian_blur_prob, auto_augment=cfg.aa,
             num_aug_repeats=cfg.aug_repeats, interpolation=train_interpolation, num_workers=cfg.workers,
-            worker_seeding=cfg.worker_seeding, collate_fn=collate_fn, **common)
+            worker_seeding=cfg.worker_seeding, collate_fn=collate_fn, use_multi_epochs_loader=cfg.use_multi_epochs_loader,
+            **common)
         loader_eval = None
         if dataset_eval is not None:
             loader_eval = create_loader(
@@ -220,11 +231,16 @@ class Trainer:
 
     def build_task(self, model: nn.Module) -> GradRegTask:
         cfg = self.cfg
-        criterion_kwargs = dict(loss_type=cfg.loss, smoothing=cfg.smoothing, soft_targets=self.mixup_active)
+        criterion_kwargs = dict(loss_type='bce' if cfg.bce_loss else cfg.loss, smoothing=cfg.smoothing,
+                                soft_targets=self.mixup_active)
+        if cfg.bce_sum:
+            criterion_kwargs['bce_sum'] = True
+        if cfg.bce_pos_weight is not None:
+            criterion_kwargs['pos_weight'] = cfg.bce_pos_weight
         if cfg.bce_target_thresh is not None:
             criterion_kwargs['bce_target_thresh'] = cfg.bce_target_thresh
         task = create_task(cfg.gradreg, model, criterion_kwargs=criterion_kwargs, device=self.device,
-                           verbose=self.is_primary, mean=self.data_config['mean'], std=self.data_config['std'],
+                           dtype=self.model_dtype, verbose=self.is_primary, mean=self.data_config['mean'], std=self.data_config['std'],
                            **cfg.task_kwargs)
         if self.loss_scaler is not None:
             task.attach_grad_scaler(self.loss_scaler)
@@ -257,6 +273,8 @@ class Trainer:
             os.remove(summary)  # a fresh run into an existing experiment starts a fresh summary
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             f.write(self.args_text)
+        if cfg.log_wandb:
+            self._init_wandb(exp_name)
         return output_dir, saver
 
     def setup(self) -> 'Trainer':
@@ -270,7 +288,9 @@ class Trainer:
         model = self.build_model()
         self.data_config = resolve_data_config(vars(cfg), model=model, verbose=self.is_primary)
         self.space = PixelSpace.from_data_config(self.data_config)
-        model.to(device=self.device)
+        model.to(device=self.device, dtype=self.model_dtype)
+        if cfg.torchscript:
+            model = torch.jit.script(model)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.distributed and cfg.sync_bn:
@@ -319,6 +339,23 @@ class Trainer:
         self.log(f'Scheduled epochs: {self.num_epochs}, training epochs {self.start_epoch}..{self.end_epoch - 1}.')
         self.is_setup = True
         return self
+
+    @property
+    def model_dtype(self) -> Optional[torch.dtype]:
+        """--model-dtype as a torch dtype (None: float32)."""
+        return getattr(torch, self.cfg.model_dtype) if self.cfg.model_dtype else None
+
+    def _init_wandb(self, name: str) -> None:
+        """Start the wandb run train.py would (metrics go there through timm's update_summary)."""
+        try:
+            import wandb
+        except ImportError:
+            raise TrainingError('--log-wandb needs wandb: pip install timm-gradreg[wandb]') from None
+        cfg = self.cfg
+        if cfg.wandb_resume_id and not cfg.resume:
+            raise TrainingError('--wandb-resume-id continues a wandb run: give --resume too')
+        wandb.init(project=cfg.wandb_project, name=name, config=vars(cfg), tags=cfg.wandb_tags,
+                   resume='must' if cfg.wandb_resume_id else None, id=cfg.wandb_resume_id or None)
 
     @property
     def bn_frozen(self) -> bool:
@@ -371,6 +408,10 @@ class Trainer:
                     input, target = self.mixup_fn(input, target)
             if cfg.channels_last:
                 input = input.contiguous(memory_format=torch.channels_last)
+            if self.model_dtype is not None:
+                input = input.to(self.model_dtype)
+            if cfg.save_images and batch_idx == 0 and self.output_dir is not None:
+                save_image(input, os.path.join(self.output_dir, f'train-batch-{epoch}.jpg'), padding=0, normalize=True)
             task.set_epoch(schedule_position(epoch, batch_idx, len(loader), cfg.grad_accum_steps))
 
             def step():
@@ -456,7 +497,7 @@ class Trainer:
         return validate(model, self.loader_eval, space=self.space, robust=self.robust, device=self.device,
                         amp_autocast=self.amp_autocast, distributed=self.distributed,
                         channels_last=cfg.channels_last, log_interval=cfg.log_interval, log_suffix=log_suffix,
-                        verbose=self.is_primary)
+                        input_dtype=self.model_dtype, verbose=self.is_primary)
 
     def fit(self) -> List[Dict[str, Any]]:
         """Train from ``start_epoch`` to ``end_epoch``; returns one record per validated epoch."""
@@ -487,7 +528,7 @@ class Trainer:
                         eval_metrics = self.validate(self.task.get_eval_model(ema=True), log_suffix=' (EMA)')
                 if self.output_dir is not None:
                     lrs = [g['lr'] for g in self.optimizer.param_groups]
-                    utils.update_summary(epoch, train_metrics, eval_metrics,
+                    utils.update_summary(epoch, train_metrics, eval_metrics, log_wandb=cfg.log_wandb,
                                          filename=os.path.join(self.output_dir, 'summary.csv'),
                                          lr=sum(lrs) / len(lrs))
                 latest = (eval_metrics or train_metrics)[self.eval_metric]

@@ -10,13 +10,14 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from timm import utils
-from timm.task import ClassificationEvaluator, evaluation_sample_limit
 
+from .._private import evaluation_sample_limit
 from ..attacks import pgd_attack
 from ..normalization import PixelSpace
 
-__all__ = ['RobustValidationConfig', 'RobustAccuracy', 'validate', 'robust_accuracy']
+__all__ = ['RobustValidationConfig', 'RobustAccuracy', 'CleanAccuracy', 'validate', 'robust_accuracy']
 
 _logger = logging.getLogger(__name__)
 
@@ -78,6 +79,41 @@ class RobustAccuracy:
         return 100.0 * counts[1].item() / max(counts[0].item(), 1)
 
 
+class CleanAccuracy:
+    """Accumulates loss, top-1 and top-5 on the device (no per-batch sync), over at most ``max_samples``
+    samples per process (the distributed sampler's padding is dropped)."""
+
+    def __init__(self, device: torch.device, max_samples: Optional[int] = None):
+        self.limit = max_samples
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.counts = torch.zeros(3, dtype=torch.int64, device=device)  # samples, top-1, top-5 correct
+        self.seen = 0
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        count = output.shape[0] if self.limit is None else max(0, min(output.shape[0], self.limit - self.seen))
+        if not count:
+            return
+        output, target = output[:count].float(), target[:count]
+        self.loss_sum += F.cross_entropy(output, target, reduction='sum').double()
+        top = output.topk(min(5, output.shape[-1]), dim=-1).indices == target[:, None]
+        self.counts += torch.stack([torch.tensor(count, device=top.device), top[:, 0].sum(), top.any(-1).sum()])
+        self.seen += count
+
+    def _metrics(self, loss_sum: torch.Tensor, counts: torch.Tensor) -> 'OrderedDict[str, float]':
+        n = max(counts[0].item(), 1)
+        return OrderedDict(loss=loss_sum.item() / n, top1=100.0 * counts[1].item() / n, top5=100.0 * counts[2].item() / n)
+
+    def summary(self) -> 'OrderedDict[str, float]':
+        return self._metrics(self.loss_sum, self.counts)
+
+    def compute(self, distributed: bool = False) -> 'OrderedDict[str, float]':
+        loss_sum, counts = self.loss_sum.clone(), self.counts.clone()
+        if distributed:
+            dist.all_reduce(loss_sum)
+            dist.all_reduce(counts)
+        return self._metrics(loss_sum, counts)
+
+
 def validate(
         model: nn.Module,
         loader,
@@ -90,22 +126,23 @@ def validate(
         channels_last: bool = False,
         log_interval: int = 50,
         log_suffix: str = '',
+        input_dtype: Optional[torch.dtype] = None,
         verbose: bool = True,
 ) -> 'OrderedDict[str, float]':
-    """Clean loss/top1/top5 (timm's evaluator) and, if enabled, ``advtop1``, in one pass.
+    """Clean loss/top1/top5 and, if enabled, ``advtop1``, in one pass.
 
     Runs under ``no_grad`` with gradients re-enabled for the attack only (never
     inference_mode, whose tensors cannot be attacked).
     """
     sample_limit = evaluation_sample_limit(loader)
-    evaluator = ClassificationEvaluator(device=device, max_samples=sample_limit)
+    evaluator = CleanAccuracy(device, max_samples=sample_limit)
     adv = RobustAccuracy(robust, space, device, max_samples=sample_limit) if robust.enabled else None
     model.eval()
     batch_time = utils.AverageMeter()
     end = time.time()
     last_idx = len(loader) - 1
     for batch_idx, (input, target) in enumerate(loader):
-        input, target = input.to(device), target.to(device)
+        input, target = input.to(device=device, dtype=input_dtype), target.to(device)
         if channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), amp_autocast():

@@ -1,0 +1,251 @@
+"""Run an unmodified timm ``train.py`` with a gradreg method in place of its ClassificationTask.
+
+    gradreg-launch train.py --data-dir /imagenet --model resnet50 --gradreg gradnorm --swap-activations gelu ...
+    torchrun --nproc_per_node 8 -m timm_gradreg.launch train.py -c args.yaml --gradreg gradnorm ...
+
+The gradreg options (``timm-train --help``'s gradreg groups: ``--gradreg``, each method's
+options, ``--swap-activations``, ``--bn-eval``, ``--train-in-eval-mode``, ``--adv-val-*``) are taken
+off the command line and out of the ``-c`` YAML; everything else goes to train.py, which is
+imported as a module (its ``if __name__ == '__main__'`` does not run) and driven by its own
+``main()``, with these of its names rebound:
+
+* ``ClassificationTask`` builds the chosen task (``create_task``), after the activation swap;
+* ``_parse_args`` adds the gradreg options to the args it saves (args.yaml, checkpoints);
+* ``resolve_data_config`` and ``NativeScaler`` are observed (the task needs the normalization
+  and the fp16 GradScaler);
+* ``train_one_epoch`` gets a loader that sets the task's schedule position before each batch
+  and freezes BatchNorm (``--bn-eval``) or the whole model (``--train-in-eval-mode``);
+* ``validate`` adds ``advtop1``, top-1 under PGD, usable as ``--eval-metric``.
+
+It works with the train.py of timm 1.0.27 and later (the task API it drives).
+"""
+import argparse
+import functools
+import importlib.util
+import inspect
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from .activations import swap_activations
+from .modes import freeze_batchnorm
+from .tasks import create_task, get_task_class, task_kwargs
+from .train.args import add_gradreg_args
+from .train.trainer import schedule_position
+from .train.validate import robust_accuracy
+from .yaml_config import ConfigError, load_config
+
+__all__ = ['split_gradreg_args', 'GradregTrainScript', 'main']
+
+
+class LaunchError(RuntimeError):
+    """The script or the options cannot be launched; the message says why."""
+
+
+def _gradreg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='gradreg-launch', add_help=False)
+    add_gradreg_args(parser)
+    return parser
+
+
+def split_gradreg_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
+    """(gradreg options, the rest for train.py): flags first, then the ``-c`` YAML's gradreg keys as defaults.
+
+    Gradreg keys in the YAML are checked strictly (a bad value is an error naming the key); the YAML
+    itself still goes to train.py, whose parser ignores keys it does not know.
+    """
+    parser = _gradreg_parser()
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument('-c', '--config', default='')
+    config_args, _ = config.parse_known_args(argv)
+    if config_args.config:
+        dests = {a.dest for a in parser._actions}
+        with open(config_args.config) as f:
+            keys = {str(k).replace('-', '_') for k in (yaml.safe_load(f) or {})}
+        try:
+            defaults = load_config(parser, config_args.config, only=keys & dests)
+        except ConfigError as e:
+            raise LaunchError(str(e)) from None
+        parser.set_defaults(**defaults)
+    args, rest = parser.parse_known_args(argv)
+    return args, rest
+
+
+class _ScheduledLoader:
+    """A training loader that moves the task's schedule to each batch's position and sets module modes."""
+
+    def __init__(self, loader, task, epoch: int, accum_steps: int, options: argparse.Namespace):
+        self._loader, self._task, self._epoch, self._accum, self._options = loader, task, epoch, accum_steps, options
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __iter__(self):
+        module = self._task.get_trainable_module()
+        if self._options.train_in_eval_mode:
+            module.eval()
+        elif self._options.bn_eval:
+            freeze_batchnorm(module)
+        batches = len(self._loader)
+        for batch_idx, batch in enumerate(self._loader):
+            self._task.set_epoch(schedule_position(self._epoch, batch_idx, batches, self._accum))
+            yield batch
+
+
+class GradregTrainScript:
+    """A user's train.py, imported and driven with a gradreg task (see the module docstring)."""
+
+    def __init__(self, path: str, options: argparse.Namespace):
+        if not os.path.isfile(path):
+            raise LaunchError(f"train script '{path}' does not exist")
+        self.path = os.path.abspath(path)
+        self.options = options
+        self.task_kwargs = task_kwargs(options.gradreg, options)
+        self.task = None
+        self.data_config: Optional[Dict[str, Any]] = None
+        self.grad_scaler = None
+        self.args: Optional[argparse.Namespace] = None
+        self.module = self._import()
+        self._rebind()
+
+    def _import(self):
+        sys.path.insert(0, os.path.dirname(self.path))  # as `python train.py` would
+        spec = importlib.util.spec_from_file_location('gradreg_train_script', self.path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name in ('main', '_parse_args', 'train_one_epoch', 'validate', 'ClassificationTask',
+                     'resolve_data_config'):
+            if not hasattr(module, name):
+                raise LaunchError(f"'{self.path}' does not look like timm's train.py (it has no {name}); "
+                                  'gradreg-launch drives the train.py of timm >= 1.0.27')
+        return module
+
+    def _rebind(self) -> None:
+        m = self.module
+        m._parse_args = self._wrap_parse_args(m._parse_args)
+        m.resolve_data_config = self._wrap_resolve_data_config(m.resolve_data_config)
+        m.ClassificationTask = self._create_task
+        m.train_one_epoch = self._wrap_train_one_epoch(m.train_one_epoch)
+        m.validate = self._wrap_validate(m.validate)
+        if hasattr(m, 'NativeScaler'):
+            m.NativeScaler = self._wrap_scaler(m.NativeScaler)
+
+    # --- the rebound names -----------------------------------------------------------------------
+    def _wrap_parse_args(self, parse):
+        @functools.wraps(parse)
+        def parse_args(*a, **kw):
+            args, _ = parse(*a, **kw)
+            self._check(args)
+            vars(args).update(vars(self.options))
+            self.args = args
+            return args, yaml.safe_dump(args.__dict__, default_flow_style=False)
+        return parse_args
+
+    def _check(self, args: argparse.Namespace) -> None:
+        cls = get_task_class(self.options.gradreg)
+        if getattr(args, 'torchcompile', None) and cls.needs_double_backprop(**self.task_kwargs):
+            alternative = f' or {cls.compile_alternative}' if cls.compile_alternative else ''
+            raise LaunchError(f'--torchcompile cannot be used with --gradreg {self.options.gradreg}: torch.compile does '
+                              f'not support the double backward it needs. Drop --torchcompile{alternative}.')
+        if getattr(args, 'kd_model_name', None) and self.options.gradreg != 'natural':
+            raise LaunchError(f'--kd-model-name (knowledge distillation) builds a distillation task; it cannot be '
+                              f'combined with --gradreg {self.options.gradreg}.')
+        if getattr(args, 'eval_metric', None) == 'advtop1' and self.options.adv_val_steps <= 0:
+            raise LaunchError('--eval-metric advtop1 needs robust validation: set --adv-val-steps > 0 (e.g. 10).')
+
+    def _wrap_resolve_data_config(self, resolve):
+        @functools.wraps(resolve)
+        def resolve_data_config(*a, **kw):
+            config = resolve(*a, **kw)
+            if self.data_config is None:  # the first call is the model's training configuration
+                self.data_config = config
+            return config
+        return resolve_data_config
+
+    def _wrap_scaler(self, scaler_cls):
+        launcher = self
+
+        class RecordedScaler(scaler_cls):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                launcher.grad_scaler = self
+                if launcher.task is not None:
+                    launcher.task.attach_grad_scaler(self)
+        return RecordedScaler
+
+    def _create_task(self, model, criterion=None, device=None, dtype=None, verbose=True, **kwargs):
+        options = self.options
+        if options.swap_activations:
+            report = swap_activations(model, options.swap_activations, options.swap_source, check_functional=verbose)
+            if verbose:
+                print(f'gradreg: swapped {len(report)} activation modules to {report.act}: {report.counts()}',
+                      file=sys.stderr)
+        config = self.data_config or {}
+        space = {k: config[k] for k in ('mean', 'std') if k in config}
+        self.task = create_task(options.gradreg, model, criterion, device=device, dtype=dtype, verbose=verbose,
+                                **space, **kwargs, **self.task_kwargs)
+        if self.grad_scaler is not None:
+            self.task.attach_grad_scaler(self.grad_scaler)
+        return self.task
+
+    def _wrap_train_one_epoch(self, train_one_epoch):
+        signature = inspect.signature(train_one_epoch)
+
+        @functools.wraps(train_one_epoch)
+        def wrapped(*a, **kw):
+            bound = signature.bind(*a, **kw)
+            accum = getattr(bound.arguments.get('args'), 'grad_accum_steps', 1) or 1
+            bound.arguments['loader'] = _ScheduledLoader(bound.arguments['loader'], self.task,
+                                                         bound.arguments['epoch'], accum, self.options)
+            return train_one_epoch(*bound.args, **bound.kwargs)
+        return wrapped
+
+    def _wrap_validate(self, validate):
+        signature = inspect.signature(validate)
+
+        @functools.wraps(validate)
+        def wrapped(*a, **kw):
+            metrics = validate(*a, **kw)
+            if self.options.adv_val_steps > 0 and self.data_config is not None:
+                bound = signature.bind(*a, **kw)
+                bound.apply_defaults()
+                arguments = bound.arguments
+                metrics.update(robust_accuracy(arguments['model'], arguments['loader'], self.data_config,
+                                               arguments['args'], device=arguments['device'],
+                                               amp_autocast=arguments['amp_autocast']))
+            return metrics
+        return wrapped
+
+    def run(self, argv: Sequence[str]) -> Any:
+        """Run train.py's main() with ``argv`` as its command line."""
+        saved = sys.argv
+        sys.argv = [self.path, *argv]
+        try:
+            return self.module.main()
+        finally:
+            sys.argv = saved
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        print(__doc__.split('\n\n')[0] + '\n\nusage: gradreg-launch TRAIN_PY [train.py options] [gradreg options]\n')
+        _gradreg_parser().print_help()
+        return 0 if argv else 2
+    script, rest = argv[0], argv[1:]
+    try:
+        options, script_argv = split_gradreg_args(rest)
+        GradregTrainScript(script, options).run(script_argv)
+    except LaunchError as e:
+        print(f'gradreg-launch: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
