@@ -5,6 +5,7 @@ from typing import Any, Dict, Optional
 
 import torch
 from timm.utils import CheckpointSaver
+from timm.utils.model import get_state_dict
 
 from .activations import DEFAULT_SOURCES
 from .files import atomic_save, fsync_dir
@@ -19,14 +20,41 @@ class AtomicCheckpointSaver(CheckpointSaver):
     """timm's CheckpointSaver whose files are never missing or truncated after a crash.
 
     timm writes ``tmp.pth.tar`` without fsync, then *unlinks* ``last.pth.tar`` before
-    renaming: a kill in between loses the last checkpoint. Here every file is fsynced
-    and put in place with a single atomic rename (links/copies go via a temp name too).
+    renaming: a kill in between loses the last checkpoint. Here every file is written to a
+    temporary name, fsynced and put in place with a single atomic rename (links/copies go via a
+    temp name too). ``extra_state`` entries are saved beside timm's (the trainer's position
+    inside an epoch for recovery checkpoints).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.extra_state: Dict[str, Any] = {}
+
+    def checkpoint_state(self, epoch: int, metric: Optional[float] = None) -> Dict[str, Any]:
+        """The dict timm's CheckpointSaver saves (model or task state, optimizer, scaler, args, metric, its
+        own bookkeeping where this timm keeps one), plus ``extra_state``."""
+        state: Dict[str, Any] = {'epoch': epoch, 'arch': type(self.model).__name__.lower(),
+                                 'optimizer': self.optimizer.state_dict(), 'version': 2}
+        if self.args is not None:
+            state['arch'], state['args'] = self.args.model, self.args
+        if self.amp_scaler is not None:
+            state[self.amp_scaler.state_dict_key] = self.amp_scaler.state_dict()
+        if self.task is not None:
+            state.update(self.task.get_checkpoint_state(unwrap_fn=self.unwrap_fn))
+            state.update(self.task.get_checkpoint_state(ema=True, unwrap_fn=self.unwrap_fn))
+        else:
+            state['state_dict'] = get_state_dict(self.model, self.unwrap_fn)
+            if self.model_ema is not None:
+                state['state_dict_ema'] = get_state_dict(self.model_ema, self.unwrap_fn)
+        if metric is not None:
+            state['metric'] = metric
+        if callable(getattr(CheckpointSaver, 'state_dict', None)):  # timm >= 1.0.31 ranks across resumes
+            state['saver'] = self.state_dict(epoch, metric)
+        state.update(self.extra_state)
+        return state
+
     def _save(self, save_path, epoch, metric=None):
-        super()._save(save_path, epoch, metric)
-        with open(save_path, 'rb+') as f:
-            os.fsync(f.fileno())
+        atomic_save(self.checkpoint_state(epoch, metric), save_path)
 
     def _replace(self, src, dst):
         os.replace(src, dst)

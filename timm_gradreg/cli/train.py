@@ -1,12 +1,11 @@
 """timm-train: drop-in for timm's train.py with the gradreg regularizers (also under torchrun)."""
-import logging
 import sys
 from typing import List, Optional
 
 from timm import utils
 
 from ..models import ModelError
-from ..train import Trainer, TrainingError, config_yaml, parse_args, resolve_config
+from ..train import Trainer, TrainingError, TrainingInterrupted, config_yaml, parse_args, resolve_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -17,8 +16,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         Trainer(args, args_text).fit()
+    except TrainingInterrupted as e:
+        print(f'timm-train: {e}', file=sys.stderr)
+        return e.exit_code
     except (TrainingError, ModelError) as e:
-        logging.getLogger('timm_gradreg.train').error(str(e))
         print(f'timm-train: error: {e}', file=sys.stderr)
         return 2
     return 0

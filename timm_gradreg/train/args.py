@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--model-ema-warmup', action='store_true', help='Enable warmup for model EMA decay.')
 
     group = parser.add_argument_group('Miscellaneous parameters')
+    group.add_argument('--max-skipped-steps', type=int, default=10, metavar='N',
+                       help='stop after N consecutive updates with a non-finite loss or gradient (never applied to the '
+                            'weights); 0 never stops (default: 10)')
     group.add_argument('--dry-run', action='store_true', default=False,
                        help='print the fully resolved configuration (every option, the effective learning rate and '
                             'global batch, the task options) as YAML and exit: no data, no model, no download')

@@ -50,15 +50,25 @@ from ..modes import freeze_batchnorm
 from ..normalization import PixelSpace
 from ..tasks import GradRegTask, create_task
 from .config import resolve_config
+from .recovery import (RESUME_KEY, CheckpointFileError, StopSignals, TrainingInterrupted, check_resume_checkpoint,
+                       get_rng_state, set_rng_state)
 from .validate import RobustValidationConfig, validate
 
-__all__ = ['Trainer', 'TrainingError', 'schedule_position']
+__all__ = ['Trainer', 'TrainingError', 'TrainingInterrupted', 'schedule_position']
 
 _logger = logging.getLogger('timm_gradreg.train')
 
 
 class TrainingError(RuntimeError):
     """Setup problem the user can fix (missing data, bad checkpoint...)."""
+
+
+def _gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter gradient the optimizer would apply is finite (one reduction per tensor)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def schedule_position(epoch: int, batch_idx: int, num_batches: int, accum_steps: int = 1) -> float:
@@ -81,6 +91,9 @@ class Trainer:
         self.args_text = args_text if args_text is not None else yaml.safe_dump(vars(args), default_flow_style=False)
         self.cfg = resolve_config(args)
         self.rank, self.local_rank, self.distributed = 0, 0, False
+        self.signals = StopSignals()
+        self.consecutive_skips = 0
+        self.resume_point = None
         self.is_setup = False
 
     # ------------------------------------------------------------------ properties
@@ -268,7 +281,8 @@ class Trainer:
             max_history=cfg.checkpoint_hist, task=self.task)
         summary = os.path.join(output_dir, 'summary.csv')
         if cfg.resume and os.path.dirname(os.path.abspath(cfg.resume)) == os.path.abspath(output_dir):
-            saver.load_state_dict_from_checkpoint(cfg.resume)  # continue ranking and summary in place
+            if hasattr(saver, 'load_state_dict_from_checkpoint'):  # timm >= 1.0.31 keeps the checkpoint ranking
+                saver.load_state_dict_from_checkpoint(cfg.resume)
         elif os.path.exists(summary):
             os.remove(summary)  # a fresh run into an existing experiment starts a fresh summary
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
@@ -300,10 +314,12 @@ class Trainer:
 
         self.task = self.build_task(model)
         self.optimizer = self.build_optimizer(self.task.get_trainable_module())
-        resume_epoch = None
+        resume_epoch, self.resume_point = None, None
         if cfg.resume:
-            if not os.path.isfile(cfg.resume):
-                raise TrainingError(f"--resume checkpoint '{cfg.resume}' does not exist.")
+            try:
+                self.resume_point = check_resume_checkpoint(cfg.resume).get(RESUME_KEY)
+            except CheckpointFileError as e:
+                raise TrainingError(str(e)) from None
             resume_epoch = resume_task_checkpoint(
                 self.task, cfg.resume, optimizer=None if cfg.no_resume_opt else self.optimizer,
                 loss_scaler=None if cfg.no_resume_opt else self.loss_scaler, log_info=self.is_primary)
@@ -330,15 +346,22 @@ class Trainer:
             self.optimizer, **scheduler_kwargs(cfg, decreasing_metric=self.eval_metric == 'loss'),
             updates_per_epoch=self.updates_per_epoch)
         self.start_epoch = cfg.start_epoch if cfg.start_epoch is not None else (resume_epoch or 0)
-        if self.lr_scheduler is not None and self.start_epoch > 0:
+        if self.resume_point is not None and cfg.start_epoch is None:
+            self.start_epoch = self.resume_point['epoch']  # a recovery checkpoint: continue inside its epoch
+        done = self.start_epoch * self.updates_per_epoch + (self.resume_point or {}).get('updates', 0)
+        if self.lr_scheduler is not None and done > 0:
+            self.lr_scheduler.step(self.start_epoch)
             if cfg.sched_on_updates:
-                self.lr_scheduler.step_update(self.start_epoch * self.updates_per_epoch)
-            else:
-                self.lr_scheduler.step(self.start_epoch)
+                self.lr_scheduler.step_update(done)
         self.end_epoch = min(self.num_epochs, cfg.stop_epoch) if cfg.stop_epoch else self.num_epochs
         self.log(f'Scheduled epochs: {self.num_epochs}, training epochs {self.start_epoch}..{self.end_epoch - 1}.')
         self.is_setup = True
         return self
+
+    @property
+    def stop_signal(self) -> Optional[int]:
+        """The stop signal received (SIGTERM, SIGUSR1, SIGINT), if any: the run stops at the next step boundary."""
+        return self.signals.signum
 
     @property
     def model_dtype(self) -> Optional[torch.dtype]:
@@ -388,15 +411,23 @@ class Trainer:
         last_accum_steps = len(loader) % accum_steps
         last_batch_idx = len(loader) - 1
         last_batch_idx_to_accum = len(loader) - last_accum_steps
-        num_updates = epoch * self.updates_per_epoch
+        resume = self.resume_point if self.resume_point and self.resume_point['epoch'] == epoch else None
+        skip_batches = resume['updates'] * cfg.grad_accum_steps if resume else 0
+        num_updates = epoch * self.updates_per_epoch + (resume['updates'] if resume else 0)
         meters: Dict[str, utils.AverageMeter] = OrderedDict(loss=utils.AverageMeter())
         sums: Dict[str, torch.Tensor] = {}  # finite component values x batch size, and their sample counts
         counts: Dict[str, torch.Tensor] = {}
-        skipped = 0  # steps with a non-finite loss (fp16 overflow: the GradScaler skips them)
+        skipped = 0  # updates not applied: a non-finite loss or gradient
         update_time = utils.AverageMeter()
         start = time.time()
         optimizer.zero_grad()
+        self._update_ok = True
         for batch_idx, (input, target) in enumerate(loader):
+            if batch_idx < skip_batches:  # a recovery checkpoint's steps: same data order, no work
+                if batch_idx + 1 == skip_batches:
+                    set_rng_state(resume['rng'])
+                    self.resume_point = None
+                continue
             last_batch = batch_idx == last_batch_idx
             need_update = last_batch or (batch_idx + 1) % accum_steps == 0
             update_idx = batch_idx // accum_steps
@@ -418,14 +449,14 @@ class Trainer:
                 with self.amp_autocast():
                     result = task(input, target)
                 loss = result['loss'] / accum_steps if accum_steps > 1 else result['loss']
-                self.backward(loss, need_update)
-                return result
+                applied = self.backward(loss, need_update)
+                return result, applied
 
             if has_no_sync and not need_update:
                 with task.no_sync():
-                    result = step()
+                    result, applied = step()
             else:
-                result = step()
+                result, applied = step()
             batch_size = input.shape[0]
             for key, value in result.items():
                 if key not in ('loss', 'output') and torch.is_tensor(value) and value.numel() == 1:
@@ -435,14 +466,18 @@ class Trainer:
             loss_value = result['loss'].item()
             if math.isfinite(loss_value):
                 meters['loss'].update(loss_value, batch_size)
-            else:
-                skipped += 1
 
             if not need_update:
                 continue
             num_updates += 1
             optimizer.zero_grad()
-            task.update_ema(step=num_updates)
+            if applied:
+                self.consecutive_skips = 0
+                task.update_ema(step=num_updates)
+            else:
+                skipped += 1
+                self.consecutive_skips += 1
+                self._check_skips(epoch, update_idx, result)
             if cfg.synchronize_step and self.device.type == 'cuda':
                 torch.cuda.synchronize(self.device)
             now = time.time()
@@ -450,24 +485,31 @@ class Trainer:
             start = now
             if update_idx % cfg.log_interval == 0 or last_batch:
                 self._log_train(epoch, update_idx, meters['loss'], sums, counts, update_time)
-            if self.saver is not None and cfg.recovery_interval and (update_idx + 1) % cfg.recovery_interval == 0:
-                self.saver.save_recovery(epoch, batch_idx=update_idx)
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step_update(num_updates=num_updates, metric=meters['loss'].avg)
+            if self._interrupted(epoch, update_idx, last_batch):
+                break
+            if self.saver is not None and cfg.recovery_interval and (update_idx + 1) % cfg.recovery_interval == 0:
+                self.save_recovery(epoch, update_idx)
         if hasattr(optimizer, 'sync_lookahead'):
             optimizer.sync_lookahead()
         metrics = OrderedDict(loss=meters['loss'].avg)
         metrics.update((k, (v / counts[k].clamp_min(1)).item()) for k, v in sums.items())
         if skipped:
             metrics['skipped_steps'] = float(skipped)
-            self.log(f'{skipped} step(s) had a non-finite loss and were skipped by the AMP GradScaler.')
+            self.log(f'{skipped} update(s) had a non-finite loss or gradient and were not applied.')
         if self.distributed:
             for key, value in metrics.items():
                 metrics[key] = utils.reduce_tensor(torch.tensor([value], device=self.device), cfg.world_size).item()
         return metrics
 
-    def backward(self, loss: torch.Tensor, need_update: bool) -> None:
-        """One ordinary backward (the regularizers' input gradients are already in the graph), clip, step."""
+    def backward(self, loss: torch.Tensor, need_update: bool) -> bool:
+        """One ordinary backward (the regularizers' input gradients are already in the graph), clip, step.
+
+        Returns whether the update was applied. Without a GradScaler (fp32, bf16) a non-finite loss
+        or gradient in any accumulated micro-batch skips the whole update, so no non-finite value ever
+        reaches the weights; with one, the scaler skips it and lowers its scale.
+        """
         cfg = self.cfg
         clip_parameters = None
         if cfg.clip_grad is not None:
@@ -475,12 +517,58 @@ class Trainer:
         if self.loss_scaler is not None:
             self.loss_scaler(loss, self.optimizer, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
                              parameters=clip_parameters, need_update=need_update)
-            return
-        loss.backward()
-        if need_update:
+            return bool(torch.isfinite(loss.detach()))
+        if bool(torch.isfinite(loss.detach())):
+            loss.backward()
+        else:
+            self._update_ok = False
+        if not need_update:
+            return True
+        applied = self._update_ok and _gradients_finite(self.optimizer)
+        self._update_ok = True
+        if applied:
             if cfg.clip_grad is not None:
                 utils.dispatch_clip_grad(clip_parameters, value=cfg.clip_grad, mode=cfg.clip_mode)
             self.optimizer.step()
+        return applied
+
+    def _check_skips(self, epoch: int, update_idx: int, result: Dict[str, Any]) -> None:
+        """Stop after --max-skipped-steps consecutive updates with a non-finite loss or gradient."""
+        limit = self.cfg.max_skipped_steps
+        if not limit or self.consecutive_skips < limit:
+            return
+        parts = ', '.join(f'{k} {float(v):.4g}' for k, v in result.items()
+                          if k != 'output' and torch.is_tensor(v) and v.numel() == 1)
+        last = os.path.join(self.output_dir, 'last.pth.tar') if self.output_dir else None
+        raise TrainingError(
+            f'training stopped at epoch {epoch}, step {update_idx}: {self.consecutive_skips} consecutive updates had a '
+            f'non-finite loss or gradient and were not applied (last: {parts}). The weights never took a '
+            f'non-finite value' + (f"; the last checkpoint is '{last}'" if last and os.path.exists(last) else '') +
+            '. Lower --lr or the regularizer weight, or raise --max-skipped-steps.')
+
+    def save_recovery(self, epoch: int, update_idx: int) -> Optional[str]:
+        """A recovery checkpoint at this step boundary: everything to continue with the next step, the RNG
+        states included, so a resumed run replays the uninterrupted one."""
+        if self.saver is None:
+            return None
+        self.saver.extra_state = {RESUME_KEY: {'epoch': epoch, 'updates': update_idx + 1, 'rng': get_rng_state()}}
+        try:
+            self.saver.save_recovery(epoch, batch_idx=update_idx)
+        finally:
+            self.saver.extra_state = {}
+        return self.saver.curr_recovery_file
+
+    def _interrupted(self, epoch: int, update_idx: int, last_batch: bool) -> bool:
+        """At a step boundary after SIGTERM / SIGUSR1 / Ctrl-C (on any process): save and stop."""
+        signum = self.stop_signal
+        if self.distributed:
+            flag = torch.tensor([signum or 0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item()) or None
+        if not signum:
+            return False
+        path = self.save_recovery(epoch, update_idx)
+        raise TrainingInterrupted(signum, epoch, update_idx, self.updates_per_epoch, path)
 
     def _log_train(self, epoch, update_idx, loss_meter, sums, counts, update_time) -> None:
         if not self.is_primary:
@@ -503,48 +591,56 @@ class Trainer:
         """Train from ``start_epoch`` to ``end_epoch``; returns one record per validated epoch."""
         if not self.is_setup:
             self.setup()
-        cfg = self.cfg
         results, best_metric, best_epoch = [], None, None
         try:
-            for epoch in range(self.start_epoch, self.end_epoch):
-                self.seed_epoch(epoch)
-                epoch_start = time.time()
-                train_metrics = self.train_one_epoch(epoch)
-                train_metrics['time'] = time.time() - epoch_start
-                if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not self.bn_frozen:
-                    utils.distribute_bn(self.task.get_trainable_module(), cfg.world_size, cfg.dist_bn == 'reduce')
-                last = epoch + 1 == self.end_epoch
-                if (epoch + 1) % cfg.val_interval != 0 and not last:
-                    if self.lr_scheduler is not None:
-                        self.lr_scheduler.step(epoch + 1, metric=None)
-                    continue
-                eval_metrics = None
-                if self.loader_eval is not None:
-                    eval_metrics = self.validate(self.eval_model)
-                    ema = self.task.get_trainable_module(ema=True)
-                    if ema is not None and not cfg.model_ema_force_cpu:
-                        if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not self.bn_frozen:
-                            utils.distribute_bn(ema, cfg.world_size, cfg.dist_bn == 'reduce')
-                        eval_metrics = self.validate(self.task.get_eval_model(ema=True), log_suffix=' (EMA)')
-                if self.output_dir is not None:
-                    lrs = [g['lr'] for g in self.optimizer.param_groups]
-                    utils.update_summary(epoch, train_metrics, eval_metrics, log_wandb=cfg.log_wandb,
-                                         filename=os.path.join(self.output_dir, 'summary.csv'),
-                                         lr=sum(lrs) / len(lrs))
-                latest = (eval_metrics or train_metrics)[self.eval_metric]
-                if self.saver is not None:
-                    best_metric, best_epoch = self.saver.save_checkpoint(epoch, metric=latest)
-                if self.lr_scheduler is not None:
-                    self.lr_scheduler.step(epoch + 1, latest)
-                record = {'epoch': epoch, 'train': dict(train_metrics)}
-                if eval_metrics is not None:
-                    record['validation'] = dict(eval_metrics)
-                results.append(record)
-                if self.is_primary:
-                    _logger.info(f'Epoch {epoch}: ' + json.dumps(record))
+            with self.signals.installed():
+                best_metric, best_epoch = self._fit_epochs(results)
         finally:
             if self.distributed and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
         if best_metric is not None:
             self.log(f'*** Best metric: {best_metric} (epoch {best_epoch})')
         return results
+
+    def _fit_epochs(self, results: List[Dict[str, Any]]) -> Tuple[Optional[float], Optional[int]]:
+        """The epoch loop of ``fit``: train, validate, checkpoint; returns the best metric and its epoch."""
+        cfg = self.cfg
+        best_metric, best_epoch = None, None
+        for epoch in range(self.start_epoch, self.end_epoch):
+            self.seed_epoch(epoch)
+            epoch_start = time.time()
+            train_metrics = self.train_one_epoch(epoch)
+            train_metrics['time'] = time.time() - epoch_start
+            if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not self.bn_frozen:
+                utils.distribute_bn(self.task.get_trainable_module(), cfg.world_size, cfg.dist_bn == 'reduce')
+            last = epoch + 1 == self.end_epoch
+            if (epoch + 1) % cfg.val_interval != 0 and not last:
+                if self.lr_scheduler is not None:
+                    self.lr_scheduler.step(epoch + 1, metric=None)
+                continue
+            eval_metrics = None
+            if self.loader_eval is not None:
+                eval_metrics = self.validate(self.eval_model)
+                ema = self.task.get_trainable_module(ema=True)
+                if ema is not None and not cfg.model_ema_force_cpu:
+                    if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not self.bn_frozen:
+                        utils.distribute_bn(ema, cfg.world_size, cfg.dist_bn == 'reduce')
+                    eval_metrics = self.validate(self.task.get_eval_model(ema=True), log_suffix=' (EMA)')
+            if self.output_dir is not None:
+                lrs = [g['lr'] for g in self.optimizer.param_groups]
+                summary = os.path.join(self.output_dir, 'summary.csv')
+                utils.update_summary(epoch, train_metrics, eval_metrics, log_wandb=cfg.log_wandb, filename=summary,
+                                     write_header=not os.path.exists(summary) or os.path.getsize(summary) == 0,
+                                     lr=sum(lrs) / len(lrs))
+            latest = (eval_metrics or train_metrics)[self.eval_metric]
+            if self.saver is not None:
+                best_metric, best_epoch = self.saver.save_checkpoint(epoch, metric=latest)
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step(epoch + 1, latest)
+            record = {'epoch': epoch, 'train': dict(train_metrics)}
+            if eval_metrics is not None:
+                record['validation'] = dict(eval_metrics)
+            results.append(record)
+            if self.is_primary:
+                _logger.info(f'Epoch {epoch}: ' + json.dumps(record))
+        return best_metric, best_epoch
