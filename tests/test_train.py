@@ -200,3 +200,20 @@ def test_distributed_two_processes_match_one_process(tmp_path):
         torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-6, msg=name)
         moved += 1
     assert moved > 10
+
+
+def test_log_wandb_offline_records_the_run(folder, tmp_path, monkeypatch):
+    """--log-wandb through timm's update_summary, with wandb in offline mode (no network)."""
+    pytest.importorskip('wandb')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_DIR', str(tmp_path))
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    _train(tiny_train_argv(folder, tmp_path, 'wb', '--epochs', '2', '--log-wandb', '--wandb-project', 'gradreg-test',
+                           '--wandb-tags', 'ci'))
+    import wandb
+    wandb.finish()
+    runs = glob.glob(str(tmp_path / 'wandb' / 'offline-run-*'))
+    assert len(runs) == 1
+    (log,) = glob.glob(os.path.join(runs[0], 'run-*.wandb'))  # the run's records, metric names in plain bytes
+    records = open(log, 'rb').read()
+    assert b'eval_top1' in records and b'train_loss' in records and b'gradreg-test' in records

@@ -122,3 +122,65 @@ def test_every_recipe_builds_its_task(recipe):
     args, _ = parse_args(['-c', recipe])
     task = create_task(args.gradreg, timm.create_model('test_resnet', num_classes=3), **task_kwargs(args.gradreg, args))
     assert task.task_name == args.gradreg  # create_task refuses options its constructor does not take
+
+
+# The keys of the args.yaml timm's train.py writes (huggingface/pytorch-image-models main aa4b5850, timm 1.0.29.dev0):
+# every one of its options.
+STOCK_TRAIN_PY_KEYS = [
+    'aa', 'amp', 'amp_dtype', 'aug_repeats', 'aug_splits', 'batch_size', 'bce_loss', 'bce_pos_weight', 'bce_sum',
+    'bce_target_thresh', 'bn_eps', 'bn_momentum', 'channels_last', 'checkpoint_hist', 'class_map', 'clip_grad',
+    'clip_mode', 'color_jitter', 'color_jitter_prob', 'cooldown_epochs', 'crop_pct', 'cutmix', 'cutmix_minmax',
+    'data', 'data_dir', 'dataset', 'dataset_download', 'dataset_trust_remote_code', 'decay_epochs',
+    'decay_milestones', 'decay_rate', 'device', 'device_modules', 'dist_bn', 'distill_loss_weight', 'drop',
+    'drop_block', 'drop_connect', 'drop_path', 'epoch_repeats', 'epochs', 'eval_metric', 'experiment', 'fast_norm',
+    'fuser', 'gaussian_blur_prob', 'gp', 'grad_accum_steps', 'grad_checkpointing', 'grayscale_prob',
+    'head_init_bias', 'head_init_scale', 'hflip', 'img_size', 'in_chans', 'initial_checkpoint', 'input_img_mode',
+    'input_key', 'input_size', 'interpolation', 'jsd_loss', 'kd_distill_type', 'kd_loss_type', 'kd_model_name',
+    'kd_student_feature_dim', 'kd_teacher_feature_dim', 'kd_temperature', 'kd_token_distill_type', 'layer_decay',
+    'layer_decay_min_scale', 'layer_decay_no_opt_scale', 'local_rank', 'log_interval', 'log_wandb', 'lr', 'lr_base',
+    'lr_base_scale', 'lr_base_size', 'lr_cycle_decay', 'lr_cycle_limit', 'lr_cycle_mul', 'lr_k_decay', 'lr_noise',
+    'lr_noise_pct', 'lr_noise_std', 'mean', 'min_lr', 'mixup', 'mixup_mode', 'mixup_off_epoch', 'mixup_prob',
+    'mixup_switch_prob', 'model', 'model_dtype', 'model_ema', 'model_ema_decay', 'model_ema_force_cpu',
+    'model_ema_warmup', 'model_kwargs', 'momentum', 'naflex_loader', 'naflex_loss_scale', 'naflex_max_seq_len',
+    'naflex_patch_size_probs', 'naflex_patch_sizes', 'naflex_patchify_channels_first', 'naflex_train_seq_lens',
+    'no_aug', 'no_ddp_bb', 'no_prefetcher', 'no_resume_opt', 'num_classes', 'opt', 'opt_betas', 'opt_eps',
+    'opt_kwargs', 'output', 'patience_epochs', 'pin_mem', 'pretrained', 'pretrained_path', 'ratio', 'recount',
+    'recovery_interval', 'remode', 'reprob', 'resplit', 'resume', 'save_images', 'scale', 'sched',
+    'sched_on_updates', 'seed', 'smoothing', 'split_bn', 'start_epoch', 'std', 'sync_bn', 'synchronize_step',
+    'target_key', 'task_loss_weight', 'torchcompile', 'torchcompile_mode', 'torchscript', 'train_batch_sizes',
+    'train_batches_per_epoch', 'train_crop_mode', 'train_img_sizes', 'train_interpolation', 'train_num_samples',
+    'train_size_probs', 'train_size_random_mix', 'train_size_schedule', 'train_size_schedule_spread', 'train_split',
+    'tta', 'use_multi_epochs_loader', 'val_interval', 'val_num_samples', 'val_split', 'validation_batch_size',
+    'variable_batch_loss_scale', 'vflip', 'wandb_project', 'wandb_resume_id', 'wandb_tags', 'warmup_epochs',
+    'warmup_lr', 'warmup_prefix', 'weight_decay', 'worker_seeding', 'workers',
+]
+
+
+def test_every_stock_train_py_option_is_accepted():
+    dests = {a.dest for a in build_parser()._actions}
+    assert [k for k in STOCK_TRAIN_PY_KEYS if k not in dests] == []
+
+
+def test_stock_args_yaml_with_a_gradreg_section_trains(tmp_path):
+    """An args.yaml with every stock key at its default (as train.py writes it) loads; with a gradreg section
+    and the run's own settings added, it trains."""
+    from helpers import tiny_train_argv, write_image_folder
+    from timm_gradreg.train import Trainer
+    defaults = vars(build_parser().parse_args([]))
+    stock = {k: defaults[k] for k in STOCK_TRAIN_PY_KEYS}
+    stock['device'] = 'cpu'
+    path = tmp_path / 'args.yaml'
+    path.write_text(yaml.safe_dump({**stock, 'gradreg': 'gradnorm', 'gn_weight': 0.5, 'gn_warmup_epochs': 0}))
+    folder = write_image_folder(tmp_path / 'data')
+    args, text = parse_args(['-c', str(path)] + tiny_train_argv(folder, tmp_path, 'stock', '--epochs', '1', '-b', '12'))
+    assert args.gradreg == 'gradnorm' and args.gn_weight == 0.5 and args.aug_splits == 0
+    results = Trainer(args, text).fit()
+    assert results[0]['train']['penalty'] > 0
+
+
+@pytest.mark.parametrize('flag,value', [('--aug-splits', '2'), ('--tta', '2'), ('--naflex-loader', None),
+                                        ('--kd-model-name', 'resnet18'), ('--train-img-sizes', '64')])
+def test_stock_options_timm_train_does_not_run_are_refused_by_name(capsys, flag, value):
+    message = _error(capsys, [flag] + ([value] if value else []))
+    assert f'{flag}' in message and ('gradreg-launch' in message or 'not part of' in message)
+    assert 'unrecognized arguments' not in message

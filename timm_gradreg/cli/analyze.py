@@ -13,7 +13,6 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from timm import utils
 
 from ..analyze import (AnalysisConfig, analyze_model, channel_histograms, gradient_grid, gradnorm_histograms,
                        path_figure)
@@ -21,6 +20,7 @@ from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, 
 from ..models import ModelError
 from ..tasks import fraction
 from .common import add_data_args, add_model_args, init_device, resolve_models
+from .console import setup_console_logging
 
 _logger = logging.getLogger('timm_gradreg.analyze')
 
@@ -110,7 +110,7 @@ def _markdown(results: Dict[str, Dict[str, Any]], config: AnalysisConfig, n: int
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    utils.setup_default_logging()
+    setup_console_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.num_samples = args.num_samples or args.n_images

@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 import yaml
-from timm import utils
 
 from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
                         list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
@@ -23,6 +22,7 @@ from ..normalization import normalized_model
 from ..tasks import fraction
 from ..yaml_config import parse_with_config
 from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
+from .console import setup_console_logging
 
 _logger = logging.getLogger('timm_gradreg.eval')
 
@@ -137,7 +137,7 @@ def _print_summary(models: List[Dict[str, Any]]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    utils.setup_default_logging()
+    setup_console_logging()
     parser = build_parser()
     args, _ = parse_with_config(parser, argv)
     if args.dry_run:

@@ -1,6 +1,5 @@
 """swap-activations: turn a timm model's ReLUs into a smooth activation and save it for fine-tuning."""
 import argparse
-import logging
 import os
 import sys
 from typing import List, Optional
@@ -10,6 +9,7 @@ import torch
 from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS, list_target_activations, swap_activations
 from ..checkpoint import SWAP_KEY, atomic_save
 from ..models import ModelError, create_model, load_model_checkpoint
+from .console import setup_console_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    setup_console_logging()
     sources = list(args.source) + (['leaky_relu'] if args.leaky and 'leaky_relu' not in args.source else [])
     try:
         kwargs = {'num_classes': args.num_classes} if args.num_classes is not None else {}

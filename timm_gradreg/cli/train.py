@@ -2,14 +2,14 @@
 import sys
 from typing import List, Optional
 
-from timm import utils
 
 from ..models import ModelError
 from ..train import Trainer, TrainingError, TrainingInterrupted, config_yaml, parse_args, resolve_config
+from .console import setup_console_logging
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    utils.setup_default_logging()
+    setup_console_logging()
     args, args_text = parse_args(argv)
     if args.dry_run:
         print(config_yaml(resolve_config(args)), end='')

@@ -176,6 +176,6 @@ def robust_accuracy(model: nn.Module, loader, data_config: dict, args: argparse.
     for input, target in loader:
         meter.update(model, input.to(device), target.to(device), amp_autocast)
     value = meter.compute(getattr(args, 'distributed', False))
-    if utils.is_primary(args):
+    if getattr(args, 'rank', 0) == 0:
         _logger.info(f'Robust top-1 under PGD-{config.steps} (eps {config.eps:.4f}): {value:.4f}')
     return {'advtop1': value}
