@@ -6,6 +6,8 @@ from typing import List
 import numpy as np
 from PIL import Image
 
+from timm_gradreg.recipes import RECIPE_DIR
+
 
 def write_image_folder(root, classes: int = 4, train_per_class: int = 6, val_per_class: int = 3,
                        size: int = 32) -> str:
@@ -36,10 +38,7 @@ def tiny_train_argv(data_dir, output, experiment, *extra, classes: int = 4) -> L
             *extra]
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def training_recipes() -> List[str]:
     """The shipped timm-train recipes (the gradreg-eval configs among the recipes left out)."""
-    recipes = sorted(glob.glob(os.path.join(REPO, 'recipes', '*', '*.yaml')))
+    recipes = sorted(glob.glob(os.path.join(RECIPE_DIR, '*', '*.yaml')))
     return [r for r in recipes if 'gradreg-eval -c' not in open(r).read()]

@@ -1,4 +1,6 @@
 """Activation swap on real timm models, and the swap-activations CLI."""
+import os
+import stat
 import subprocess
 import sys
 
@@ -112,6 +114,15 @@ def test_cli_swaps_saves_and_records(tmp_path, capsys):
     out2 = tmp_path / 'r50_silu.pth.tar'
     assert swap_main(['resnet50', 'silu', '--num-classes', '10', '--checkpoint', str(out), '--source', 'gelu',
                       '--output', str(out2)]) == 0
+
+
+def test_cli_output_follows_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert swap_main(['resnet18', 'gelu', '--num-classes', '4', '--output', str(tmp_path / 'r18.pth.tar')]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / 'r18.pth.tar').st_mode) == 0o644  # not the temp file's 0600
 
 
 def test_cli_errors_are_actionable(tmp_path, capsys):

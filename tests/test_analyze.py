@@ -76,7 +76,7 @@ def test_cli_side_by_side_with_figures(tmp_path, capsys):
     out = tmp_path / 'analysis'
     torch.manual_seed(0)
     code = analyze_main(['--model', 'resnet18', 'test_vit', '--labels', 'resnet', 'vit', '--data-dir', folder,
-                         '--input-size', '3', '32', '32', '--n-images', '6', '--power-iters', '3',
+                         '--input-size', '3', '32', '32', '--num-samples', '6', '--power-iters', '3',
                          '--path-points', '3', '--path-power-iters', '2', '--linearity-draws', '2', '--device', 'cpu',
                          '--output', str(out)])
     assert code == 0

@@ -27,7 +27,7 @@ def natural_checkpoint(tmp_path_factory):
     """A test_resnet (GELU) trained naturally for 6 epochs on the digits demo data."""
     out = tmp_path_factory.mktemp('nat')
     data = tmp_path_factory.mktemp('digits') / 'digits'
-    args, text = parse_args(['-c', 'recipes/demo/digits_natural.yaml', '--data-dir', str(data), '--epochs', '6', '--warmup-epochs', '0',
+    args, text = parse_args(['-c', 'demo/digits_natural', '--data-dir', str(data), '--epochs', '6', '--warmup-epochs', '0',
                              '--output', str(out), '--experiment', 'natural', '--adv-val-steps', '0',
                              '--eval-metric', 'top1', '--device', 'cpu', '--log-interval', '100'])
     Trainer(args, text).fit()

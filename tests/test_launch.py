@@ -147,3 +147,13 @@ def test_bad_options_are_refused_in_one_line(script, tmp_path):
 def test_help_lists_the_gradreg_options():
     run = _launch('--help')
     assert run.returncode == 0 and '--gradreg' in run.stdout and '--gn-weight' in run.stdout
+
+
+def test_a_packaged_recipe_reaches_train_py_as_its_file(tmp_path, monkeypatch):
+    from timm_gradreg.launch import split_gradreg_args
+    from timm_gradreg.recipes import find_recipe
+    monkeypatch.chdir(tmp_path)
+    options, rest = split_gradreg_args(['-c', 'demo/digits_gradnorm', '--epochs', '1', '--gn-weight', '0.5'])
+    assert options.gradreg == 'gradnorm' and options.gn_eps == pytest.approx(24 / 255)
+    assert options.gn_weight == 0.5  # the flag wins over the recipe
+    assert rest == ['-c', find_recipe('demo/digits_gradnorm'), '--epochs', '1']

@@ -1,5 +1,4 @@
 """The stock-train.py patch stays consistent with the library it calls."""
-import os
 import re
 import shutil
 import subprocess
@@ -8,9 +7,7 @@ import pytest
 
 import timm_gradreg
 import timm_gradreg.train
-
-PATCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'patches',
-                     'timm-train-gradreg.patch')
+from timm_gradreg.recipes import PATCH
 
 
 def _added_lines():

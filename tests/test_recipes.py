@@ -7,9 +7,9 @@ import yaml
 
 from timm_gradreg.cli.evaluate import main as eval_main
 from timm_gradreg.cli.train import main as train_main
+from timm_gradreg.recipes import RECIPE_DIR
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(glob.glob(os.path.join(REPO, 'recipes', '*', '*.yaml')))
+RECIPES = sorted(glob.glob(os.path.join(RECIPE_DIR, '*', '*.yaml')))
 EPS4 = 4 / 255
 
 # Appendix G.2.1 (Swin-B PGD-3 AT, Liu et al. 2023) as the resolved configuration must read it
@@ -85,7 +85,7 @@ EVAL_RECIPES = {'imagenet/swin_base_natural.yaml': ({'model': ['swin_base_patch4
 
 
 def _name(path):
-    return os.path.relpath(path, os.path.join(REPO, 'recipes'))
+    return os.path.relpath(path, RECIPE_DIR)
 
 
 def _dry_run(main, argv, capsys):
@@ -113,7 +113,7 @@ def test_every_recipe_is_pinned():
 @pytest.mark.parametrize('name', sorted(EXPECTED))
 def test_recipe_matches_the_paper(name, capsys):
     world, expected, results = EXPECTED[name]
-    path = os.path.join(REPO, 'recipes', name)
+    path = os.path.join(RECIPE_DIR, name)
     resolved = _dry_run(train_main, ['-c', path, '--dry-run', '--world-size', str(world)], capsys)
     _assert_values(resolved, expected)
     header = ''.join(line for line in open(path) if line.startswith('#'))
@@ -125,15 +125,41 @@ def test_recipe_matches_the_paper(name, capsys):
 @pytest.mark.parametrize('name', sorted(EVAL_RECIPES))
 def test_evaluation_recipe(name, capsys):
     expected, results = EVAL_RECIPES[name]
-    path = os.path.join(REPO, 'recipes', name)
+    path = os.path.join(RECIPE_DIR, name)
     _assert_values(_dry_run(eval_main, ['-c', path, '--dry-run'], capsys), expected)
     header = ''.join(line for line in open(path) if line.startswith('#'))
     assert all(number in header for number in results) and 'gradreg-eval -c' in header
 
 
 def test_a_recipe_on_fewer_gpus_gets_the_linearly_scaled_lr(capsys):
-    path = os.path.join(REPO, 'recipes', 'imagenet', 'swin_base_advtrain.yaml')
+    path = os.path.join(RECIPE_DIR, 'imagenet', 'swin_base_advtrain.yaml')
     resolved = _dry_run(train_main, ['-c', path, '--dry-run', '--world-size', '4', '--grad-accum-steps', '2'], capsys)
     assert resolved['global_batch_size'] == 512 and resolved['lr'] == pytest.approx(1.25e-3)
     resolved = _dry_run(train_main, ['-c', path, '--dry-run', '--world-size', '4'], capsys)
     assert resolved['global_batch_size'] == 256 and resolved['lr'] == pytest.approx(1.25e-3 / 2)
+
+
+def test_packaged_recipe_by_name_from_any_folder_and_a_local_file_wins(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert train_main(['-c', 'demo/digits_gradnorm', '--dry-run']) == 0
+    assert 'gn_weight: 2.0' in capsys.readouterr().out
+    (tmp_path / 'demo').mkdir()
+    (tmp_path / 'demo' / 'digits_gradnorm').write_text('gradreg: gradnorm\ngn_weight: 0.25\n')
+    assert train_main(['-c', 'demo/digits_gradnorm', '--dry-run']) == 0
+    assert 'gn_weight: 0.25' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train_main(['-c', 'demo/digits_gradnorn', '--dry-run'])
+    err = capsys.readouterr().err
+    assert ("'demo/digits_gradnorn' does not exist as a file or a packaged recipe; did you mean 'demo/digits_gradnorm'"
+            in err)
+
+
+def test_list_recipes_shows_each_with_its_paper_result(capsys):
+    with pytest.raises(SystemExit) as exit:
+        train_main(['--list-recipes'])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    for path in RECIPES:
+        assert os.path.relpath(path, RECIPE_DIR)[:-len('.yaml')] in out
+    assert 'paper: clean 77.78, AutoAttack 51.58 at 4/255' in out  # Table 2, Swin-B GradNorm
+    assert 'gradreg-eval -c imagenet/swin_base_natural' in out

@@ -14,11 +14,11 @@ import yaml
 from timm_gradreg.checkpoint import AtomicCheckpointSaver
 from timm_gradreg.cli.train import main as train_main
 from timm_gradreg.data import prepare_demo_dataset
+from timm_gradreg.recipes import RECIPE_DIR
 from timm_gradreg.train import Trainer, parse_args
 
 from helpers import training_recipes, tiny_train_argv, write_image_folder
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = training_recipes()
 
 
@@ -164,7 +164,7 @@ def test_demo_dataset_is_built_once(tmp_path):
         prepare_demo_dataset('demo/mnist')
 
 
-@pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.relpath(r, REPO) for r in RECIPES])
+@pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.relpath(r, RECIPE_DIR) for r in RECIPES])
 def test_every_recipe_runs_two_steps_with_a_tiny_model(tmp_path_factory, recipe):
     data = write_image_folder(tmp_path_factory.mktemp('two'), classes=2, train_per_class=4, val_per_class=2)
     out = tmp_path_factory.mktemp('out')

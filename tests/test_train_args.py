@@ -5,12 +5,12 @@ import pytest
 import timm
 import yaml
 
+from timm_gradreg.recipes import RECIPE_DIR
 from timm_gradreg.tasks import create_task, fraction, get_task_class, task_kwargs
 from timm_gradreg.train.args import build_parser, parse_args
 
 from helpers import training_recipes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = training_recipes()
 
 
@@ -117,7 +117,7 @@ def test_first_order_methods_compile(argv):
     assert not get_task_class(args.gradreg).needs_double_backprop(**task_kwargs(args.gradreg, args))
 
 
-@pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.relpath(r, REPO) for r in RECIPES])
+@pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.relpath(r, RECIPE_DIR) for r in RECIPES])
 def test_every_recipe_builds_its_task(recipe):
     args, _ = parse_args(['-c', recipe])
     task = create_task(args.gradreg, timm.create_model('test_resnet', num_classes=3), **task_kwargs(args.gradreg, args))

@@ -6,6 +6,7 @@ that renames or drops one of these still trains correctly. The aten operators ca
 ``native_layer_norm_backward``) are the public operator registry, not listed here.
 """
 import contextlib
+import logging
 from typing import Any, ContextManager, List, Optional
 
 import torch
@@ -15,7 +16,7 @@ MIN_TIMM = (1, 0, 27)
 
 __all__ = ['require_timm', 'MIN_TIMM', 'engine_will_execute', 'foreach_mul_', 'compile_mode_names', 'recompile_limit', 'torch_function_disabled',
            'softmax_backward', 'timm_activation_names', 'evaluation_sample_limit', 'TASK_TAKES_CRITERION_KWARGS',
-           'classification_criterion']
+           'classification_criterion', 'quiet_cuda_home_notice']
 
 #: The modes ``torch.compile(mode=...)`` documents; used where torch cannot list its own.
 _DOCUMENTED_COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
@@ -135,3 +136,19 @@ def require_timm() -> None:
         need = '.'.join(map(str, MIN_TIMM))
         raise ImportError(f"timm-gradreg needs timm >= {need}, found timm {timm.__version__} at "
                           f"{timm.__file__}: pip install -U 'timm>={need}'")
+
+
+class _NoCudaRuntimeNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith('No CUDA runtime is found')
+
+
+def quiet_cuda_home_notice() -> None:
+    """Drop torch's "No CUDA runtime is found, using CUDA_HOME=..." warning.
+
+    torch.compile imports torch.utils.cpp_extension, which prints it on any CPU-only run of a machine
+    with a CUDA toolkit installed; it concerns building CUDA extensions, which the kernels here never do.
+    """
+    logger = logging.getLogger('torch.utils.cpp_extension')
+    if not any(isinstance(f, _NoCudaRuntimeNotice) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeNotice())

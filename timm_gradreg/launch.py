@@ -31,11 +31,12 @@ import yaml
 
 from .activations import swap_activations
 from .modes import freeze_batchnorm
+from .parser import ArgumentParser
 from .tasks import create_task, get_task_class, task_kwargs
 from .train.args import add_gradreg_args
 from .train.trainer import schedule_position
 from .train.validate import robust_accuracy
-from .yaml_config import ConfigError, load_config
+from .yaml_config import ConfigError, config_path, load_config
 
 __all__ = ['split_gradreg_args', 'GradregTrainScript', 'main']
 
@@ -45,7 +46,7 @@ class LaunchError(RuntimeError):
 
 
 def _gradreg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='gradreg-launch', add_help=False)
+    parser = ArgumentParser(prog='gradreg-launch', add_help=False)
     add_gradreg_args(parser)
     return parser
 
@@ -62,15 +63,35 @@ def split_gradreg_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[st
     config_args, _ = config.parse_known_args(argv)
     if config_args.config:
         dests = {a.dest for a in parser._actions}
-        with open(config_args.config) as f:
-            keys = {str(k).replace('-', '_') for k in (yaml.safe_load(f) or {})}
         try:
-            defaults = load_config(parser, config_args.config, only=keys & dests)
+            path = config_path(config_args.config)
+            with open(path) as f:
+                keys = {str(k).replace('-', '_') for k in (yaml.safe_load(f) or {})}
+            defaults = load_config(parser, path, only=keys & dests)
         except ConfigError as e:
             raise LaunchError(str(e)) from None
         parser.set_defaults(**defaults)
+        argv = _with_config(argv, path)
     args, rest = parser.parse_known_args(argv)
     return args, rest
+
+
+def _with_config(argv: Sequence[str], path: str) -> List[str]:
+    """``argv`` with its ``-c/--config`` value replaced by ``path`` (a packaged recipe's file for train.py)."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ('-c', '--config') and i + 1 < len(argv):
+            out += [arg, path]
+            i += 2
+            continue
+        if arg.startswith('--config='):
+            arg = f'--config={path}'
+        elif arg.startswith('-c') and len(arg) > 2 and not arg.startswith('--'):
+            arg = f'-c{path}'
+        out.append(arg)
+        i += 1
+    return out
 
 
 class _ScheduledLoader:

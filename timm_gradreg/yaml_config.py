@@ -6,12 +6,15 @@ checked as its command-line flag would be (``lr: fast`` or ``input_size: 224`` f
 """
 import argparse
 import difflib
+import os
 from typing import Any, Dict, Optional, Sequence, Set, Tuple
 
 import yaml
 from timm import utils
 
-__all__ = ['ConfigError', 'load_config', 'parse_with_config']
+from .recipes import RecipeNotFound, find_recipe
+
+__all__ = ['ConfigError', 'config_path', 'load_config', 'parse_with_config']
 
 
 class ConfigError(ValueError):
@@ -61,11 +64,22 @@ def _convert(action: argparse.Action, key: str, value: Any) -> Any:
     return one(value)
 
 
+def config_path(path: str) -> str:
+    """The file ``path`` if it exists, else the packaged recipe of that name (``demo/digits_gradnorm``)."""
+    if os.path.exists(path):
+        return path
+    try:
+        return find_recipe(path)
+    except RecipeNotFound as e:
+        raise ConfigError(f'config {e}') from None
+
+
 def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[str]] = None) -> Dict[str, Any]:
-    """Read a YAML config and return parser defaults, strictly checked and converted.
+    """Read a YAML config (a file or a packaged recipe name) and return parser defaults, strictly checked.
 
     ``only``: read just these keys (the rest of the file belongs to another parser).
     """
+    path = config_path(path)
     try:
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}

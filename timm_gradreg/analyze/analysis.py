@@ -6,12 +6,13 @@ import torch
 import torch.nn as nn
 
 from ..attacks import pgd_attack
+from ..progress import Progress, count_forwards
 from .edge_correlation import edge_correlation_table
 from .geometry import curvature_table, hessian_spectral_norm, local_linearity_error, path_profile
 from .gradients import (class_logit_gradient, gradient_norm_table, loss_input_gradient, per_sample_ce,
                         saliency_map, stats)
 
-__all__ = ['AnalysisConfig', 'analyze_model']
+__all__ = ['AnalysisConfig', 'analyze_model', 'analysis_forwards']
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,21 @@ def _pgd(model, x, y, eps, steps):
     return pgd_attack(model, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps, random_start=True)
 
 
-def analyze_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AnalysisConfig = AnalysisConfig()
-                  ) -> Dict[str, Any]:
+def analysis_forwards(config: AnalysisConfig) -> int:
+    """Model forward passes of ``analyze_model``: gradients, PGD and its check, class gradients, power
+    iterations, three losses per linearity draw, the PGD-5 direction, a gradient and power iterations per path point."""
+    return (3 + config.pgd_steps + config.power_iters + 3 * config.linearity_draws + config.path_steps
+            + len(config.path_ts) * (1 + config.path_power_iters))
+
+
+def analyze_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AnalysisConfig = AnalysisConfig(),
+                  show_progress: bool = False, desc: str = 'analysis') -> Dict[str, Any]:
     """Tables 1, 5, 6, 7 and the Fig. 11 profile for a pixel-space model on (x, y); tensors for Fig. 1/3/6/7."""
+    with Progress(analysis_forwards(config), desc, enabled=show_progress) as bar, count_forwards(model, bar):
+        return _analyze(model, x, y, config)
+
+
+def _analyze(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AnalysisConfig) -> Dict[str, Any]:
     model.eval()
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)

@@ -18,6 +18,7 @@ from ..analyze import (AnalysisConfig, analyze_model, channel_histograms, gradie
                        path_figure)
 from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, subset_indices, write_json
 from ..models import ModelError
+from ..parser import ArgumentParser
 from ..tasks import fraction
 from .common import add_data_args, add_model_args, init_device, resolve_models
 from .console import setup_console_logging
@@ -26,7 +27,7 @@ _logger = logging.getLogger('timm_gradreg.analyze')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='gradreg-analyze',
         description='Characterize the loss-input gradients of timm models (w.r.t. [0, 1] pixels, normalization '
                     'inside the model): gradient norms and their relation to robustness, alignment with image '
@@ -35,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                '--eps 24/255 --output output/analysis')
     add_model_args(parser)
     add_data_args(parser, default_samples=64)
-    parser.set_defaults(num_samples=None)
     group = parser.add_argument_group('Analysis')
-    group.add_argument('--n-images', type=int, default=64, metavar='N', help='images analysed per model (64)')
     group.add_argument('--eps', type=fraction, default=4 / 255, metavar='EPS',
                        help='PGD radius for Table 1 and the perturbation images (4/255)')
     group.add_argument('--pgd-steps', type=int, default=10, help='PGD steps of Table 1 (10)')
@@ -113,9 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_console_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.num_samples = args.num_samples or args.n_images
     output = args.output or 'output/analysis'
-    os.makedirs(output, exist_ok=True)
     config = AnalysisConfig(eps=args.eps, pgd_steps=args.pgd_steps,
                             path_ts=tuple(i / max(args.path_points - 1, 1) for i in range(args.path_points)),
                             power_iters=args.power_iters, path_power_iters=args.path_power_iters,
@@ -133,10 +130,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             x, y = load_batches(loader, device)
             images = x.cpu() if images is None else images
             _logger.info(f'Analysing {spec.label} on {x.shape[0]} images ...')
-            results[spec.label] = analyze_model(spec.model, x, y, config)
+            results[spec.label] = analyze_model(spec.model, x, y, config, show_progress=not args.no_progress,
+                                                desc=f'{spec.label} analysis')
     except (ModelError, ValueError, FileNotFoundError) as e:
         print(f'gradreg-analyze: error: {e}', file=sys.stderr)
         return 2
+    os.makedirs(output, exist_ok=True)
     write_json(os.path.join(output, 'analysis.json'),
                {'config': {**vars(args), 'analysis': {k: getattr(config, k) for k in config.__dataclass_fields__}},
                 'models': {k: r['tables'] for k, r in results.items()}})
@@ -149,7 +148,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     channel_histograms(os.path.join(output, 'channel_hist.png'), results)
     path_figure(os.path.join(output, 'path_profile.png'), results)
     print(markdown)
-    print(f'wrote {os.path.abspath(output)}')
+    files = ['analysis.json', 'tables.csv', 'analysis.md', 'gradients_grid.png', 'gradnorm_hist.png',
+             'channel_hist.png', 'path_profile.png']
+    print(f"Wrote to {os.path.abspath(output)}: {', '.join(f for f in files if os.path.exists(os.path.join(output, f)))}")
     return 0
 
 

@@ -58,7 +58,8 @@ def add_data_args(parser: argparse.ArgumentParser, default_samples: Optional[int
     group.add_argument('--device', default=None, help='device (default: cuda if available, else cpu)')
     group.add_argument('--output', default='', metavar='DIR', help='output folder')
     group.add_argument('--seed', type=int, default=0, help='seed of the attacks\' random starts (0)')
-    group.add_argument('--no-progress', action='store_true', help='no progress bars')
+    group.add_argument('--no-progress', action='store_true',
+                       help='no progress display (a bar with an ETA on a terminal, a log line every 30 s otherwise)')
 
 
 class ModelSpec:

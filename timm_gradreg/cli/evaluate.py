@@ -17,8 +17,10 @@ import yaml
 from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
                         list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
                         run_autoattack, run_sanity_checks, subset_indices, write_json, write_sweep_csv)
+from ..evaluate.interval import format_accuracy, wilson_interval
 from ..models import ModelError, load_eval_model
 from ..normalization import normalized_model
+from ..parser import ArgumentParser
 from ..tasks import fraction
 from ..yaml_config import parse_with_config
 from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
@@ -28,7 +30,7 @@ _logger = logging.getLogger('timm_gradreg.eval')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='gradreg-eval',
         description='Evaluate the adversarial robustness of timm models: PGD accuracy-vs-ε sweep, AutoAttack, and '
                     'a gradient-masking checklist. Models take [0, 1] pixels with their normalization inside, in '
@@ -36,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='Example: gradreg-eval --checkpoint output/demo/digits_*/last.pth.tar --dataset demo/digits '
                '--autoattack --aa-eps 24/255 --sanity --output output/eval')
     parser.add_argument('-c', '--config', default='', metavar='FILE',
-                        help='YAML config of these options (e.g. recipes/imagenet/swin_base_natural.yaml); flags win, '
-                             'unknown keys are an error')
+                        help='YAML config of these options, a file or a packaged recipe (e.g. '
+                             'imagenet/swin_base_natural); flags win, unknown keys are an error')
     parser.add_argument('--dry-run', action='store_true', help='print the resolved options as YAML and exit')
     add_model_args(parser)
     add_data_args(parser)
@@ -97,11 +99,12 @@ def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source
         state = os.path.join(args.output, f'autoattack_{spec.label}_rank{rank}.json') if args.output else None
         aa = run_autoattack(spec.model, x, y, eps=args.aa_eps, version=args.aa_version,
                             batch_size=args.aa_batch_size or args.batch_size, device=device, seed=args.seed,
-                            state_path=state)
+                            state_path=state, show_progress=show, desc=f'{spec.label} AutoAttack')
         order, (clean, robust) = gather_rows(mine, aa.clean, aa.robust)
         result.setdefault('clean_accuracy', 100.0 * clean.float().mean().item())
+        accuracy = 100.0 * robust.float().mean().item()
         result['autoattack'] = {'eps': args.aa_eps, 'version': args.aa_version, 'backend': aa.backend,
-                                'robust_accuracy': 100.0 * robust.float().mean().item(),
+                                'robust_accuracy': accuracy, 'ci95': list(wilson_interval(accuracy, robust.numel())),
                                 'after_each_attack': aa.per_attack if world == 1 else None}
         flags.update(indices=order, aa_clean=clean, aa_robust=robust)
     if args.sanity and rank == 0:
@@ -111,7 +114,7 @@ def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source
         ctx = SanityContext(spec.model, x, y, eps=args.sanity_eps or args.aa_eps, steps=args.sanity_steps,
                             tolerance=args.tolerance, source_model=source.model if source else None,
                             square_queries=args.square_queries, seed=args.seed)
-        checks = run_sanity_checks(ctx, args.sanity_checks)
+        checks = run_sanity_checks(ctx, args.sanity_checks, show_progress=show, desc=f'{spec.label} checklist')
         result['sanity'] = {'eps': ctx.eps, 'num_samples': len(sanity_idx), 'verdict': masking_verdict(checks),
                             'checks': [c.as_dict() for c in checks]}
         _logger.info(f"{spec.label}: {result['sanity']['verdict']}")
@@ -124,16 +127,20 @@ def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source
 
 
 def _print_summary(models: List[Dict[str, Any]]) -> None:
+    """Per model: clean, the PGD sweep (ε in /255: accuracy), AutoAttack with its 95% interval, the checklist."""
+    print(f"Summary, {models[0]['num_samples']} samples per model (95% Wilson intervals):")
     for m in models:
-        parts = [f"{m['label']}: clean {m['clean_accuracy']:.2f}"]
+        n = m['num_samples']
+        parts = [f"{m['label']}: clean {format_accuracy(m['clean_accuracy'], n)}"]
         if 'sweep' in m:
             parts.append('PGD ' + ' '.join(f'{e * 255:g}:{a:.1f}' for e, a in zip(m['sweep']['eps'],
                                                                                 m['sweep']['accuracy'])))
         if 'autoattack' in m:
-            parts.append(f"AutoAttack({m['autoattack']['eps'] * 255:g}/255) {m['autoattack']['robust_accuracy']:.2f}")
+            aa = m['autoattack']
+            parts.append(f"AutoAttack {aa['eps'] * 255:g}/255 {format_accuracy(aa['robust_accuracy'], n)}")
         if 'sanity' in m:
             parts.append(m['sanity']['verdict'])
-        print(' | '.join(parts))
+        print('  ' + ' | '.join(parts))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -145,8 +152,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not (args.autoattack or args.sanity) and args.no_sweep:
         parser.error('nothing to do: --no-sweep without --autoattack or --sanity')
+    created = bool(args.output) and not os.path.exists(args.output)
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
+        os.makedirs(args.output, exist_ok=True)  # the resumable AutoAttack state goes there as it runs
     try:
         device = init_device(args)
         rank, world = args.rank, args.world_size
@@ -162,8 +170,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             results.append(result)
             all_flags[spec.label] = flags
     except (ModelError, ValueError, FileNotFoundError, ImportError) as e:
-        print(f'gradreg-eval: error: {e}', file=sys.stderr)
+        if created and not os.listdir(args.output):
+            os.rmdir(args.output)
+        print(f'gradreg-eval: error: {e}'.replace('\n', ' '), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('gradreg-eval: interrupted' + ('; AutoAttack resumes where it stopped when rerun with the same '
+                                             '--output.' if args.autoattack and args.output else '.'), file=sys.stderr)
+        return 130
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
@@ -180,7 +194,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 plot_robust_curves(os.path.join(args.output, 'robust_curve.png'), swept)
             with open(os.path.join(args.output, 'report.md'), 'w') as f:
                 f.write(markdown_report(results, config))
-            print(f'wrote {os.path.abspath(args.output)}')
+            written = ['results.json', 'report.md', 'sweep.csv', 'robust_curve.png']
+            print(f"Wrote to {os.path.abspath(args.output)}: "
+                  f"{', '.join(f for f in written if os.path.exists(os.path.join(args.output, f)))}, flags_*.pt")
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     return 0

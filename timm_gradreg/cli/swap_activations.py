@@ -9,11 +9,12 @@ import torch
 from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS, list_target_activations, swap_activations
 from ..checkpoint import SWAP_KEY, atomic_save
 from ..models import ModelError, create_model, load_model_checkpoint
+from ..parser import ArgumentParser
 from .console import setup_console_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='swap-activations',
         description='Replace the ReLU-family activation modules of a timm model with a smooth activation '
                     '(GradNorm needs one), check a forward pass, and save a checkpoint that records the swap '

@@ -2,7 +2,6 @@
 import sys
 from typing import List, Optional
 
-
 from ..models import ModelError
 from ..train import Trainer, TrainingError, TrainingInterrupted, config_yaml, parse_args, resolve_config
 from .console import setup_console_logging
@@ -14,12 +13,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dry_run:
         print(config_yaml(resolve_config(args)), end='')
         return 0
+    trainer = None
     try:
-        Trainer(args, args_text).fit()
+        trainer = Trainer(args, args_text)
+        trainer.fit()
     except TrainingInterrupted as e:
         print(f'timm-train: {e}', file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # before training started (setup, data preparation): nothing to save
+        if trainer is not None:
+            trainer.discard_unused_output()
+        print('timm-train: interrupted before training started; nothing was saved.', file=sys.stderr)
+        return 130
     except (TrainingError, ModelError) as e:
+        if trainer is not None:
+            trainer.discard_unused_output()
         print(f'timm-train: error: {e}', file=sys.stderr)
         return 2
     return 0

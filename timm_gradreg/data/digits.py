@@ -5,6 +5,7 @@ into ``train/`` and ``validation/`` class folders that timm's ImageFolder reads.
 The folder is built once, atomically (safe when several ranks start together).
 """
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ import numpy as np
 __all__ = ['build_digits_folder', 'DIGITS_VERSION']
 
 DIGITS_VERSION = 1
+
+_logger = logging.getLogger(__name__)
 
 
 def _stratified_split(targets: np.ndarray, val_fraction: float, seed: int):
@@ -43,6 +46,7 @@ def build_digits_folder(root: str, image_size: int = 32, val_fraction: float = 0
         raise ImportError('The digits demo needs scikit-learn: pip install "timm-gradreg[demo]"') from e
     from PIL import Image
 
+    _logger.info(f"Building the digits demo data (first use, a few seconds) in '{root}' ...")
     digits = load_digits()
     is_val = _stratified_split(digits.target, val_fraction, seed)
     parent = os.path.dirname(os.path.abspath(root))

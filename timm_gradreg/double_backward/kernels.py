@@ -10,12 +10,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .._private import recompile_limit, torch_function_disabled
+from .._private import quiet_cuda_home_notice, recompile_limit, torch_function_disabled
 
 __all__ = ['CompiledKernel']
 
 #: Graphs one kernel may compile (one per input shape; a network has a handful of layer sizes).
 MAX_GRAPHS_PER_KERNEL = 64
+
+quiet_cuda_home_notice()
 
 
 class CompiledKernel:

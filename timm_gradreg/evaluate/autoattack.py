@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..files import write_json
+from ..progress import Progress, count_forwards
 
 __all__ = ['STANDARD_ATTACKS', 'autoattack_backend', 'AutoAttackResult', 'run_autoattack']
 
@@ -57,6 +58,24 @@ def _run_one(backend: str, attack, name: str, x: torch.Tensor, y: torch.Tensor, 
     else:
         x_adv = attack.run_standard_evaluation(x, y, bs=batch_size)
     return x_adv
+
+
+def _forwards_per_chunk(attack, name: str) -> int:
+    """Model forward passes of one attack on one chunk whose samples all stay robust (an upper bound).
+
+    Counted on pyautoattack: its clean check, then APGD's iterations (plus its step-size checks),
+    FAB's two passes per iteration per target, Square's queries; plus the pass that checks the result.
+    """
+    apgd, apgd_t, fab, square = attack.apgd, attack.apgd_targeted, attack.fab, attack.square
+    counts = {
+        'apgd-ce': 2 + apgd.n_restarts * (apgd.n_iter + 9),
+        'apgd-dlr': 2 + apgd.n_restarts * (apgd.n_iter + 9),
+        'apgd-t': 1 + apgd_t.n_target_classes * apgd_t.n_restarts * (apgd_t.n_iter + 3),
+        'fab-t': 1 + fab.n_target_classes * fab.n_restarts * (2 * fab.n_iter + 4),
+        'fab': 1 + fab.n_restarts * (2 * fab.n_iter + 4),
+        'square': square.n_restarts * square.n_queries + 12,
+    }
+    return 1 + counts.get(name, 1)
 
 
 @dataclass
@@ -111,6 +130,8 @@ def run_autoattack(
         seed: int = 0,
         state_path: Optional[str] = None,
         square_queries: Optional[int] = None,
+        show_progress: bool = False,
+        desc: str = 'AutoAttack',
 ) -> AutoAttackResult:
     """AutoAttack on a pixel-space model (normalization inside, eval mode, fp32), inputs in [0, 1].
 
@@ -119,6 +140,8 @@ def run_autoattack(
         state_path: JSON file with the per-sample flags after each attack; rerunning with the
             same setup skips the attacks already done.
         square_queries: Override Square's query budget (5000 in 'standard').
+        show_progress: A progress display per model forward pass (attacks run in chunks of
+            ``batch_size``, exactly the batches AutoAttack would form, so results are unchanged).
     """
     backend, cls = autoattack_backend()
     device = device or x.device
@@ -137,17 +160,27 @@ def run_autoattack(
         state = {'signature': signature, 'clean': clean.tolist(), 'robust': clean.tolist(), 'done': {}}
         _save_state(state_path, state)
     robust = torch.tensor(state['robust'], dtype=torch.bool, device=x.device)
-    for name in names:
-        if name in state['done']:
-            continue
-        idx = robust.nonzero().squeeze(1)
-        if idx.numel():
-            x_adv = _run_one(backend, attack, name, x[idx], y[idx], batch_size)
-            still = _predict(model, x_adv.to(x.device), batch_size) == y[idx]
-            robust[idx] = still
-        state['robust'] = robust.tolist()
-        state['done'][name] = 100.0 * robust.float().mean().item()
-        _save_state(state_path, state)
-        _logger.info(f'AutoAttack {name}: robust accuracy {state["done"][name]:.2f}%')
+    todo = [name for name in names if name not in state['done']]
+
+    def work_left(count: int, attacks: Sequence[str]) -> int:
+        chunks = -(-count // batch_size)
+        return sum(chunks * _forwards_per_chunk(attack, a) for a in attacks)
+
+    bar = Progress(work_left(int(robust.sum()), todo), desc, enabled=show_progress)
+    with bar, count_forwards(model, bar):
+        for k, name in enumerate(todo):
+            idx = robust.nonzero().squeeze(1)
+            bar.set_total(bar.done + work_left(idx.numel(), todo[k:]))
+            per_chunk = _forwards_per_chunk(attack, name)
+            for start in range(0, idx.numel(), batch_size):
+                chunk = idx[start:start + batch_size]
+                chunk_end = bar.done + per_chunk
+                x_adv = _run_one(backend, attack, name, x[chunk], y[chunk], batch_size)
+                robust[chunk] = _predict(model, x_adv.to(x.device), batch_size) == y[chunk]
+                bar.advance_to(chunk_end)
+            state['robust'] = robust.tolist()
+            state['done'][name] = 100.0 * robust.float().mean().item()
+            _save_state(state_path, state)
+            _logger.info(f'{desc} {name}: robust accuracy {state["done"][name]:.2f}%')
     return AutoAttackResult(eps=eps, version=version, clean=torch.tensor(state['clean']), robust=robust.cpu(),
                             per_attack=dict(state['done']), backend=backend)

@@ -5,6 +5,7 @@ Attacks and analyses take pixels (normalization lives inside the model, see
 The subset is a seeded permutation of the split, the same on every machine and for
 every model, split across ranks when distributed.
 """
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -32,7 +33,14 @@ def create_pixel_dataset(dataset: str, data_dir: Optional[str], split: str, data
     if is_demo_dataset(dataset):
         name, root = '', prepare_demo_dataset(dataset, data_dir)
     input_mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
-    ds = create_dataset(name, root=root, split=split, is_training=False, input_img_mode=input_mode)
+    if not name and not root:
+        raise ValueError('No data: give --data-dir (an image folder with the split) or --dataset demo/digits.')
+    if not name and not os.path.exists(root):
+        raise ValueError(f"--data-dir '{root}' does not exist.")
+    try:
+        ds = create_dataset(name, root=root, split=split, is_training=False, input_img_mode=input_mode)
+    except RuntimeError as e:  # e.g. timm's "Found 0 images in subfolders of ..."
+        raise ValueError(f"no usable data in --data-dir '{root}' (split '{split}'): {e}".replace('\n', ' ')) from None
     ds.transform = create_transform(
         data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
         mean=(0.0,) * 3, std=(1.0,) * 3, crop_pct=data_config['crop_pct'],

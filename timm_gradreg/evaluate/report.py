@@ -62,9 +62,12 @@ def markdown_report(models: List[Dict[str, Any]], config: Dict[str, Any]) -> str
             row += ['—'] * sum(e > 0 for e in sweep_eps)
         if with_aa:
             aa = m.get('autoattack')
-            row.append(f"{aa['robust_accuracy']:.2f} (ε={aa['eps'] * 255:g}/255)" if aa else '—')
+            row.append(f"{aa['robust_accuracy']:.2f} [{aa['ci95'][0]:.1f}, {aa['ci95'][1]:.1f}] "
+                       f"(ε={aa['eps'] * 255:g}/255)" if aa else '—')
         rows.append(row)
     lines += _table(header, rows)
+    lines += ['', f"AutoAttack in brackets: the 95% Wilson interval of an accuracy on {models[0]['num_samples']} "
+                  'samples (robust accuracies on a subset vary by that much from one subset to another).']
     if sweep_eps:
         lines += ['', f"PGD: {config['steps']} steps, step {config['step_size_factor']}·ε/steps, losses "
                       f"{', '.join(config['losses'])}, {config['restarts']} restart(s) each; a sample is robust "

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..attacks import pgd_attack
-from .progress import progress
+from ..progress import Progress, count_forwards
 
 __all__ = ['DEFAULT_SWEEP_EPS', 'PGDSweepConfig', 'SweepResult', 'worst_case_correct', 'pgd_sweep']
 
@@ -103,19 +103,30 @@ def pgd_sweep(
     losses = list(config.losses)
     num_classes = None
     clean, robust = [], [[] for _ in eps]
-    for x, y in progress(loader, desc=desc, enabled=show_progress):
-        x, y = x.to(device), y.to(device)
-        if num_classes is None:
-            with torch.no_grad():
-                num_classes = model(x[:1]).shape[-1]
-            if num_classes < 3 and 'dlr' in losses:
-                _logger.warning('DLR needs at least 3 classes; using the other losses only.')
-                losses = [l for l in losses if l != 'dlr'] or ['ce']
-        ok = _correct(model, x, y)
-        clean.append(ok.cpu())
-        previous = ok
-        for i, e in enumerate(eps):
-            previous = worst_case_correct(model, x, y, e, steps=config.steps, step_size=config.step_size(e),
-                                          restarts=config.restarts, losses=losses, still_correct=previous)
-            robust[i].append(previous.cpu())
+    with Progress(1 + len(loader) * _forwards_per_batch(eps, config, len(losses)), desc, enabled=show_progress) as bar, \
+            count_forwards(model, bar):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            if num_classes is None:
+                with torch.no_grad():
+                    num_classes = model(x[:1]).shape[-1]
+                if num_classes < 3 and 'dlr' in losses:
+                    _logger.warning('DLR needs at least 3 classes; using the other losses only.')
+                    losses = [l for l in losses if l != 'dlr'] or ['ce']
+                    bar.set_total(1 + len(loader) * _forwards_per_batch(eps, config, len(losses)))
+            batch_end = bar.done + _forwards_per_batch(eps, config, len(losses))
+            ok = _correct(model, x, y)
+            clean.append(ok.cpu())
+            previous = ok
+            for i, e in enumerate(eps):
+                previous = worst_case_correct(model, x, y, e, steps=config.steps, step_size=config.step_size(e),
+                                              restarts=config.restarts, losses=losses, still_correct=previous)
+                robust[i].append(previous.cpu())
+            bar.advance_to(batch_end)  # attacks skipped once no sample was left
     return SweepResult(eps=eps, clean=torch.cat(clean), robust=torch.stack([torch.cat(r) for r in robust]))
+
+
+def _forwards_per_batch(eps: Sequence[float], config: PGDSweepConfig, num_losses: int) -> int:
+    """Model forward passes for one batch: the clean pass, then per ε > 0 each attack's steps and its check."""
+    attacked = sum(1 for e in eps if e > 0) if config.steps > 0 else 0
+    return 1 + attacked * num_losses * config.restarts * (config.steps + 1)

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import fgsm_attack, pgd_attack
+from ..progress import Progress, count_forwards
 from ..registry import Registry
 
 __all__ = ['CheckResult', 'SanityContext', 'register_check', 'list_checks', 'run_sanity_checks', 'masking_verdict']
@@ -74,10 +75,16 @@ class SanityContext:
 
 
 _CHECKS: Registry[Callable[[SanityContext], CheckResult]] = Registry('sanity check', sorted_names=False)
+_FORWARDS: Dict[str, Callable[[SanityContext], int]] = {}
 
 
-def register_check(name: str):
-    """Register a check ``fn(ctx: SanityContext) -> CheckResult``; checks run in registration order."""
+def register_check(name: str, forwards: Optional[Callable[[SanityContext], int]] = None):
+    """Register a check ``fn(ctx: SanityContext) -> CheckResult``; checks run in registration order.
+
+    ``forwards(ctx)``: the model forward passes it makes, for the progress display's ETA.
+    """
+    if forwards is not None:
+        _FORWARDS[name] = forwards
     return _CHECKS.register(name)
 
 
@@ -85,7 +92,7 @@ def list_checks() -> List[str]:
     return _CHECKS.names()
 
 
-@register_check('steps_converge')
+@register_check('steps_converge', forwards=lambda ctx: 2 * ctx.steps + 1)
 def _steps_converge(ctx: SanityContext) -> CheckResult:
     """Doubling the PGD iterations changes robust accuracy little."""
     doubled = ctx.accuracy(ctx.pgd(2 * ctx.steps))
@@ -95,7 +102,7 @@ def _steps_converge(ctx: SanityContext) -> CheckResult:
                        f'PGD-{2 * ctx.steps} lowers accuracy by {drop:.2f} points (tolerance {ctx.tolerance})')
 
 
-@register_check('unbounded_eps')
+@register_check('unbounded_eps', forwards=lambda ctx: max(ctx.steps, 20) + 1)
 def _unbounded_eps(ctx: SanityContext) -> CheckResult:
     """With an unbounded budget any image can be changed into any other: accuracy must reach ~0."""
     acc = ctx.accuracy(ctx.pgd(max(ctx.steps, 20), eps=ctx.unbounded_eps))
@@ -103,7 +110,7 @@ def _unbounded_eps(ctx: SanityContext) -> CheckResult:
                        f'PGD at ε={ctx.unbounded_eps:g} leaves {acc:.2f}% correct (should be ~0)')
 
 
-@register_check('iterative_beats_single_step')
+@register_check('iterative_beats_single_step', forwards=lambda ctx: 2)
 def _iterative(ctx: SanityContext) -> CheckResult:
     """FGSM (one step) must not be stronger than PGD."""
     torch.manual_seed(ctx.seed)
@@ -113,13 +120,14 @@ def _iterative(ctx: SanityContext) -> CheckResult:
                        f'FGSM {fgsm:.2f}% vs PGD-{ctx.steps} {ctx.pgd_accuracy:.2f}%')
 
 
-@register_check('black_box_not_better')
+@register_check('black_box_not_better', forwards=lambda ctx: ctx.square_queries + 14)
 def _black_box(ctx: SanityContext) -> CheckResult:
     """A gradient-free attack (Square) must not beat the white-box attack."""
     try:
         from .autoattack import run_autoattack
         result = run_autoattack(ctx.model, ctx.x, ctx.y, eps=ctx.eps, version='custom', attacks=['square'],
-                                batch_size=max(ctx.x.shape[0], 1), seed=ctx.seed, square_queries=ctx.square_queries)
+                                batch_size=max(ctx.x.shape[0], 1), seed=ctx.seed, square_queries=ctx.square_queries,
+                                desc='Checklist, gradient-free Square attack')
     except ImportError as e:
         return CheckResult('black_box_not_better', None, {}, f'skipped: {e}')
     square = result.robust_accuracy()
@@ -128,7 +136,7 @@ def _black_box(ctx: SanityContext) -> CheckResult:
                        f'Square ({ctx.square_queries} queries) {square:.2f}% vs PGD {ctx.pgd_accuracy:.2f}%')
 
 
-@register_check('transfer_weaker')
+@register_check('transfer_weaker', forwards=lambda ctx: 1)
 def _transfer(ctx: SanityContext) -> CheckResult:
     """Adversarial examples transferred from another model must be weaker than white-box ones."""
     if ctx.source_model is None:
@@ -139,7 +147,7 @@ def _transfer(ctx: SanityContext) -> CheckResult:
                        f'transfer from the source model {transfer:.2f}% vs white-box {ctx.pgd_accuracy:.2f}%')
 
 
-@register_check('l2_direction_weaker')
+@register_check('l2_direction_weaker', forwards=lambda ctx: ctx.steps + 1)
 def _l2_direction(ctx: SanityContext) -> CheckResult:
     """Under an L∞ budget, stepping along the L2-normalized gradient must be weaker than sign steps."""
     l2 = ctx.accuracy(ctx.pgd(ctx.steps, direction='l2'))
@@ -148,7 +156,7 @@ def _l2_direction(ctx: SanityContext) -> CheckResult:
                        f'L2-direction PGD {l2:.2f}% vs sign PGD {ctx.pgd_accuracy:.2f}%')
 
 
-@register_check('zero_gradients')
+@register_check('zero_gradients', forwards=lambda ctx: 1)
 def _zero_gradients(ctx: SanityContext) -> CheckResult:
     """Samples whose loss-input gradient is exactly zero cannot be attacked by gradients."""
     x = ctx.x.detach().clone().requires_grad_(True)
@@ -162,10 +170,14 @@ def _zero_gradients(ctx: SanityContext) -> CheckResult:
                        f'{int(zero.sum().item())} of {x.shape[0]} samples have an all-zero input gradient')
 
 
-def run_sanity_checks(ctx: SanityContext, names: Optional[Sequence[str]] = None) -> List[CheckResult]:
+def run_sanity_checks(ctx: SanityContext, names: Optional[Sequence[str]] = None, show_progress: bool = False,
+                      desc: str = 'Checklist') -> List[CheckResult]:
     """Run the named checks (all by default) in registration order."""
-    checks = [_CHECKS.get(name) for name in (names or list_checks())]
-    return [check(ctx) for check in checks]
+    names = list(names or list_checks())
+    checks = [_CHECKS.get(name) for name in names]
+    total = ctx.steps + 1 + sum(_FORWARDS.get(name, lambda c: 0)(ctx) for name in names)  # + the PGD reference
+    with Progress(total, desc, enabled=show_progress) as bar, count_forwards(ctx.model, bar):
+        return [check(ctx) for check in checks]
 
 
 def masking_verdict(results: Sequence[CheckResult]) -> str:

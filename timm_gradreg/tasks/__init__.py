@@ -7,7 +7,11 @@ from ._registry import (TaskEntry, all_task_options, create_task, get_task_class
                         task_kwargs, task_options, task_parameters)
 from .adversarial import AdversarialTask, FGSMTask, PGDTask
 from .base import CompileModeError, GradRegTask, check_compile_mode
+from .cure import CURETask
 from .edge import EdgeTask
+from .gradalign import GradAlignTask
 from .gradnorm import GRADNORM_IMPLS, GRADNORM_INPUTS, GradNormTask, gradnorm_fd_agreement
+from .igr import InputGradientTask
 from .natural import NaturalTask
 from .options import FROM_TASK, Option, fraction, number, sigma_value
+from .trades import TRADESTask

@@ -10,6 +10,7 @@ from timm.task import ClassificationTask
 from torch.nn.parallel import DistributedDataParallel
 
 from .._private import TASK_TAKES_CRITERION_KWARGS, classification_criterion, compile_mode_names
+from ..input_grad import loss_and_input_gradient
 from ..normalization import PixelSpace, Stats
 
 __all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode']
@@ -136,6 +137,17 @@ class GradRegTask(ClassificationTask, abc.ABC):
             raise RuntimeError(f"torch.compile does not support double backward, which the '{self.task_name}' task "
                                f'needs. Train without --torchcompile{alternative}.')
         return super().compile(backend=backend, mode=mode, **compile_kwargs)
+
+    def pixel_loss_gradient(self, input: torch.Tensor, target: torch.Tensor, create_graph: bool = True,
+                            module: Optional[nn.Module] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, batch-mean loss, per-sample ∇ₓ loss w.r.t. [0, 1] pixels) of ``input`` (normalized).
+
+        The gradient of Σ_b loss_b, so each row is its own sample's, taken through the normalization
+        (∂/∂pixel = ∂/∂normalized / std); differentiable with ``create_graph`` (double backprop).
+        """
+        output, loss, grad = loss_and_input_gradient(module or self.trainable_module, input, target, self.criterion,
+                                                     create_graph=create_graph, grad_scaler=self.grad_scaler)
+        return output, loss, grad / self.space.std_tensor(grad)
 
     # --- forward -----------------------------------------------------------------------
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:

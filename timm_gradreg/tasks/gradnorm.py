@@ -1,8 +1,10 @@
 """GradNorm training task (paper Eq. 2), by double backprop or by finite differences."""
+import math
 import warnings
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .._private import foreach_mul_
 from ..activations import find_kinks
@@ -52,13 +54,13 @@ GRADNORM_INPUTS: Dict[str, Callable] = {'clean': _clean_inputs, 'noise': _noisy_
                                         'pgd': _pgd_inputs}
 
 
-def _double_backprop(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+def _double_backprop(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor, ce_weight: float,
+                     weight: float) -> Dict[str, torch.Tensor]:
     """Penalty of the differentiable input gradient; its parameter gradient comes by double backprop."""
     output, ce, grad = loss_and_input_gradient(
         task.trainable_module, x, target, task.criterion, create_graph=True, grad_scaler=task.grad_scaler)
     penalty = task.penalty(grad)
-    weight = task.penalty_weight()
-    return {'loss': task.ce_weight * ce + weight * penalty, 'output': output, 'ce': ce.detach(),
+    return {'loss': ce_weight * ce + weight * penalty, 'output': output, 'ce': ce.detach(),
             'penalty': penalty.detach(), 'weight': weight}
 
 
@@ -83,7 +85,8 @@ class _GradientInjection(torch.autograd.Function):
         return (None, None, *grads, *[None] * len(grads))
 
 
-def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor, ce_weight: float,
+                       weight: float) -> Dict[str, torch.Tensor]:
     """The penalty's parameter gradient from two first-order passes, no double backward.
 
     ∇θ[(ε/σ)||g||₁] = H_θx·v with v = (ε/σ)⊙sign(g) ≈ ∇θ[L(x + h·v) − L(x)] / h. Pass 1 (on
@@ -105,14 +108,13 @@ def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tens
     grad = grads[0]
     ce = loss_sum.detach() / batch
     penalty = task.penalty(grad)
-    weight = task.penalty_weight()
     step = task.fd_step
     shifted = (x.detach() + step * task.direction(grad)).detach()
     shifted_ce = per_sample_loss_sum(task.criterion, at_least_fp32(task.trainable_module(shifted)), target) / batch
-    coef = (task.ce_weight - weight / step) / batch
+    coef = (ce_weight - weight / step) / batch
     pairs = [(p, g) for p, g in zip(params, grads[1:]) if g is not None]
     injected = _GradientInjection.apply(len(pairs), coef, *[p for p, _ in pairs], *[g for _, g in pairs]) if pairs else 0.0
-    value = task.ce_weight * ce + weight * penalty.detach()
+    value = ce_weight * ce + weight * penalty.detach()
     loss = value + (weight / step) * (shifted_ce - shifted_ce.detach()) + injected
     return {'loss': loss, 'output': output.detach(), 'ce': ce, 'penalty': penalty.detach(), 'weight': weight}
 
@@ -151,6 +153,15 @@ _OPTIONS = [
     Option('--gradnorm-impl', 'impl', choices=lambda: list(GRADNORM_IMPLS),
            help='GradNorm parameter gradient: exact double backprop, or finite differences of two first-order passes '
                 '(works with --torchcompile and fused attention, less memory) (default: double_backprop)'),
+    Option('--gn-penalty-fraction', 'penalty_fraction', number(0, 1, low_open=True),
+           help='take the penalty on a random fraction ρ of each batch (CE on all of it): its double backward '
+                'costs ρ of the full one (default: 1)', metavar='RHO'),
+    Option('--gn-every', 'every', number(1, integer=True),
+           help='take the penalty every k-th step only, weighted k times; other steps are natural training '
+                '(default: 1)', metavar='K'),
+    Option('--gn-resolution', 'resolution', number(0, 1, low_open=True),
+           help='take the penalty on the images downsampled by this factor (CE at full size): its passes cost '
+                'about its square (default: 1; convolutional models)', metavar='R'),
     Option('--fd-step', 'fd_step', number(0, 1, low_open=True),
            help='finite-difference step as a fraction of the ε step; 1 would be FGSM training (default: 0.1)',
            metavar='H'),
@@ -189,6 +200,15 @@ class GradNormTask(GradRegTask):
             double backward, so torch.compile and fused attention kernels work).
         fd_step: h of the finite difference, as a fraction of the ε step (h = 1 would be FGSM
             training) (default 0.1).
+        penalty_fraction: ρ, the penalty on a random ⌈ρ·B⌉ samples of each batch, CE on all B (1). The
+            batch mean of the per-sample penalty is estimated without bias from the subset, so the
+            expected training gradient is unchanged; only its variance grows.
+        every: k, the penalty on every k-th training step only, with weight k·λ_GN (1). The expected
+            gradient over k steps equals the every-step one to first order in the learning rate.
+        resolution: r, the penalty on the images downsampled by r (bilinear, antialiased), CE at full
+            size (1). An L∞ ε perturbation constant on r⁻¹×r⁻¹ blocks is one of the full image, and the
+            L1 norm of the input gradient is preserved by block averaging, so the penalty bounds the
+            first-order loss change under those perturbations; it says nothing of finer ones.
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
 
     Example:
@@ -223,6 +243,9 @@ class GradNormTask(GradRegTask):
             attack_steps: int = 3,
             impl: str = 'double_backprop',
             fd_step: float = 0.1,
+            penalty_fraction: float = 1.0,
+            every: int = 1,
+            resolution: float = 1.0,
             **kwargs,
     ):
         super().__init__(model, criterion, **kwargs)
@@ -253,6 +276,11 @@ class GradNormTask(GradRegTask):
         self.attack_eps = float(attack_eps)
         self.attack_step_size = float(attack_step_size)
         self.attack_steps = int(attack_steps)
+        if not 0 < penalty_fraction <= 1 or not 0 < resolution <= 1 or every < 1:
+            raise ValueError(f'need 0 < penalty_fraction <= 1, 0 < resolution <= 1 and every >= 1; got '
+                             f'{penalty_fraction}, {resolution}, {every}')
+        self.penalty_fraction, self.every, self.resolution = float(penalty_fraction), int(every), float(resolution)
+        self.steps_done = 0
         self._warn_where_it_does_not_apply()
 
     def _warn_where_it_does_not_apply(self) -> None:
@@ -285,16 +313,66 @@ class GradNormTask(GradRegTask):
         """λ_GN times the warm-up factor at the current epoch."""
         return self.gn_weight * self.warmup(self.epoch)
 
+    def get_task_state(self, module=None, ema: bool = False) -> Dict:
+        return {**super().get_task_state(module, ema), 'steps_done': self.steps_done}
+
+    def load_task_state(self, state, strict: bool = True, module=None, ema: bool = False) -> None:
+        super().load_task_state(state, strict, module, ema)
+        if state and not ema:
+            self.steps_done = int(state.get('steps_done', 0))
+
     def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = GRADNORM_INPUTS[self.inputs](self, input, target)
-        result = GRADNORM_IMPLS[self.impl](self, x, target)
+        weight = self.penalty_weight()
+        if self.training and torch.is_grad_enabled():
+            penalty_step = self.steps_done % self.every == 0
+            self.steps_done += 1
+            if not penalty_step:
+                result = self._natural(x, target, self.ce_weight)
+            else:
+                result = self._penalized(x, target, weight * self.every)
+        else:
+            result = self._penalized(x, target, weight)
         result['weight'] = torch.tensor(result['weight'], device=result['loss'].device)
         return result
+
+    def _natural(self, x: torch.Tensor, target: torch.Tensor, ce_weight: float) -> Dict[str, torch.Tensor]:
+        output = self.trainable_module(x)
+        ce = self.criterion(output, target)
+        return {'loss': ce_weight * ce, 'output': output, 'ce': ce.detach(), 'weight': 0.0}
+
+    def _penalized(self, x: torch.Tensor, target: torch.Tensor, weight: float) -> Dict[str, torch.Tensor]:
+        impl = GRADNORM_IMPLS[self.impl]
+        if self.penalty_fraction == 1 and self.resolution == 1:
+            return impl(self, x, target, self.ce_weight, weight)
+        batch = x.shape[0]
+        count = max(1, math.ceil(self.penalty_fraction * batch))
+        chosen = torch.randperm(batch, device=x.device)[:count]
+        if self.resolution == 1:  # the penalty's pass carries the CE of its own samples
+            rest = torch.ones(batch, dtype=torch.bool, device=x.device)
+            rest[chosen] = False
+            result = impl(self, x[chosen], target[chosen], self.ce_weight * count / batch, weight)
+            output = torch.empty((batch, *result['output'].shape[1:]), dtype=result['output'].dtype, device=x.device)
+            output[chosen] = result['output'].detach()
+            loss = result['loss']
+            if count < batch:
+                natural = self._natural(x[rest], target[rest], self.ce_weight * (batch - count) / batch)
+                output[rest] = natural['output'].detach()
+                loss = loss + natural['loss']
+            ce = (result['ce'] * count + (natural['ce'] * (batch - count) if count < batch else 0.0)) / batch
+            return {'loss': loss, 'output': output, 'ce': ce, 'penalty': result['penalty'], 'weight': weight}
+        small = F.interpolate(x[chosen], scale_factor=self.resolution, mode='bilinear', align_corners=False,
+                              antialias=True)  # linear per channel: commutes with the normalization
+        result = impl(self, small, target[chosen], 0.0, weight)
+        natural = self._natural(x, target, self.ce_weight)
+        return {'loss': natural['loss'] + result['loss'], 'output': natural['output'], 'ce': natural['ce'],
+                'penalty': result['penalty'], 'weight': weight}
 
     def extra_repr(self) -> str:
         return (f'ce_weight={self.ce_weight}, gn_weight={self.gn_weight}, eps={self.eps:.5f}, sigma={self.sigma}, '
                 f'warmup={self.warmup.epochs}, threshold={self.threshold}, channel_weights={self.channel_weights}, '
-                f'inputs={self.inputs!r}, impl={self.impl!r}, ' + super().extra_repr())
+                f'inputs={self.inputs!r}, impl={self.impl!r}, penalty_fraction={self.penalty_fraction}, '
+                f'every={self.every}, resolution={self.resolution}, ' + super().extra_repr())
 
 
 def gradnorm_fd_agreement(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fd_step: float = 0.1,

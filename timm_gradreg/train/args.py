@@ -6,12 +6,15 @@ valid key, and each value is converted and checked as its command-line flag woul
 """
 import argparse
 import logging
+import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from timm import utils
 
 from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS
+from ..parser import ArgumentParser
 from ..plugins import load_plugins
+from ..recipes import recipe_table
 from ..yaml_config import ConfigError, load_config, parse_with_config
 from ..tasks import all_task_options, check_compile_mode, fraction, get_task_class, list_tasks, task_kwargs
 
@@ -20,18 +23,32 @@ __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'che
 _logger = logging.getLogger(__name__)
 
 
+class _ListRecipes(argparse.Action):
+    """``--list-recipes``: print the packaged recipes and exit, like ``--help``."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(recipe_table(), end='')
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full timm-train parser (timm train.py names and defaults, plus gradreg options, plugins' included)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='timm-train',
         description='timm training with input-gradient regularizers (GradNorm, edge alignment) and adversarial '
                     'training baselines. Same arguments and YAML configs as timm\'s train.py, plus the "gradreg" '
                     'group. Numbers like epsilons accept fractions, e.g. --gn-eps 4/255.',
-        epilog='Example: timm-train -c recipes/demo/digits_gradnorm.yaml   |   '
-               'torchrun --nproc_per_node 8 -m timm_gradreg.cli.train -c recipes/imagenet/swin_base_gradnorm.yaml '
+        epilog='Example: timm-train -c demo/digits_gradnorm   |   '
+               'torchrun --nproc_per_node 8 -m timm_gradreg.cli.train -c imagenet/swin_base_gradnorm '
                '--data-dir /imagenet')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                        help='YAML config file specifying default arguments (unknown keys are an error)')
+                        help='YAML config file specifying default arguments (unknown keys are an error), or the '
+                             'name of a packaged recipe, e.g. demo/digits_gradnorm (a local file wins)')
+    parser.add_argument('--list-recipes', action=_ListRecipes,
+                        help='list the packaged recipes with the paper result each reproduces, and exit')
 
     group = parser.add_argument_group('Dataset parameters')
     parser.add_argument('data', nargs='?', metavar='DIR', const=None,
@@ -432,8 +449,20 @@ def parse_args(argv: Optional[Sequence[str]] = None,
 
 # --- option combinations and task options ------------------------------------------------------
 
+#: Counts that must be at least 1 (timm and torch fail on them with an assertion or a deep traceback).
+_POSITIVE = {'epochs': ('--epochs', 'the number of scheduled epochs; --stop-epoch N stops earlier'),
+             'batch_size': ('-b/--batch-size', 'images per process and step'),
+             'validation_batch_size': ('-vb/--validation-batch-size', 'images per validation batch')}
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, saying why and what does."""
+    if args.resume and not os.path.isfile(args.resume):
+        raise ValueError(f"--resume '{args.resume}': no such file.")
+    for name, (flag, meaning) in _POSITIVE.items():
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f'{flag} {value}: must be at least 1 ({meaning}).')
     task_cls = get_task_class(args.gradreg)
     for names, reason in UNSUPPORTED.items():
         for name in names:

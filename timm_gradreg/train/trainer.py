@@ -7,7 +7,7 @@ distribute_bn, update_summary) and the method from ``create_task(cfg.gradreg)``;
 the loop knows no method by name.
 
     >>> from timm_gradreg.train import Trainer, parse_args
-    >>> args, text = parse_args(['-c', 'recipes/demo/digits_gradnorm.yaml'])
+    >>> args, text = parse_args(['-c', 'demo/digits_gradnorm'])
     >>> Trainer(args, text).fit()
 
 The Trainer reads the resolved configuration (``resolve_config(args)``, ``self.cfg``) and never
@@ -47,7 +47,9 @@ from ..checkpoint import AtomicCheckpointSaver
 from ..data import is_demo_dataset, prepare_demo_dataset
 from ..models import create_model, load_model_checkpoint
 from ..modes import freeze_batchnorm
+from ..evaluate.interval import format_accuracy
 from ..normalization import PixelSpace
+from ..progress import format_duration
 from ..tasks import GradRegTask, create_task
 from .config import resolve_config
 from .recovery import (RESUME_KEY, CheckpointFileError, StopSignals, TrainingInterrupted, check_resume_checkpoint,
@@ -94,6 +96,9 @@ class Trainer:
         self.signals = StopSignals()
         self.consecutive_skips = 0
         self.resume_point = None
+        self._validation_time = 0.0
+        self.output_dir: Optional[str] = None
+        self.created_output = False
         self.is_setup = False
 
     # ------------------------------------------------------------------ properties
@@ -198,12 +203,16 @@ class Trainer:
                       target_key=cfg.target_key)
         if cfg.dataset_trust_remote_code:
             common['trust_remote_code'] = True
-        dataset_train = create_dataset(dataset_name, split=cfg.train_split, is_training=True, seed=cfg.seed,
-                                       repeats=cfg.epoch_repeats, num_samples=cfg.train_num_samples, **common)
-        dataset_eval = None
-        if cfg.val_split:
-            dataset_eval = create_dataset(dataset_name, split=cfg.val_split, is_training=False,
-                                          num_samples=cfg.val_num_samples, **common)
+        try:
+            dataset_train = create_dataset(dataset_name, split=cfg.train_split, is_training=True, seed=cfg.seed,
+                                           repeats=cfg.epoch_repeats, num_samples=cfg.train_num_samples, **common)
+            dataset_eval = None
+            if cfg.val_split:
+                dataset_eval = create_dataset(dataset_name, split=cfg.val_split, is_training=False,
+                                              num_samples=cfg.val_num_samples, **common)
+        except (RuntimeError, FileNotFoundError) as e:  # e.g. timm's "Found 0 images in subfolders of ..."
+            raise TrainingError(f"no usable data in --data-dir '{cfg.data_dir}' (dataset "
+                                f"'{cfg.dataset or 'image folder'}'): {e}".replace('\n', ' ')) from None
         return dataset_train, dataset_eval
 
     def build_loaders(self, dataset_train, dataset_eval) -> Tuple[Any, Any, Optional[Mixup]]:
@@ -274,6 +283,7 @@ class Trainer:
         exp_name = cfg.experiment or '-'.join([
             datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(cfg.model),
             str(self.data_config['input_size'][-1])])
+        self.created_output = not os.path.exists(os.path.join(cfg.output or './output/train', exp_name))
         output_dir = utils.get_outdir(cfg.output or './output/train', exp_name)
         saver = AtomicCheckpointSaver(
             model=self.task.get_trainable_module(), optimizer=self.optimizer, args=cfg, amp_scaler=self.loss_scaler,
@@ -575,10 +585,14 @@ class Trainer:
             return
         lrs = [g['lr'] for g in self.optimizer.param_groups]
         parts = ' '.join(f'{k}: {(v / counts[k].clamp_min(1)).item():#.4g}' for k, v in sums.items())
+        epoch_left = update_time.avg * (self.updates_per_epoch - update_idx - 1)
+        epochs_after = self.end_epoch - epoch - 1
+        run_left = epoch_left + epochs_after * (update_time.avg * self.updates_per_epoch + self._validation_time)
         _logger.info(
             f'Train: {epoch} [{update_idx:>4d}/{self.updates_per_epoch} '
             f'({100. * (update_idx + 1) / self.updates_per_epoch:>3.0f}%)]  Loss: {loss_meter.val:#.3g} '
-            f'({loss_meter.avg:#.3g})  {parts}  Time: {update_time.val:.3f}s  LR: {sum(lrs) / len(lrs):.3e}')
+            f'({loss_meter.avg:#.3g})  {parts}  Time: {update_time.val:.3f}s  LR: {sum(lrs) / len(lrs):.3e}  '
+            f'ETA: epoch {format_duration(epoch_left)}, run {format_duration(run_left)}')
 
     def validate(self, model: nn.Module, log_suffix: str = '') -> 'OrderedDict[str, float]':
         cfg = self.cfg
@@ -592,6 +606,7 @@ class Trainer:
         if not self.is_setup:
             self.setup()
         results, best_metric, best_epoch = [], None, None
+        start = time.time()
         try:
             with self.signals.installed():
                 best_metric, best_epoch = self._fit_epochs(results)
@@ -600,7 +615,39 @@ class Trainer:
                 torch.distributed.destroy_process_group()
         if best_metric is not None:
             self.log(f'*** Best metric: {best_metric} (epoch {best_epoch})')
+        self.log(self.summary(results, best_metric, best_epoch, time.time() - start))
         return results
+
+    def discard_unused_output(self) -> None:
+        """After a failed run: remove the output folder it created if it holds no checkpoint or summary."""
+        folder = self.output_dir
+        if not (self.created_output and folder and os.path.isdir(folder)):
+            return
+        if set(os.listdir(folder)) <= {'args.yaml'}:
+            for name in os.listdir(folder):
+                os.remove(os.path.join(folder, name))
+            os.rmdir(folder)
+
+    def summary(self, results: List[Dict[str, Any]], best_metric: Optional[float], best_epoch: Optional[int],
+                seconds: float) -> str:
+        """What the run produced: the last epoch's clean and robust accuracy, the checkpoints, the folder."""
+        lines = [f'Finished {len(results)} validated epoch(s) in {format_duration(seconds)}.']
+        last = results[-1] if results else None
+        validation = (last or {}).get('validation') or {}
+        if 'top1' in validation:
+            n_clean = len(self.loader_eval.dataset)
+            line = f"Last epoch ({last['epoch']}): clean top-1 {format_accuracy(validation['top1'], n_clean)}"
+            if 'advtop1' in validation:
+                n_robust = min(n_clean, self.robust.max_samples or n_clean)
+                line += (f", robust top-1 under PGD-{self.robust.steps} at ε {self.robust.eps * 255:.3g}/255 "
+                         f"{format_accuracy(validation['advtop1'], n_robust)}")
+            lines.append(line)
+        if self.output_dir is not None:
+            lines.append(f'Outputs in {os.path.abspath(self.output_dir)}: last.pth.tar, summary.csv, args.yaml')
+            if best_epoch is not None:
+                lines.append(f'model_best.pth.tar is epoch {best_epoch}, chosen by {self.eval_metric} '
+                             f'({best_metric:.4g}; --eval-metric sets the criterion)')
+        return '\n'.join(lines)
 
     def _fit_epochs(self, results: List[Dict[str, Any]]) -> Tuple[Optional[float], Optional[int]]:
         """The epoch loop of ``fit``: train, validate, checkpoint; returns the best metric and its epoch."""
@@ -620,12 +667,14 @@ class Trainer:
                 continue
             eval_metrics = None
             if self.loader_eval is not None:
+                validation_start = time.time()
                 eval_metrics = self.validate(self.eval_model)
                 ema = self.task.get_trainable_module(ema=True)
                 if ema is not None and not cfg.model_ema_force_cpu:
                     if self.distributed and cfg.dist_bn in ('broadcast', 'reduce') and not self.bn_frozen:
                         utils.distribute_bn(ema, cfg.world_size, cfg.dist_bn == 'reduce')
                     eval_metrics = self.validate(self.task.get_eval_model(ema=True), log_suffix=' (EMA)')
+                self._validation_time = (time.time() - validation_start) / max(cfg.val_interval, 1)
             if self.output_dir is not None:
                 lrs = [g['lr'] for g in self.optimizer.param_groups]
                 summary = os.path.join(self.output_dir, 'summary.csv')
