@@ -9,12 +9,14 @@ __all__ = ['BenchMethod', 'METHODS', 'REFERENCE', 'EAGER_TOO']
 class BenchMethod:
     """A training method as benchmarked: its task options and the paper's pass count."""
     task: str
-    passes: int
+    passes: float
     options: Dict[str, Any] = field(default_factory=dict)
     compilable: bool = True
 
 
-#: name -> method; passes count forward and backward passes as in the paper's Table 3 (natural 2, AT 8).
+#: name -> method; passes count forward and backward passes as in the paper's Table 3 (natural 2, AT 8,
+#: GradNorm 5: a double backward counts as about three); a pass on a fraction of the batch or at a reduced
+#: resolution counts as that fraction of a pass (the area for a resolution).
 METHODS: Dict[str, BenchMethod] = {
     'natural': BenchMethod('natural', 2),
     'gradnorm': BenchMethod('gradnorm', 5, {'impl': 'double_backprop'}, compilable=False),
@@ -22,6 +24,13 @@ METHODS: Dict[str, BenchMethod] = {
     'edge': BenchMethod('edge', 5, compilable=False),
     'pgd-3': BenchMethod('pgd', 8, {'steps': 3}),
     'fgsm': BenchMethod('fgsm', 4),
+    'gradnorm-rho50': BenchMethod('gradnorm', 3.5, {'penalty_fraction': 0.5}, compilable=False),
+    'gradnorm-every2': BenchMethod('gradnorm', 3.5, {'every': 2}, compilable=False),
+    'gradnorm-res50': BenchMethod('gradnorm', 3.25, {'resolution': 0.5}, compilable=False),
+    'trades': BenchMethod('trades', 24),
+    'igr': BenchMethod('igr', 5, compilable=False),
+    'gradalign': BenchMethod('gradalign', 12, compilable=False),
+    'cure': BenchMethod('cure', 9, compilable=False),
 }
 REFERENCE = 'pgd-3'
 #: With --torchcompile these are timed eager as well: compiled FD is compared with eager FD and

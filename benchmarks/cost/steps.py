@@ -46,9 +46,12 @@ class StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
 
     def timed_step(self) -> float:
+        """Seconds per step, averaged over the task's cycle (a penalty every k-th step: k steps)."""
+        cycle = max(int(getattr(self.task, 'every', 1)), 1)
         start = clock(self.device)
-        self.step()
-        return clock(self.device) - start
+        for _ in range(cycle):
+            self.step()
+        return (clock(self.device) - start) / cycle
 
 
 def warm_up(args, device: torch.device, runners: list) -> Dict[str, Any]:
