@@ -170,3 +170,17 @@ def test_gradnorm_reduced_resolution_penalizes_the_downsampled_images():
     def reference():
         return 0.8 * F.cross_entropy(model(normalize(pixels)), y) + 1.2 * _gradnorm_penalty(model, normalize, small, y)
     _check(task, model, normalize(pixels), y, reference)
+
+
+@pytest.mark.parametrize('options', [['--gradreg', 'trades', '--trades-steps', '2'], ['--gradreg', 'igr'],
+                                     ['--gradreg', 'gradalign'], ['--gradreg', 'cure'],
+                                     ['--gradreg', 'gradnorm', '--gn-penalty-fraction', '0.5', '--gn-every', '2',
+                                      '--gn-resolution', '0.5']],
+                         ids=['trades', 'igr', 'gradalign', 'cure', 'gradnorm-cheap'])
+def test_each_trains_in_timm_train(options, tmp_path):
+    from timm_gradreg.cli.train import main as train_main
+    from helpers import tiny_train_argv, write_image_folder
+    folder = write_image_folder(tmp_path / 'data', classes=3, train_per_class=4, val_per_class=2)
+    assert train_main(tiny_train_argv(folder, tmp_path / 'out', 'run', '--epochs', '1', *options, classes=3)) == 0
+    row = open(tmp_path / 'out' / 'run' / 'summary.csv').read().splitlines()
+    assert len(row) == 2 and 'train_loss' in row[0] and 'eval_advtop1' in row[0]
