@@ -8,11 +8,11 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch.nn as nn
 
-__all__ = ['Progress', 'progress', 'count_forwards', 'format_duration']
+__all__ = ['Progress', 'count_forwards', 'format_duration']
 
 _logger = logging.getLogger(__name__)
 
@@ -93,16 +93,6 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def progress(iterable: Iterable, desc: str, *, enabled: bool = True, total: Optional[int] = None,
-             unit: str = 'batches') -> Iterator:
-    """Iterate with a ``Progress`` of one unit per item."""
-    total = total if total is not None else (len(iterable) if hasattr(iterable, '__len__') else 0)
-    with Progress(total, desc, enabled=enabled, unit=unit) as bar:
-        for item in iterable:
-            yield item
-            bar.update(1)
 
 
 @contextlib.contextmanager

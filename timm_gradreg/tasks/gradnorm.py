@@ -348,19 +348,19 @@ class GradNormTask(GradRegTask):
         batch = x.shape[0]
         count = max(1, math.ceil(self.penalty_fraction * batch))
         chosen = torch.randperm(batch, device=x.device)[:count]
-        if self.resolution == 1:  # the penalty's pass carries the CE of its own samples
+        if self.resolution == 1:  # the penalty's pass carries the CE of its own samples, a natural pass the rest's
             rest = torch.ones(batch, dtype=torch.bool, device=x.device)
             rest[chosen] = False
-            result = impl(self, x[chosen], target[chosen], self.ce_weight * count / batch, weight)
-            output = torch.empty((batch, *result['output'].shape[1:]), dtype=result['output'].dtype, device=x.device)
-            output[chosen] = result['output'].detach()
-            loss = result['loss']
+            parts = [(chosen, impl(self, x[chosen], target[chosen], self.ce_weight * count / batch, weight))]
             if count < batch:
-                natural = self._natural(x[rest], target[rest], self.ce_weight * (batch - count) / batch)
-                output[rest] = natural['output'].detach()
-                loss = loss + natural['loss']
-            ce = (result['ce'] * count + (natural['ce'] * (batch - count) if count < batch else 0.0)) / batch
-            return {'loss': loss, 'output': output, 'ce': ce, 'penalty': result['penalty'], 'weight': weight}
+                parts.append((rest, self._natural(x[rest], target[rest], self.ce_weight * (batch - count) / batch)))
+            first = parts[0][1]['output']
+            output = first.new_empty((batch, *first.shape[1:]))
+            for rows, part in parts:
+                output[rows] = part['output'].detach()
+            return {'loss': sum(part['loss'] for _, part in parts), 'output': output,
+                    'ce': sum(part['ce'] * part['output'].shape[0] for _, part in parts) / batch,
+                    'penalty': parts[0][1]['penalty'], 'weight': weight}
         small = F.interpolate(x[chosen], scale_factor=self.resolution, mode='bilinear', align_corners=False,
                               antialias=True)  # linear per channel: commutes with the normalization
         result = impl(self, small, target[chosen], 0.0, weight)
