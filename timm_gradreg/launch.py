@@ -65,9 +65,7 @@ def split_gradreg_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[st
         dests = {a.dest for a in parser._actions}
         try:
             path = config_path(config_args.config)
-            with open(path) as f:
-                keys = {str(k).replace('-', '_') for k in (yaml.safe_load(f) or {})}
-            defaults = load_config(parser, path, only=keys & dests)
+            defaults = load_config(parser, path, only=dests)  # the other keys are train.py's
         except ConfigError as e:
             raise LaunchError(str(e)) from None
         parser.set_defaults(**defaults)
