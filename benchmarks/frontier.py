@@ -5,8 +5,8 @@
     python benchmarks/frontier.py --quick --output /tmp/frontier   # a smoke test: 1 seed, 2 epochs
 
 Each method trains with timm-train from the demo recipes (same model, schedule and ε 24/255; seeds
-0/1/2), is evaluated by gradreg-eval on the last checkpoint (AutoAttack standard and PGD-50 at
-24/255), and has a training step timed against PGD-3 by benchmarks/step_cost.py in one interleaved
+0/1/2; the FGSM step of fgsm and gradalign warmed up over 5 epochs as PGD-3's), is evaluated by
+gradreg-eval on the last checkpoint (AutoAttack standard and PGD-50 at 24/255), and has a training step timed against PGD-3 by benchmarks/step_cost.py in one interleaved
 run, on the demo model and on resnet50-GELU at 128 px, batch 16. Writes frontier.json, frontier.md
 and frontier.png. Resumable: a run whose checkpoint or evaluation exists is not redone.
 """
@@ -33,7 +33,8 @@ METHODS: Dict[str, tuple] = {
     'gradnorm-res50': ('demo/digits_gradnorm', ['--gn-resolution', '0.5'], 'gradnorm-res50'),
     'trades': ('demo/digits_natural', ['--gradreg', 'trades', '--trades-eps', EPS], 'trades'),
     'igr': ('demo/digits_natural', ['--gradreg', 'igr'], 'igr'),
-    'gradalign': ('demo/digits_natural', ['--gradreg', 'gradalign', '--gradalign-eps', EPS], 'gradalign'),
+    'gradalign': ('demo/digits_natural', ['--gradreg', 'gradalign', '--gradalign-eps', EPS,
+                                          '--gradalign-warmup-epochs', '5'], 'gradalign'),
     'cure': ('demo/digits_natural', ['--gradreg', 'cure'], 'cure'),
 }
 #: The step-cost settings: the target is judged on resnet50-GELU (the demo model is dominated by

@@ -74,10 +74,14 @@ def test_cure_is_ce_plus_gamma_squared_gradient_difference_along_the_sign():
     _check(task, model, normalize(pixels), y, reference)
 
 
-def test_gradalign_is_fgsm_ce_plus_lambda_one_minus_cosine():
+@pytest.mark.parametrize('warmup_epochs,epoch,step_scale', [(0, 0.0, 1.0), (4, 2.7, 0.5), (4, 0.9, 0.0)],
+                         ids=['paper', 'warm-up-half', 'warm-up-start'])
+def test_gradalign_is_fgsm_ce_plus_lambda_one_minus_cosine(warmup_epochs, epoch, step_scale):
     model, pixels, y, normalize = _setup()
     eps = 8 / 255
-    task = create_task('gradalign', model, weight=0.5, eps=eps, mean=MEAN, std=STD, verbose=False)
+    task = create_task('gradalign', model, weight=0.5, eps=eps, warmup_epochs=warmup_epochs, mean=MEAN, std=STD,
+                       verbose=False)
+    task.set_epoch(epoch)  # the FGSM step is 1.25·ε·min(floor(epoch), E)/E during a warm-up of E epochs
 
     def reference():
         # FGSM-RS: uniform start in the ε-ball, one signed step of 1.25·ε, projected; model in eval mode
@@ -85,7 +89,8 @@ def test_gradalign_is_fgsm_ce_plus_lambda_one_minus_cosine():
         start = (pixels + delta).clamp(0, 1).requires_grad_(True)
         loss = F.cross_entropy(model(normalize(start)), y, reduction='sum')
         (g,) = torch.autograd.grad(loss, start)
-        adv = torch.min(torch.max(start.detach() + 1.25 * eps * g.sign(), pixels - eps), pixels + eps).clamp(0, 1)
+        step = 1.25 * eps * step_scale
+        adv = torch.min(torch.max(start.detach() + step * g.sign(), pixels - eps), pixels + eps).clamp(0, 1)
         ce = F.cross_entropy(model(normalize(adv)), y)
         eta = torch.empty_like(pixels).uniform_(-eps, eps)
         g1 = _pixel_grad(model, normalize, pixels, y).flatten(1)
