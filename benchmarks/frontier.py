@@ -6,8 +6,9 @@
 
 Each method trains with timm-train from the demo recipes (same model, schedule and ε 24/255; seeds
 0/1/2; the FGSM step of fgsm and gradalign warmed up over 5 epochs as PGD-3's), is evaluated by
-gradreg-eval on the last checkpoint (AutoAttack standard and PGD-50 at 24/255), and has a training step timed against PGD-3 by benchmarks/step_cost.py in one interleaved
-run, on the demo model and on resnet50-GELU at 128 px, batch 16. Writes frontier.json, frontier.md
+gradreg-eval on the last checkpoint (AutoAttack standard and PGD-50 at 24/255), and has a
+training step timed against PGD-3 by benchmarks/step_cost.py in one interleaved run, on the demo
+model and on resnet50-GELU at 128 px, batch 16. Writes frontier.json, frontier.md
 and frontier.png. Resumable: a run whose checkpoint or evaluation exists is not redone.
 """
 import argparse
