@@ -31,6 +31,7 @@ METHODS: Dict[str, tuple] = {
     'gradnorm-fd': ('demo/digits_gradnorm', ['--gradnorm-impl', 'fd'], 'gradnorm-fd'),
     'gradnorm-rho50': ('demo/digits_gradnorm', ['--gn-penalty-fraction', '0.5'], 'gradnorm-rho50'),
     'gradnorm-every2': ('demo/digits_gradnorm', ['--gn-every', '2'], 'gradnorm-every2'),
+    'gradnorm-every4': ('demo/digits_gradnorm', ['--gn-every', '4'], 'gradnorm-every4'),
     'gradnorm-res50': ('demo/digits_gradnorm', ['--gn-resolution', '0.5'], 'gradnorm-res50'),
     'trades': ('demo/digits_natural', ['--gradreg', 'trades', '--trades-eps', EPS], 'trades'),
     'igr': ('demo/digits_natural', ['--gradreg', 'igr'], 'igr'),

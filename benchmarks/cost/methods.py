@@ -26,6 +26,7 @@ METHODS: Dict[str, BenchMethod] = {
     'fgsm': BenchMethod('fgsm', 4),
     'gradnorm-rho50': BenchMethod('gradnorm', 3.5, {'penalty_fraction': 0.5}, compilable=False),
     'gradnorm-every2': BenchMethod('gradnorm', 3.5, {'every': 2}, compilable=False),
+    'gradnorm-every4': BenchMethod('gradnorm', 2.75, {'every': 4}, compilable=False),
     'gradnorm-res50': BenchMethod('gradnorm', 3.25, {'resolution': 0.5}, compilable=False),
     'trades': BenchMethod('trades', 24),
     'igr': BenchMethod('igr', 5, compilable=False),
