@@ -151,31 +151,40 @@ def markdown(data: dict) -> str:
 
 
 def plot(data: dict, path: str) -> None:
+    """AutoAttack vs cost, whole range on the left and the cheap, robust corner enlarged on the right."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 5))
     key = 'cost_ratio' if data['cost_setting'] == 'resnet50' else 'cost_ratio_demo'
     points = {n: (m[key], m['autoattack']['mean']) for n, m in data['methods'].items() if m.get(key) is not None}
-    for name, m in data['methods'].items():
-        if name not in points:
-            continue
-        ax.errorbar(points[name][0], points[name][1], yerr=m['autoattack']['std'], fmt='o', capsize=3)
-        ax.annotate(name, points[name], textcoords='offset points', xytext=(4, 4), fontsize=8)
-    front = [points[n] for n in data['pareto'] if n in points]
-    if front:
-        ax.plot([p[0] for p in front], [p[1] for p in front], 'k--', lw=1, label='Pareto front')
     at = data['methods'].get('pgd', {}).get('autoattack', {}).get('mean')
-    if at:
-        ax.axhline(0.9 * at, color='grey', lw=0.8, ls=':', label='90% of PGD-3 AT')
-        ax.axvline(0.5, color='grey', lw=0.8, ls='-.', label='0.5× PGD-3 cost')
-    ax.set_xlabel('training-step cost relative to PGD-3 (' + ('resnet50-GELU, 128 px, batch 16)'
-                  if key == 'cost_ratio' else 'the demo model)'))
-    ax.set_ylabel(f'AutoAttack accuracy at ε {EPS} (%), mean ± std over seeds')
-    ax.set_title('Cost–robustness frontier on the digits demo')
-    ax.legend(fontsize=8)
+    front = [points[n] for n in data['pareto'] if n in points]
+    corner = {n for n, (cost, acc) in points.items() if cost <= 1.05 and at and acc >= 0.7 * at}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, zoom in zip(axes, (False, True)):
+        shown = {n: p for n, p in points.items() if not zoom or n in corner}
+        for rank, (name, (cost, acc)) in enumerate(sorted(shown.items(), key=lambda kv: kv[1][1])):
+            ax.errorbar(cost, acc, yerr=data['methods'][name]['autoattack']['std'], fmt='o', capsize=3)
+            if zoom or name not in corner:  # the crowded corner is labelled on the right
+                ax.annotate(name, (cost, acc), textcoords='offset points', fontsize=8,
+                            xytext=(6, -10 if zoom and rank % 2 else 4))
+        if front:
+            ax.plot([p[0] for p in front], [p[1] for p in front], 'k--', lw=1, label='Pareto front')
+        if at:
+            ax.axhline(0.9 * at, color='grey', lw=0.8, ls=':', label='90% of PGD-3 AT')
+            ax.axvline(0.5, color='grey', lw=0.8, ls='-.', label='0.5× PGD-3 cost')
+        if zoom and shown:
+            costs, accs = [p[0] for p in shown.values()], [p[1] for p in shown.values()]
+            ax.set_xlim(min(costs) - 0.05, max(costs) + 0.1)
+            ax.set_ylim(min(accs) - 8, max(accs) + 4)
+        ax.set_xlabel('training-step cost relative to PGD-3 (' + ('resnet50-GELU, 128 px, batch 16)'
+                      if key == 'cost_ratio' else 'the demo model)'))
+        ax.set_title('enlarged: cost ≤ 1, ≥ 70% of AT' if zoom else 'all methods')
+    axes[0].set_ylabel(f'AutoAttack accuracy at ε {EPS} (%), mean ± std over seeds')
+    axes[0].legend(fontsize=8, loc='lower right')
+    fig.suptitle('Cost–robustness frontier on the digits demo')
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
