@@ -55,7 +55,7 @@ def test_pgd_is_stronger_than_fgsm_and_best_loss_is_best(model, data):
     torch.manual_seed(1)
     last = pgd_attack(model, x, y, eps=4 / 255, step_size=3 / 255, steps=5, space=SPACE)
     torch.manual_seed(1)
-    best = pgd_attack(model, x, y, eps=4 / 255, step_size=3 / 255, steps=5, space=SPACE, best_loss=True)
+    best = pgd_attack(model, x, y, eps=4 / 255, step_size=3 / 255, steps=5, space=SPACE, select='sample')
     assert (_ce(model, best, y) >= _ce(model, last, y) - 1e-6).all()
 
 

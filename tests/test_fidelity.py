@@ -114,6 +114,97 @@ def test_uniform_inputs_are_the_official_random_start(tiny_net, batch):
     torch.testing.assert_close(out['penalty'], (4 / 255) / 0.225 * g.abs().sum((1, 2, 3)).mean())
 
 
+def test_uniform_half_width_defaults_to_the_official_factor_of_eps(tiny_net):
+    """adversarial_training.py: --random_start_eps_factor defaults to 0.5 (half-width ε·0.5 = 2/255 at 4/255)."""
+    task = create_task('gradnorm', tiny_net, inputs='uniform', eps=4 / 255, verbose=False)
+    assert task.uniform_eps == pytest.approx(4 / 255 * 0.5, abs=1e-15)
+
+
+# --- the official PGD (adv/adv_utils.py: adv_generator with replace_best) --------------------------------
+
+def _official_pgd(model, x_norm, target, mean, std, eps, steps, step_size, noise, per_batch):
+    """adv_generator(..., random_start=False, use_best=True) line by line, with the final iterate scored on
+    normalized input (the official code scores it on pixels, a bug not copied). ``per_batch``: the criterion
+    is the batch mean (attack_criterion 'mixup', SoftTargetCrossEntropy), so replace_best swaps the whole batch;
+    else per sample ('regular', CrossEntropyLoss(reduction='none'))."""
+    images = x_norm * std + mean
+    orig = images.detach()
+
+    def criterion(logits):
+        per_sample = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+        return per_sample.mean() if per_batch else per_sample
+
+    def replace_best(loss, bloss, x, bx):
+        if bloss is None:
+            return loss.clone().detach(), x.clone().detach()
+        replace = bloss < loss
+        bx[replace] = x[replace].clone().detach()
+        bloss[replace] = loss[replace]
+        return bloss, bx
+
+    images = torch.clamp(images + noise, 0, 1)  # random_uniform: U(−ε, ε), clipped
+    best_loss = best_x = None
+    for _ in range(steps):
+        images = images.clone().detach().requires_grad_(True)
+        losses = criterion(model((images - mean) / std))
+        torch.mean(losses).backward()
+        grad = images.grad.detach()
+        with torch.no_grad():
+            best_loss, best_x = replace_best(losses, best_loss, images, best_x)
+            images = images + torch.sign(grad) * step_size
+            images = torch.clamp(torch.clamp(images - orig, -eps, eps) + orig, 0, 1)
+    with torch.no_grad():
+        losses = criterion(model((images - mean) / std))
+    best_loss, best_x = replace_best(losses, best_loss, images, best_x)
+    return (best_x - mean) / std
+
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize('select,per_batch', [('batch', True), ('sample', False)])
+def test_best_iterate_selection_is_the_official_replace_best(select, per_batch):
+    from timm_gradreg.attacks import pgd_attack
+    from timm_gradreg.normalization import PixelSpace
+    torch.manual_seed(3)
+    model = TinyNet(num_classes=4).double().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    g = torch.Generator().manual_seed(5)
+    x = ((0.05 + 0.9 * torch.rand(3, 3, 8, 8, generator=g, dtype=torch.float64)) - mean) / std
+    target = F.softmax(torch.randn(3, 4, generator=g, dtype=torch.float64), -1)  # mixed (soft) labels
+    eps, step = 0.1, 0.2  # steps that overshoot, so an earlier iterate can have the higher loss
+    chosen = []
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        ours = pgd_attack(model, x, target, eps=eps, step_size=step, steps=3, space=PixelSpace(MEAN, STD),
+                          select=select, generator=gen)
+        noise = torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(seed))
+        ref = _official_pgd(model, x, target, mean, std, eps, 3, step, noise, per_batch)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+        last = pgd_attack(model, x, target, eps=eps, step_size=step, steps=3, space=PixelSpace(MEAN, STD),
+                          generator=torch.Generator().manual_seed(seed))
+        chosen.append(torch.equal(ours, last))
+    assert not all(chosen)  # the selection picked an earlier iterate at least once: the test can fail
+
+
+def test_pgd_inputs_of_gradnorm_warm_the_step_up_per_epoch_and_select_as_asked(tiny_net, batch):
+    """Official GradNorm on PGD inputs: adv_generator with att_step = step·min(epoch, 5)/5 and replace_best."""
+    from timm_gradreg.attacks import pgd_attack
+    x, y = batch
+    task = create_task('gradnorm', tiny_net, inputs='pgd', warmup_epochs=0, attack_select='batch', verbose=False)
+    task.set_epoch(2.7)
+    torch.manual_seed(9)
+    out = task(x, y)
+    torch.manual_seed(9)
+    adv = pgd_attack(tiny_net, x, y, eps=4 / 255, step_size=8 / 255 / 3 * min(2, 5) / 5, steps=3, space=task.space,
+                     select='batch')
+    g = _per_sample_grad(tiny_net, adv, y)
+    torch.testing.assert_close(out['penalty'], (4 / 255) / 0.225 * g.abs().sum((1, 2, 3)).mean())
+
+
 # --- edge variants -----------------------------------------------------------------------------------
 
 def _official_contour_energy(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:

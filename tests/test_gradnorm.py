@@ -147,7 +147,7 @@ def test_gradnorm_input_variants_change_where_the_penalty_is_taken(tiny_net, bat
     x, y = batch
     clean = create_task('gradnorm', tiny_net, warmup_epochs=0, verbose=False)
     variant = create_task('gradnorm', tiny_net, warmup_epochs=0, inputs=inputs, noise_std=0.05,
-                          attack_eps=0.05, attack_step_size=0.02, verbose=False)
+                          attack_eps=0.05, attack_step_size=0.02, attack_warmup_epochs=0, verbose=False)
     torch.manual_seed(0)
     a, b = clean(x, y), variant(x, y)
     assert not torch.allclose(a['penalty'], b['penalty'])

@@ -21,6 +21,7 @@ from .registry import Registry
 __all__ = [
     'ATTACK_LOSSES', 'register_attack_loss', 'get_attack_loss', 'list_attack_losses',
     'cross_entropy_per_sample', 'margin_loss', 'dlr_loss', 'pgd_attack', 'fgsm_attack', 'STEP_DIRECTIONS',
+    'ITERATE_SELECTIONS', 'pgd_step_size',
 ]
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,6 +95,26 @@ def _l2_direction(grad: torch.Tensor) -> torch.Tensor:
 STEP_DIRECTIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {'sign': _sign_direction, 'l2': _l2_direction}
 
 
+def _improves_per_sample(values: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    return values > best
+
+
+def _improves_per_batch(values: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    return (values.mean() > best.mean()).expand_as(values)
+
+
+#: Which PGD iterate is returned: 'last'; 'sample', each sample's highest-loss iterate; 'batch', the
+#: iterate of highest batch-mean loss for the whole batch (what the official code's ``replace_best`` does
+#: with its batch-mean ``mixup`` criterion). The start point and every step are candidates.
+ITERATE_SELECTIONS = ('last', 'sample', 'batch')
+_IMPROVES = {'sample': _improves_per_sample, 'batch': _improves_per_batch}
+
+
+def pgd_step_size(eps: float, steps: int, factor: float = 2.5) -> float:
+    """The usual PGD evaluation step, factor·ε/steps (Madry et al.; 2.5 reaches the ball's far side)."""
+    return factor * eps / steps
+
+
 def _identity_space() -> PixelSpace:
     return PixelSpace(0.0, 1.0)
 
@@ -110,7 +131,7 @@ def pgd_attack(
         space: Optional[PixelSpace] = None,
         random_start: bool = True,
         loss: Union[str, AttackLoss] = 'ce',
-        best_loss: bool = False,
+        select: str = 'last',
         direction: str = 'sign',
         generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
@@ -126,7 +147,8 @@ def pgd_attack(
         space: Normalization the model expects; None means the model takes pixels.
         random_start: Start from a uniform point in the ε-ball.
         loss: Per-sample loss to ascend: 'ce', 'margin', 'dlr' or a callable.
-        best_loss: Return each sample's highest-loss iterate instead of the last one.
+        select: Which iterate to return: 'last', 'sample' (each sample's highest-loss one) or 'batch'
+            (the one of highest batch-mean loss), see ``ITERATE_SELECTIONS``.
         direction: 'sign' (PGD) or 'l2' (normalized gradient, then projected: a weaker L∞ attack).
         generator: Optional RNG for the random start.
 
@@ -136,6 +158,8 @@ def pgd_attack(
     """
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f'eps, step_size and steps must be >= 0, got {eps}, {step_size}, {steps}')
+    if select not in ITERATE_SELECTIONS:
+        raise ValueError(f"Unknown iterate selection {select!r}; valid: {', '.join(ITERATE_SELECTIONS)}")
     if direction not in STEP_DIRECTIONS:
         raise ValueError(f"Unknown step direction {direction!r}; valid: {', '.join(STEP_DIRECTIONS)}")
     space = space or _identity_space()
@@ -150,14 +174,16 @@ def pgd_attack(
         delta.uniform_(-eps, eps, generator=generator)
         delta = (x_pix + delta).clamp(0.0, 1.0) - x_pix
     best_delta, best_value = delta.clone(), None
+    keep_best = select != 'last'
 
     with eval_mode(model), frozen_parameters(model):  # input gradients only
-        for step in range(steps + int(best_loss)):
+        for step in range(steps + int(keep_best)):
             delta.requires_grad_(True)
             values = loss_fn(model(space.to_normalized(x_pix + delta)), target)
-            if best_loss:
+            if keep_best:
                 detached = values.detach()
-                improved = torch.ones_like(detached, dtype=torch.bool) if best_value is None else detached > best_value
+                improved = (torch.ones_like(detached, dtype=torch.bool) if best_value is None
+                            else _IMPROVES[select](detached, best_value))
                 best_value = detached if best_value is None else torch.where(improved, detached, best_value)
                 best_delta = torch.where(improved.view(-1, *[1] * (delta.ndim - 1)), delta.detach(), best_delta)
                 if step == steps:  # one extra forward scores the final iterate
@@ -165,7 +191,7 @@ def pgd_attack(
             grad = _input_grad(values, delta)
             delta = (delta.detach() + step_size * step_direction(grad)).clamp(-eps, eps)
             delta = (x_pix + delta).clamp(0.0, 1.0) - x_pix
-    final = best_delta if best_loss else delta.detach()
+    final = best_delta if keep_best else delta.detach()
     return space.to_normalized(x_pix + final).detach()
 
 

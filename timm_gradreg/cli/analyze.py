@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from ..analyze import (AnalysisConfig, analyze_model, channel_histograms, gradient_grid, gradnorm_histograms,
                        path_figure)
-from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, subset_indices, write_json
+from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, select_indices, write_json
 from ..models import ModelError
 from ..parser import ArgumentParser
 from ..tasks import fraction
@@ -125,8 +125,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         images = None
         for spec in specs:
             dataset = create_pixel_dataset(args.dataset, args.data_dir, args.split, spec.data_config)
-            loader, _ = create_pixel_loader(dataset, subset_indices(len(dataset), args.num_samples, args.subset_seed),
-                                            args.batch_size, args.workers)
+            indices = select_indices(dataset, args.subset, args.num_samples, args.subset_seed)
+            loader, _ = create_pixel_loader(dataset, indices, args.batch_size, args.workers)
             x, y = load_batches(loader, device)
             images = x.cpu() if images is None else images
             _logger.info(f'Analysing {spec.label} on {x.shape[0]} images ...')

@@ -46,6 +46,9 @@ def add_data_args(parser: argparse.ArgumentParser, default_samples: Optional[int
     group.add_argument('--num-samples', type=int, default=default_samples, metavar='N',
                        help='fixed seeded subset of the split (RobustBench uses 5000 ImageNet images) '
                             f'(default: {default_samples or "all"})')
+    group.add_argument('--subset', default='seeded', choices=('seeded', 'official'),
+                       help="which images: a seeded sample of the split, or the official code's fixed list of 5,000 "
+                            'ImageNet validation images (default: seeded)')
     group.add_argument('--subset-seed', type=int, default=0, metavar='S', help='seed of the subset (0)')
     group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
                        help='override the input size the model was trained with')

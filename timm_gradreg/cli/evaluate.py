@@ -16,7 +16,7 @@ import yaml
 
 from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
                         list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
-                        run_autoattack, run_sanity_checks, subset_indices, write_json, write_sweep_csv)
+                        run_autoattack, run_sanity_checks, select_indices, write_json, write_sweep_csv)
 from ..evaluate.interval import format_accuracy, wilson_interval
 from ..models import ModelError, load_eval_model
 from ..normalization import normalized_model
@@ -55,14 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-sweep', action='store_true', help='skip the PGD sweep')
     group = parser.add_argument_group('AutoAttack')
     group.add_argument('--autoattack', action='store_true', help="run AutoAttack (needs 'pyautoattack')")
-    group.add_argument('--aa-eps', type=fraction, default=4 / 255, metavar='EPS', help='AutoAttack ε (4/255)')
+    group.add_argument('--aa-eps', type=fraction, nargs='+', default=[4 / 255], metavar='EPS',
+                       help='AutoAttack ε, one run per value (default: 4/255)')
     group.add_argument('--aa-version', default='standard', choices=('standard', 'plus', 'rand'),
                        help="AutoAttack version (default: standard)")
     group.add_argument('--aa-batch-size', type=int, default=None, help='AutoAttack batch size (--batch-size)')
     group = parser.add_argument_group('Gradient-masking checklist')
     group.add_argument('--sanity', action='store_true', help='run the checklist of Carlini et al. (2019)')
     group.add_argument('--sanity-eps', type=fraction, default=None, metavar='EPS',
-                       help='ε of the checks (default: --aa-eps)')
+                       help='ε of the checks (default: the largest --aa-eps)')
     group.add_argument('--sanity-samples', type=int, default=200, metavar='N', help='samples for the checks (200)')
     group.add_argument('--sanity-steps', type=int, default=20, help='PGD steps of the checks (20; doubled once)')
     group.add_argument('--sanity-checks', nargs='+', default=None, choices=list_checks(), metavar='NAME',
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source: Optional[ModelSpec]):
     dataset = create_pixel_dataset(args.dataset, args.data_dir, args.split, spec.data_config)
-    indices = subset_indices(len(dataset), args.num_samples, args.subset_seed)
+    indices = select_indices(dataset, args.subset, args.num_samples, args.subset_seed)
     loader, mine = create_pixel_loader(dataset, indices, args.batch_size, args.workers, rank, world)
     show = not args.no_progress and rank == 0
     result: Dict[str, Any] = {'label': spec.label, 'checkpoint': spec.checkpoint, 'num_samples': len(indices),
@@ -96,22 +97,28 @@ def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source
         flags.update(indices=order, clean=clean, sweep_robust=robust, sweep_eps=sweep.eps)
     if args.autoattack:
         x, y = load_batches(loader, device)
-        state = os.path.join(args.output, f'autoattack_{spec.label}_rank{rank}.json') if args.output else None
-        aa = run_autoattack(spec.model, x, y, eps=args.aa_eps, version=args.aa_version,
-                            batch_size=args.aa_batch_size or args.batch_size, device=device, seed=args.seed,
-                            state_path=state, show_progress=show, desc=f'{spec.label} AutoAttack')
-        order, (clean, robust) = gather_rows(mine, aa.clean, aa.robust)
-        result.setdefault('clean_accuracy', 100.0 * clean.float().mean().item())
-        accuracy = 100.0 * robust.float().mean().item()
-        result['autoattack'] = {'eps': args.aa_eps, 'version': args.aa_version, 'backend': aa.backend,
-                                'robust_accuracy': accuracy, 'ci95': list(wilson_interval(accuracy, robust.numel())),
-                                'after_each_attack': aa.per_attack if world == 1 else None}
-        flags.update(indices=order, aa_clean=clean, aa_robust=robust)
+        runs = []
+        for eps in args.aa_eps:
+            tag = '' if len(args.aa_eps) == 1 else f'_eps{eps * 255:g}'
+            state = os.path.join(args.output, f'autoattack_{spec.label}{tag}_rank{rank}.json') if args.output else None
+            aa = run_autoattack(spec.model, x, y, eps=eps, version=args.aa_version,
+                                batch_size=args.aa_batch_size or args.batch_size, device=device, seed=args.seed,
+                                state_path=state, show_progress=show, desc=f'{spec.label} AutoAttack {eps * 255:g}/255')
+            order, (clean, robust) = gather_rows(mine, aa.clean, aa.robust)
+            result.setdefault('clean_accuracy', 100.0 * clean.float().mean().item())
+            accuracy = 100.0 * robust.float().mean().item()
+            runs.append({'eps': eps, 'version': args.aa_version, 'backend': aa.backend, 'robust_accuracy': accuracy,
+                         'ci95': list(wilson_interval(accuracy, robust.numel())),
+                         'after_each_attack': aa.per_attack if world == 1 else None})
+            flags.update({'indices': order, 'aa_clean': clean, f'aa_robust{tag}': robust})
+        result['autoattack'] = runs[0]  # the first ε; every ε in 'autoattack_by_eps' when several are given
+        if len(runs) > 1:
+            result['autoattack_by_eps'] = runs
     if args.sanity and rank == 0:
         sanity_idx = indices[:args.sanity_samples]
         sanity_loader, _ = create_pixel_loader(dataset, sanity_idx, args.batch_size, args.workers)
         x, y = load_batches(sanity_loader, device)
-        ctx = SanityContext(spec.model, x, y, eps=args.sanity_eps or args.aa_eps, steps=args.sanity_steps,
+        ctx = SanityContext(spec.model, x, y, eps=args.sanity_eps or max(args.aa_eps), steps=args.sanity_steps,
                             tolerance=args.tolerance, source_model=source.model if source else None,
                             square_queries=args.square_queries, seed=args.seed)
         checks = run_sanity_checks(ctx, args.sanity_checks, show_progress=show, desc=f'{spec.label} checklist')
@@ -135,8 +142,7 @@ def _print_summary(models: List[Dict[str, Any]]) -> None:
         if 'sweep' in m:
             parts.append('PGD ' + ' '.join(f'{e * 255:g}:{a:.1f}' for e, a in zip(m['sweep']['eps'],
                                                                                 m['sweep']['accuracy'])))
-        if 'autoattack' in m:
-            aa = m['autoattack']
+        for aa in m.get('autoattack_by_eps') or ([m['autoattack']] if 'autoattack' in m else []):
             parts.append(f"AutoAttack {aa['eps'] * 255:g}/255 {format_accuracy(aa['robust_accuracy'], n)}")
         if 'sanity' in m:
             parts.append(m['sanity']['verdict'])

@@ -3,7 +3,8 @@ import sys
 from typing import List, Optional
 
 from ..models import ModelError
-from ..train import Trainer, TrainingError, TrainingInterrupted, config_yaml, parse_args, resolve_config
+from ..train import (Trainer, TrainingError, TrainingInterrupted, config_yaml, global_batch_note, parse_args,
+                     resolve_config)
 from .console import setup_console_logging
 
 
@@ -11,7 +12,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_console_logging()
     args, args_text = parse_args(argv)
     if args.dry_run:
-        print(config_yaml(resolve_config(args)), end='')
+        cfg = resolve_config(args)
+        print(config_yaml(cfg), end='')
+        note = global_batch_note(cfg)
+        if note:
+            print(f'# {note}')  # a YAML comment: the output stays loadable
         return 0
     trainer = None
     try:

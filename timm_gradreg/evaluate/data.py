@@ -2,11 +2,12 @@
 
 Attacks and analyses take pixels (normalization lives inside the model, see
 ``normalized_model``), so the timm eval transform is built with mean 0 / std 1.
-The subset is a seeded permutation of the split, the same on every machine and for
-every model, split across ranks when distributed.
+The subset is a seeded permutation of the split (``seeded``), or the official code's fixed list of
+5,000 ImageNet validation images (``official``, shipped as ``imagenet_val_official.txt``); the same
+on every machine and for every model, split across ranks when distributed.
 """
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from timm.data import create_dataset, create_transform
@@ -14,7 +15,11 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import is_demo_dataset, prepare_demo_dataset
 
-__all__ = ['subset_indices', 'create_pixel_dataset', 'create_pixel_loader', 'load_batches']
+__all__ = ['subset_indices', 'official_imagenet_indices', 'select_indices', 'SUBSETS', 'OFFICIAL_VAL_LIST',
+           'create_pixel_dataset', 'create_pixel_loader', 'load_batches']
+
+#: The official repository's evaluation list (src_data/val.txt): ``class_folder/file label`` per line.
+OFFICIAL_VAL_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imagenet_val_official.txt')
 
 
 def subset_indices(total: int, num_samples: Optional[int], seed: int = 0) -> List[int]:
@@ -25,6 +30,55 @@ def subset_indices(total: int, num_samples: Optional[int], seed: int = 0) -> Lis
         raise ValueError(f'--num-samples must be > 0, got {num_samples}')
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(total, generator=generator)[:num_samples].tolist())
+
+
+def _read_official_list(path: str = OFFICIAL_VAL_LIST) -> List[Tuple[str, int]]:
+    with open(path, encoding='utf-8') as f:
+        return [(name, int(label)) for name, label in (line.split() for line in f if line.strip())]
+
+
+def official_imagenet_indices(dataset) -> List[int]:
+    """Indices of the official 5,000-image list in an ImageNet validation image folder.
+
+    Files are matched by ``class_folder/file`` (the list's form), or by file name alone for a flat
+    folder. A folder that lacks some of them is refused, naming how many and one example.
+    """
+    samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
+    if samples is None:
+        raise ValueError('--subset official needs an ImageNet validation image folder (--data-dir with class '
+                         'folders), not a named dataset')
+    by_path = {}
+    for index, (path, _) in enumerate(samples):
+        parts = os.path.normpath(path).split(os.sep)
+        by_path['/'.join(parts[-2:])] = index
+        by_path.setdefault(parts[-1], index)
+    wanted = _read_official_list()
+    found = [by_path.get(name, by_path.get(name.rsplit('/', 1)[-1])) for name, _ in wanted]
+    missing = [name for (name, _), index in zip(wanted, found) if index is None]
+    if missing:
+        raise ValueError(f'--subset official: {len(missing)} of the {len(wanted)} images of the official list are '
+                         f"not in the data folder (e.g. '{missing[0]}'); it needs ImageNet's validation split")
+    return sorted(found)
+
+
+def _seeded(dataset, num_samples: Optional[int], seed: int) -> List[int]:
+    return subset_indices(len(dataset), num_samples, seed)
+
+
+def _official(dataset, num_samples: Optional[int], seed: int) -> List[int]:
+    indices = official_imagenet_indices(dataset)
+    return indices if num_samples is None else indices[:num_samples]
+
+
+#: How the evaluated images are chosen: a seeded sample of the split, or the official code's fixed list.
+SUBSETS: Dict[str, Callable[..., List[int]]] = {'seeded': _seeded, 'official': _official}
+
+
+def select_indices(dataset, subset: str, num_samples: Optional[int], seed: int = 0) -> List[int]:
+    """The evaluated indices of ``dataset`` by the rule ``subset`` (see ``SUBSETS``)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown --subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    return SUBSETS[subset](dataset, num_samples, seed)
 
 
 def create_pixel_dataset(dataset: str, data_dir: Optional[str], split: str, data_config: dict):

@@ -61,9 +61,9 @@ def markdown_report(models: List[Dict[str, Any]], config: Dict[str, Any]) -> str
         else:
             row += ['—'] * sum(e > 0 for e in sweep_eps)
         if with_aa:
-            aa = m.get('autoattack')
-            row.append(f"{aa['robust_accuracy']:.2f} [{aa['ci95'][0]:.1f}, {aa['ci95'][1]:.1f}] "
-                       f"(ε={aa['eps'] * 255:g}/255)" if aa else '—')
+            runs = m.get('autoattack_by_eps') or ([m['autoattack']] if m.get('autoattack') else [])
+            row.append('; '.join(f"{aa['robust_accuracy']:.2f} [{aa['ci95'][0]:.1f}, {aa['ci95'][1]:.1f}] "
+                                 f"(ε={aa['eps'] * 255:g}/255)" for aa in runs) or '—')
         rows.append(row)
     lines += _table(header, rows)
     lines += ['', f"AutoAttack in brackets: the 95% Wilson interval of an accuracy on {models[0]['num_samples']} "

@@ -1,11 +1,14 @@
 """The recipes that ship with the package: the paper's experiments as timm-train YAML configs.
 
-A recipe is named by its path under this folder without ``.yaml`` (``imagenet/swin_base_gradnorm``);
+A recipe is named by its path under the recipe folder without ``.yaml`` (``imagenet/swin_base_gradnorm``);
 ``timm-train -c NAME`` and ``gradreg-eval -c NAME`` read it from here when no file NAME exists, so a
 local file always wins. Each recipe's header comment opens with its title (the first sentence) and
 states the result it reproduces (``Paper: ...`` or, for the demo, ``Measured: ...``).
 
 ``PATCH`` is the patch that adds the same options to timm's own train.py.
+
+The files live in the repository's top-level ``recipes/`` and ``patches/`` folders; the wheel ships
+them inside this package (``files/`` and ``patches/``). Both layouts are found.
 """
 import difflib
 import glob
@@ -16,8 +19,18 @@ from typing import List
 
 __all__ = ['RECIPE_DIR', 'PATCH', 'Recipe', 'list_recipes', 'find_recipe', 'recipe_table', 'RecipeNotFound']
 
-RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
-PATCH = os.path.join(RECIPE_DIR, 'timm-train-gradreg.patch')
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CHECKOUT = os.path.dirname(os.path.dirname(_HERE))
+
+
+def _folder(packaged: str, checkout: str) -> str:
+    """The wheel's copy inside the package, else the source checkout's top-level folder."""
+    inside = os.path.join(_HERE, packaged)
+    return inside if os.path.isdir(inside) else os.path.join(_CHECKOUT, checkout)
+
+
+RECIPE_DIR = _folder('files', 'recipes')
+PATCH = os.path.join(_folder('patches', 'patches'), 'timm-train-gradreg.patch')
 
 
 class RecipeNotFound(ValueError):

@@ -4,13 +4,14 @@ from typing import Dict, Optional
 
 import torch
 
-from ..attacks import fgsm_attack, pgd_attack
+from ..attacks import ITERATE_SELECTIONS, fgsm_attack, pgd_attack
 from ..schedules import SCHEDULE_UNITS, LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number
 
-__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS']
+__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS', 'ATTACK_SELECT',
+           'ATTACK_WARMUP', 'ATTACK_WARMUP_PER']
 
 _GROUP = 'Training attack (pgd, fgsm; gradnorm --gn-inputs pgd)'
 #: The training attack's options, shared by the adversarial tasks and GradNorm's PGD inputs.
@@ -30,9 +31,11 @@ ATTACK_WARMUP_PER = Option('--attack-warmup-per', 'warmup_per', choices=SCHEDULE
 ATTACK_RANDOM_START = Option('--attack-random-start', 'random_start', bool, True,
                              'start training attacks from a uniform random point in the ε-ball (default: on)',
                              group=_GROUP)
-ATTACK_BEST_LOSS = Option('--attack-best-loss', 'best_loss', bool, False,
-                          "train on each sample's highest-loss PGD iterate, as the official code, instead of the last "
-                          '(one more forward pass) (default: off)', group=_GROUP)
+ATTACK_SELECT = Option('--attack-select', 'select', choices=ITERATE_SELECTIONS, default='last',
+                       help="the PGD iterate trained on: the last; each sample's highest-loss one; or the one of "
+                            'highest batch-mean loss for the whole batch (the official configs: replace_best under '
+                            'attack_criterion mixup). The start and every step are candidates (one more forward) '
+                            '(default: last)', group=_GROUP)
 _ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP, ATTACK_WARMUP_PER]
 
 
@@ -76,7 +79,7 @@ class AdversarialTask(GradRegTask):
         }
 
 
-@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS, ATTACK_BEST_LOSS])
+@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS, ATTACK_SELECT])
 class PGDTask(AdversarialTask):
     """L∞ PGD adversarial training, the paper's skyline (ε 4/255, 3 steps of 8/255/3, random start).
 
@@ -86,27 +89,30 @@ class PGDTask(AdversarialTask):
         random_start: Uniform start in the ε-ball.
         warmup_epochs, warmup_per: The step rises linearly from 0 over these epochs, at epoch
             boundaries ('epoch', official) or every 'iteration' (5, 'epoch').
-        best_loss: Train on each sample's highest-loss iterate (official) instead of the last.
+        select: The iterate trained on: 'last', 'sample' (each sample's highest-loss one) or 'batch' (the
+            one of highest batch-mean loss: the official configs).
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
     def __init__(self, model, criterion=None, *, eps: float = 4 / 255, step_size: float = 8 / 255 / 3,
-                 steps: int = 3, best_loss: bool = False, **kwargs):
+                 steps: int = 3, select: str = 'last', **kwargs):
         super().__init__(model, criterion, eps=eps, **kwargs)
         if step_size < 0 or steps < 1:
             raise ValueError(f'need step_size >= 0 and steps >= 1, got {step_size}, {steps}')
         self.step_size = float(step_size)
         self.steps = int(steps)
-        self.best_loss = bool(best_loss)
+        if select not in ITERATE_SELECTIONS:
+            raise ValueError(f"Unknown iterate selection {select!r}; valid: {', '.join(ITERATE_SELECTIONS)}")
+        self.select = select
 
     def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:
         return pgd_attack(
             self.attack_model(), input, target, eps=self.eps, step_size=self.step_size * step_scale,
-            steps=self.steps, space=self.space, random_start=self.random_start, best_loss=self.best_loss)
+            steps=self.steps, space=self.space, random_start=self.random_start, select=self.select)
 
     def extra_repr(self) -> str:
         return (f'eps={self.eps:.5f}, step_size={self.step_size:.5f}, steps={self.steps}, '
-                f'warmup={self.warmup}, best_loss={self.best_loss}, ' + super().extra_repr())
+                f'warmup={self.warmup}, select={self.select!r}, ' + super().extra_repr())
 
 
 @register_task('fgsm', options=_ATTACK_OPTIONS)

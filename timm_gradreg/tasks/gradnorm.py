@@ -13,7 +13,7 @@ from ..gradnorm import Sigma, gradnorm_penalty, penalty_direction, resolve_sigma
 from ..input_grad import at_least_fp32, loss_and_input_gradient, per_sample_loss_sum, scaled_grad
 from ..schedules import LinearWarmup
 from ._registry import create_task, register_task
-from .adversarial import ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_STEPS
+from .adversarial import ATTACK_EPS, ATTACK_SELECT, ATTACK_STEP_SIZE, ATTACK_STEPS, ATTACK_WARMUP, ATTACK_WARMUP_PER
 from .base import GradRegTask
 from .options import Option, number, sigma_value
 
@@ -43,9 +43,11 @@ def _uniform_inputs(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor)
 
 
 def _pgd_inputs(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PGD from a uniform start, its step warmed up and its iterate selected as the pgd task's."""
     return pgd_attack(
-        task.attack_model(), x, target, eps=task.attack_eps, step_size=task.attack_step_size,
-        steps=task.attack_steps, space=task.space)
+        task.attack_model(), x, target, eps=task.attack_eps,
+        step_size=task.attack_step_size * task.attack_warmup(task.epoch), steps=task.attack_steps, space=task.space,
+        select=task.attack_select)
 
 
 #: Where the penalty is evaluated: clean images, Gaussian-noised (paper Table 8), uniformly perturbed (the
@@ -148,8 +150,8 @@ _OPTIONS = [
     Option('--gn-noise-std', 'noise_std', number(0), help='pixel std of the noise for --gn-inputs noise (default: 4/255)',
            metavar='STD'),
     Option('--gn-uniform-eps', 'uniform_eps', number(0),
-           help='half-width in pixels of the noise for --gn-inputs uniform (official: ε·random_start_eps_factor) '
-                '(default: 4/255)', metavar='EPS'),
+           help='half-width in pixels of the noise for --gn-inputs uniform (default: the official '
+                'random_start_eps_factor 0.5 of --gn-eps)', metavar='EPS'),
     Option('--gradnorm-impl', 'impl', choices=lambda: list(GRADNORM_IMPLS),
            help='GradNorm parameter gradient: exact double backprop, or finite differences of two first-order passes '
                 '(works with --torchcompile and fused attention, less memory) (default: double_backprop)'),
@@ -166,6 +168,7 @@ _OPTIONS = [
            help='finite-difference step as a fraction of the ε step; 1 would be FGSM training (default: 0.1)',
            metavar='H'),
     ATTACK_EPS.to('attack_eps'), ATTACK_STEP_SIZE.to('attack_step_size'), ATTACK_STEPS.to('attack_steps'),
+    ATTACK_WARMUP.to('attack_warmup_epochs'), ATTACK_WARMUP_PER.to('attack_warmup_per'), ATTACK_SELECT.to('attack_select'),
 ]
 
 
@@ -194,8 +197,12 @@ class GradNormTask(GradRegTask):
         inputs: Where the penalty is taken: 'clean' (default), 'noise' (Gaussian), 'uniform' (the
             official random start), 'pgd'.
         noise_std: Pixel-space std of the Gaussian noise for inputs='noise' (4/255).
-        uniform_eps: Pixel-space half-width of the uniform noise for inputs='uniform' (4/255).
+        uniform_eps: Pixel-space half-width of the uniform noise for inputs='uniform'; None: the official
+            factor 0.5 of ``eps`` (2/255 at 4/255).
         attack_eps, attack_step_size, attack_steps: PGD for inputs='pgd' (4/255, 8/255/3, 3).
+        attack_warmup_epochs, attack_warmup_per: Its step rises linearly from 0, at epoch boundaries as the
+            official code trains from a pretrained network (5, 'epoch'); 0 as its fine-tunes.
+        attack_select: Its iterate: 'last', or the highest-loss 'sample' or 'batch' (official: 'batch').
         impl: 'double_backprop' (exact) or 'fd' (finite differences: two first-order passes, no
             double backward, so torch.compile and fused attention kernels work).
         fd_step: h of the finite difference, as a fraction of the ε step (h = 1 would be FGSM
@@ -237,10 +244,13 @@ class GradNormTask(GradRegTask):
             channel_weights: Optional[Sequence[float]] = None,
             inputs: str = 'clean',
             noise_std: float = 4 / 255,
-            uniform_eps: float = 4 / 255,
+            uniform_eps: Optional[float] = None,
             attack_eps: float = 4 / 255,
             attack_step_size: float = 8 / 255 / 3,
             attack_steps: int = 3,
+            attack_warmup_epochs: float = 5.0,
+            attack_warmup_per: str = 'epoch',
+            attack_select: str = 'last',
             impl: str = 'double_backprop',
             fd_step: float = 0.1,
             penalty_fraction: float = 1.0,
@@ -272,10 +282,14 @@ class GradNormTask(GradRegTask):
         self.channel_weights = None if channel_weights is None else tuple(float(w) for w in channel_weights)
         self.inputs = inputs
         self.noise_std = float(noise_std)
-        self.uniform_eps = float(uniform_eps)
+        self.uniform_eps = 0.5 * self.eps if uniform_eps is None else float(uniform_eps)
         self.attack_eps = float(attack_eps)
         self.attack_step_size = float(attack_step_size)
         self.attack_steps = int(attack_steps)
+        self.attack_warmup = LinearWarmup(attack_warmup_epochs, per=attack_warmup_per)
+        self.attack_select = attack_select
+        if inputs == 'pgd':
+            self.uses_schedule = self.uses_schedule or self.attack_warmup.epochs > 0
         if not 0 < penalty_fraction <= 1 or not 0 < resolution <= 1 or every < 1:
             raise ValueError(f'need 0 < penalty_fraction <= 1, 0 < resolution <= 1 and every >= 1; got '
                              f'{penalty_fraction}, {resolution}, {every}')

@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                             'global batch, the task options) as YAML and exit: no data, no model, no download')
     group.add_argument('--world-size', type=int, default=None, metavar='N',
                        help='with --dry-run: resolve for N processes (default: torchrun\'s WORLD_SIZE, else 1)')
+    group.add_argument('--paper-global-batch', type=int, default=None, metavar='N',
+                       help='the global batch of the run a recipe reproduces; --dry-run says when the resolved one '
+                            'differs and which --batch-size/--grad-accum-steps restore it')
     group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
     group.add_argument('--worker-seeding', type=str, default='all', help='worker seed mode (default: all)')
     group.add_argument('--log-interval', type=int, default=50, metavar='N',
@@ -498,6 +501,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError('--world-size only applies to --dry-run; torchrun sets the number of processes.')
     if args.world_size is not None and args.world_size < 1:
         raise ValueError(f'--world-size must be >= 1, got {args.world_size}.')
+    if args.paper_global_batch is not None and args.paper_global_batch < 1:
+        raise ValueError(f'--paper-global-batch must be >= 1, got {args.paper_global_batch}.')
     if args.grad_accum_steps < 1:
         raise ValueError(f'--grad-accum-steps must be >= 1, got {args.grad_accum_steps}.')
     if args.loss and task_cls.loss_types is not None and args.loss not in task_cls.loss_types:

@@ -7,7 +7,7 @@ it; ``timm-train --dry-run`` prints it.
 import argparse
 import copy
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import yaml
 from timm.utils.distributed import world_info_from_env
@@ -18,7 +18,7 @@ from ..data import default_data_root, is_demo_dataset
 from ..device import default_device
 from ..tasks import task_kwargs
 
-__all__ = ['resolve_config', 'resolve_lr', 'config_summary', 'config_yaml']
+__all__ = ['resolve_config', 'resolve_lr', 'config_summary', 'config_yaml', 'batch_for_global', 'global_batch_note']
 
 
 def resolve_lr(cfg: argparse.Namespace, global_batch_size: int) -> Dict[str, Any]:
@@ -57,6 +57,38 @@ def resolve_config(args: argparse.Namespace, world_size: Optional[int] = None) -
     if args.sync_bn and cfg.world_size > 1:
         cfg.dist_bn = ''
     return cfg
+
+
+def batch_for_global(target: int, world_size: int, max_per_process: int) -> Tuple[int, int]:
+    """(per-process batch b <= max_per_process, accumulation steps a) with b·world_size·a closest to ``target``;
+    among equally close, the fewest accumulation steps."""
+    best = None
+    for accum in range(1, max(1, target // world_size) + 1):
+        for batch in range(1, max_per_process + 1):
+            key = (abs(batch * world_size * accum - target), accum, -batch)
+            if best is None or key < best[0]:
+                best = (key, batch, accum)
+        if best[0][0] == 0:
+            break
+    return best[1], best[2]
+
+
+def global_batch_note(cfg: argparse.Namespace) -> Optional[str]:
+    """One line when the resolved global batch is not the paper's (``--paper-global-batch``): the
+    ``--batch-size``/``--grad-accum-steps`` that restore it on this many processes, or the closest."""
+    target = getattr(cfg, 'paper_global_batch', None)
+    if not target or cfg.global_batch_size == target:
+        return None
+    batch, accum = batch_for_global(target, cfg.world_size, cfg.batch_size)
+    reached = batch * cfg.world_size * accum
+    how = f'--batch-size {batch} --grad-accum-steps {accum}'
+    if reached == target:
+        advice = f'{how} restores it'
+    else:
+        advice = (f'{target} is not reachable on {cfg.world_size} processes with at most {cfg.batch_size} per process; '
+                  f'the closest is {how} ({reached}; timm scales the lr)')
+    return (f'global batch {cfg.global_batch_size} on {cfg.world_size} processes differs from the paper\'s {target}: '
+            f'{advice}')
 
 
 def config_summary(cfg: argparse.Namespace) -> Dict[str, Any]:

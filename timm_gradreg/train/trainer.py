@@ -51,7 +51,7 @@ from ..evaluate.interval import format_accuracy
 from ..normalization import PixelSpace
 from ..progress import format_duration
 from ..tasks import GradRegTask, create_task
-from .config import resolve_config
+from .config import global_batch_note, resolve_config
 from .recovery import (RESUME_KEY, CheckpointFileError, StopSignals, TrainingInterrupted, check_resume_checkpoint,
                        get_rng_state, set_rng_state)
 from .validate import RobustValidationConfig, validate
@@ -308,6 +308,9 @@ class Trainer:
         utils.random_seed(cfg.seed, self.rank)
         self.log(f'Learning rate {cfg.lr:g} for a global batch of {cfg.global_batch_size} ({cfg.world_size} '
                  f'process(es) x {cfg.batch_size} x {cfg.grad_accum_steps} accumulation steps).')
+        note = global_batch_note(cfg)
+        if note and self.is_primary:
+            _logger.warning(note)
         self.amp_autocast, self.loss_scaler = self.build_amp()
         model = self.build_model()
         self.data_config = resolve_data_config(vars(cfg), model=model, verbose=self.is_primary)
