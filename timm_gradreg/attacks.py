@@ -212,14 +212,16 @@ def fgsm_attack(
         space: Optional[PixelSpace] = None,
         random_start: bool = True,
         loss: Union[str, AttackLoss] = 'ce',
+        select: str = 'last',
         generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """One signed-gradient step; with random start this is FGSM-RS (Wong et al. 2020).
 
-    ``step_size`` defaults to 1.25·ε with random start and ε without.
+    ``step_size`` defaults to 1.25·ε with random start and ε without; ``select`` as for ``pgd_attack``
+    (the start point and the step are the candidates).
     """
     if step_size is None:
         step_size = 1.25 * eps if random_start else eps
     return pgd_attack(
         model, inputs, target, eps=eps, step_size=step_size, steps=1, space=space,
-        random_start=random_start, loss=loss, generator=generator)
+        random_start=random_start, loss=loss, select=select, generator=generator)

@@ -36,23 +36,27 @@ ATTACK_SELECT = Option('--attack-select', 'select', choices=ITERATE_SELECTIONS, 
                             'highest batch-mean loss for the whole batch (the official configs: replace_best under '
                             'attack_criterion mixup). The start and every step are candidates (one more forward) '
                             '(default: last)', group=_GROUP)
-_ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP, ATTACK_WARMUP_PER]
+_ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP, ATTACK_WARMUP_PER, ATTACK_SELECT]
 
 
 class AdversarialTask(GradRegTask):
     """Train on adversarial examples made by ``perturb`` with the model in eval mode.
 
-    ε is fixed from the first step; the attack *step* is warmed up linearly from 0 over
+    ``select`` picks the iterate trained on (``ITERATE_SELECTIONS``). ε is fixed from the first step; the
+    attack *step* is warmed up linearly from 0 over
     ``warmup_epochs`` (Appendix G, Liu et al. 2023), at epoch boundaries (``warmup_per='epoch'``,
     the official ``step·min(epoch, 5)/5``: the first epoch's attack is the random start alone)
     or every iteration.
     """
 
     def __init__(self, model, criterion=None, *, eps: float = 4 / 255, random_start: bool = True,
-                 warmup_epochs: float = 5.0, warmup_per: str = 'epoch', **kwargs):
+                 warmup_epochs: float = 5.0, warmup_per: str = 'epoch', select: str = 'last', **kwargs):
         super().__init__(model, criterion, **kwargs)
         if eps < 0:
             raise ValueError(f'eps must be >= 0, got {eps}')
+        if select not in ITERATE_SELECTIONS:
+            raise ValueError(f"Unknown iterate selection {select!r}; valid: {', '.join(ITERATE_SELECTIONS)}")
+        self.select = select
         self.eps = float(eps)
         self.random_start = bool(random_start)
         self.warmup = LinearWarmup(warmup_epochs, per=warmup_per)
@@ -79,7 +83,7 @@ class AdversarialTask(GradRegTask):
         }
 
 
-@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS, ATTACK_SELECT])
+@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS])
 class PGDTask(AdversarialTask):
     """L∞ PGD adversarial training, the paper's skyline (ε 4/255, 3 steps of 8/255/3, random start).
 
@@ -95,15 +99,12 @@ class PGDTask(AdversarialTask):
     """
 
     def __init__(self, model, criterion=None, *, eps: float = 4 / 255, step_size: float = 8 / 255 / 3,
-                 steps: int = 3, select: str = 'last', **kwargs):
+                 steps: int = 3, **kwargs):
         super().__init__(model, criterion, eps=eps, **kwargs)
         if step_size < 0 or steps < 1:
             raise ValueError(f'need step_size >= 0 and steps >= 1, got {step_size}, {steps}')
         self.step_size = float(step_size)
         self.steps = int(steps)
-        if select not in ITERATE_SELECTIONS:
-            raise ValueError(f"Unknown iterate selection {select!r}; valid: {', '.join(ITERATE_SELECTIONS)}")
-        self.select = select
 
     def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:
         return pgd_attack(
@@ -125,7 +126,7 @@ class FGSMTask(AdversarialTask):
         model, criterion: As for timm's ClassificationTask.
         eps: Attack radius in pixel units.
         step_size: Step in pixel units (1.25·ε with random start, ε without, if None).
-        random_start, warmup_epochs, warmup_per: As for PGDTask.
+        random_start, warmup_epochs, warmup_per, select: As for PGDTask.
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
@@ -141,7 +142,7 @@ class FGSMTask(AdversarialTask):
     def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:
         return fgsm_attack(
             self.attack_model(), input, target, eps=self.eps, step_size=self.step_size * step_scale,
-            space=self.space, random_start=self.random_start)
+            space=self.space, random_start=self.random_start, select=self.select)
 
     def extra_repr(self) -> str:
         return f'eps={self.eps:.5f}, step_size={self.step_size:.5f}, warmup={self.warmup}, ' + super().extra_repr()

@@ -59,18 +59,21 @@ def resolve_config(args: argparse.Namespace, world_size: Optional[int] = None) -
     return cfg
 
 
-def batch_for_global(target: int, world_size: int, max_per_process: int) -> Tuple[int, int]:
-    """(per-process batch b <= max_per_process, accumulation steps a) with b·world_size·a closest to ``target``;
-    among equally close, the fewest accumulation steps."""
-    best = None
-    for accum in range(1, max(1, target // world_size) + 1):
-        for batch in range(1, max_per_process + 1):
-            key = (abs(batch * world_size * accum - target), accum, -batch)
-            if best is None or key < best[0]:
-                best = (key, batch, accum)
-        if best[0][0] == 0:
-            break
-    return best[1], best[2]
+def batch_for_global(target: int, world_size: int, max_per_process: int, max_accum: int = 16) -> Tuple[int, int]:
+    """(per-process batch b <= max_per_process, accumulation steps a <= max_accum) for a global batch b·world_size·a
+    of ``target``: exact with the fewest accumulation steps if possible, else within 2% with the fewest, else the
+    closest."""
+    candidates = []
+    for accum in range(1, max_accum + 1):
+        batch = min(max_per_process, max(1, round(target / (world_size * accum))))
+        candidates.append((abs(batch * world_size * accum - target), accum, batch))
+    for tolerance in (0, 0.02 * target):
+        within = [c for c in candidates if c[0] <= tolerance]
+        if within:
+            _, accum, batch = min(within, key=lambda c: (c[1], c[0]))
+            return batch, accum
+    _, accum, batch = min(candidates)
+    return batch, accum
 
 
 def global_batch_note(cfg: argparse.Namespace) -> Optional[str]:
