@@ -4,6 +4,8 @@ Each reference is computed here from scratch in float64 on a pixel-space functio
 (normalization written out), independently of the package's input-gradient helpers, and compared
 with the task's loss value and its parameter gradient.
 """
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,81 +51,240 @@ def _check(task, model, x, y, reference, seed=1):
     return out
 
 
-def test_igr_is_ce_plus_lambda_squared_l2_of_the_pixel_gradient():
-    model, pixels, y, normalize = _setup()
-    task = create_task('igr', model, weight=3.0, mean=MEAN, std=STD, verbose=False)
+class BNNet(torch.nn.Module):
+    """A small smooth CNN with BatchNorm: the literature tasks in train mode and with BatchNorm frozen."""
 
-    def reference():
-        ce = F.cross_entropy(model(normalize(pixels)), y)
-        g = _pixel_grad(model, normalize, pixels, y)
-        return ce + 3.0 * (g ** 2).sum((1, 2, 3)).mean()
-    _check(task, model, normalize(pixels), y, reference)
+    def __init__(self, classes=3, width=4):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.BatchNorm2d(width), torch.nn.GELU(),
+            torch.nn.Conv2d(width, width, 3, stride=2, padding=1), torch.nn.BatchNorm2d(width), torch.nn.GELU())
+        self.fc = torch.nn.Linear(width, classes)
 
-
-def test_cure_is_ce_plus_gamma_squared_gradient_difference_along_the_sign():
-    model, pixels, y, normalize = _setup()
-    task = create_task('cure', model, weight=4.0, h=0.3, mean=MEAN, std=STD, verbose=False)
-
-    def reference():
-        ce = F.cross_entropy(model(normalize(pixels)), y)
-        g = _pixel_grad(model, normalize, pixels, y)
-        z = g.detach().sign()
-        z = z / z.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        g_shift = _pixel_grad(model, normalize, (pixels + 0.3 * z).clamp(0, 1), y)
-        return ce + 4.0 * ((g_shift - g) ** 2).sum((1, 2, 3)).mean()
-    _check(task, model, normalize(pixels), y, reference)
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize('warmup_epochs,epoch,step_scale', [(0, 0.0, 1.0), (4, 2.7, 0.5), (4, 0.9, 0.0)],
-                         ids=['paper', 'warm-up-half', 'warm-up-start'])
-def test_gradalign_is_fgsm_ce_plus_lambda_one_minus_cosine(warmup_epochs, epoch, step_scale):
-    model, pixels, y, normalize = _setup()
+class PixelModel(torch.nn.Module):
+    """``model`` behind the float64 normalization: a model of [0, 1] pixels whose mode is the model's."""
+
+    def __init__(self, model, normalize):
+        super().__init__()
+        self.model, self.normalize = model, normalize
+
+    def forward(self, pixels):
+        return self.model(self.normalize(pixels))
+
+
+def _bn_setup(train, seed=0, batch=6):
+    torch.manual_seed(seed)
+    model = BNNet().double()
+    with torch.no_grad():  # non-trivial running statistics, so eval mode differs from train mode
+        model.train()(torch.randn(16, 3, 8, 8, dtype=torch.float64))
+    model.train(train)
+    pixels = torch.rand(batch, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (batch,))
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    return model, pixels, y, (lambda p: (p - mean) / std)
+
+
+def _check_against(task, model, x, y, reference, seed=1):
+    """The task's loss and parameter gradient against the reference's, each from the same model state and seed."""
+    state = copy.deepcopy(model.state_dict())
+    torch.manual_seed(seed)
+    out = task(x, y)
+    model.zero_grad()
+    out['loss'].backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.load_state_dict(state)
+    torch.manual_seed(seed)
+    ref = reference()
+    model.zero_grad()
+    ref.backward()
+    assert out['loss'].item() == pytest.approx(ref.item(), rel=1e-10, abs=1e-12)
+    for a, b in zip(got, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    return out
+
+
+MODES = pytest.mark.parametrize('train', [True, False], ids=['batchnorm-train', 'batchnorm-frozen'])
+
+
+# --- IGR: dtak/adversarial-robustness-public, neural_network.py ------------------------------------------
+def _igr_reference(model, X, y, l2dbl):
+    """loss_function(l2_double_backprop=l2dbl): cross_entropy (batch mean) + l2dbl·tf.nn.l2_loss(
+    tf.gradients(cross_entropy, X)); tf.nn.l2_loss(t) = sum(t²)/2. X in [0, 1] pixels."""
+    X = X.detach().requires_grad_(True)
+    cross_entropy = F.cross_entropy(model(X), y)
+    (cross_entropy_grads,) = torch.autograd.grad(cross_entropy, X, create_graph=True)
+    return cross_entropy + l2dbl * (cross_entropy_grads ** 2).sum() / 2
+
+
+@MODES
+def test_igr_equals_the_authors_l2_double_backprop(train):
+    model, pixels, y, normalize = _bn_setup(train)
+    task = create_task('igr', model, weight=1000.0, mean=MEAN, std=STD, verbose=False)
+    _check_against(task, model, normalize(pixels), y, lambda: _igr_reference(lambda p: model(normalize(p)), pixels,
+                                                                              y, 1000.0))
+
+
+# --- CURE: F-Salehi/CURE_robustness, CURE/CURE.py ----------------------------------------------------------
+def _cure_reference(net, inputs, targets, h, lambda_, train, squared):
+    """CURELearner._train + _find_z + regularizer on the (normalized) network input. Old torch summed the
+    ones(B) given as grad_outputs of a scalar loss to its shape, a seed of B: B·∇(mean) = ∇(sum), the
+    per-sample gradients. ``squared``: the paper's ‖·‖₂² in place of the code's ‖·‖₂."""
+    criterion = torch.nn.CrossEntropyLoss()
+    batch = float(inputs.size(0))
+    outputs = net.train(train)(inputs)
+    # _find_z
+    inputs = inputs.detach().clone().requires_grad_()
+    loss_z = criterion(net.eval()(inputs), targets)
+    (grad,) = torch.autograd.grad(loss_z, inputs, grad_outputs=torch.tensor(batch, dtype=loss_z.dtype))
+    z = torch.sign(grad).detach() + 0.
+    z = 1. * h * (z + 1e-7) / (z.reshape(z.size(0), -1).norm(dim=1)[:, None, None, None] + 1e-7)
+    # regularizer
+    outputs_pos = net.eval()(inputs + z)
+    outputs_orig = net.eval()(inputs)
+    loss_pos = criterion(outputs_pos, targets)
+    loss_orig = criterion(outputs_orig, targets)
+    (grad_diff,) = torch.autograd.grad(loss_pos - loss_orig, inputs,
+                                       grad_outputs=torch.tensor(batch, dtype=loss_pos.dtype), create_graph=True)
+    reg = grad_diff.reshape(grad_diff.size(0), -1).norm(dim=1)
+    reg = reg ** 2 if squared else reg
+    regularizer = torch.sum(lambda_ * reg) / batch
+    net.train(train)
+    return criterion(outputs, targets) + regularizer
+
+
+@MODES
+@pytest.mark.parametrize('norm', ['squared', 'plain'])
+def test_cure_equals_the_authors_code(train, norm):
+    model, pixels, y, normalize = _bn_setup(train)
+    task = create_task('cure', model, weight=4.0, h=1.5, norm=norm, mean=MEAN, std=STD, verbose=False)
+    out = _check_against(task, model, normalize(pixels), y,
+                         lambda: _cure_reference(model, normalize(pixels), y, 1.5, 4.0, train, norm == 'squared'))
+    assert model.training == train  # the model's mode is restored after the eval-mode passes
+    assert out['penalty'] > 0
+
+
+# --- GradAlign: tml-epfl/understanding-fast-adv-training, train.py and utils.py ---------------------------
+def _gradalign_reference(model, X, y, eps, lam, attack_init):
+    """The training step of train.py with --attack fgsm, --fgsm_alpha 1.25, --grad_align_cos_lambda lam
+    (double_bp), X in [0, 1] pixels; the model in whatever mode it is in."""
+    def clamp(X, lower_limit, upper_limit):
+        return torch.max(torch.min(X, torch.as_tensor(upper_limit, dtype=X.dtype)),
+                         torch.as_tensor(lower_limit, dtype=X.dtype))
+
+    def get_uniform_delta(shape, eps, requires_grad=True):
+        delta = torch.zeros(shape, dtype=X.dtype)
+        delta.uniform_(-eps, eps)
+        delta.requires_grad = requires_grad
+        return delta
+
+    def get_input_grad(model, X, y, eps, delta_init='none', backprop=False):
+        delta = torch.zeros_like(X, requires_grad=True) if delta_init == 'none' else get_uniform_delta(X.shape, eps)
+        output = model(X + delta)
+        loss = F.cross_entropy(output, y)
+        grad = torch.autograd.grad(loss, delta, create_graph=True if backprop else False)[0]
+        if not backprop:
+            grad, delta = grad.detach(), delta.detach()
+        return grad
+
+    if attack_init == 'zero':
+        delta = torch.zeros_like(X, requires_grad=True)
+    else:
+        delta = get_uniform_delta(X.shape, eps, requires_grad=True)
+    X_adv = clamp(X + delta, 0, 1)
+    output = model(X_adv)
+    loss = F.cross_entropy(output, y)
+    grad = torch.autograd.grad(loss, delta, create_graph=True)[0]
+    grad = grad.detach()
+    argmax_delta = eps * torch.sign(grad)
+    delta.data = clamp(delta.data + 1.25 * argmax_delta, -eps, eps)
+    delta.data = clamp(X + delta.data, 0, 1) - X
+    delta = delta.detach()
+    output = model(X + delta)
+    loss = F.cross_entropy(output, y)
+    reg = torch.zeros(1, dtype=X.dtype)[0]
+    grad2 = get_input_grad(model, X, y, eps, delta_init='random_uniform', backprop=True)
+    grads_nnz_idx = ((grad ** 2).sum([1, 2, 3]) ** 0.5 != 0) * ((grad2 ** 2).sum([1, 2, 3]) ** 0.5 != 0)
+    grad1, grad2 = grad[grads_nnz_idx], grad2[grads_nnz_idx]
+    grad1_norms, grad2_norms = (grad1 ** 2).sum([1, 2, 3]) ** 0.5, (grad2 ** 2).sum([1, 2, 3]) ** 0.5
+    grad1_normalized = grad1 / grad1_norms[:, None, None, None]
+    grad2_normalized = grad2 / grad2_norms[:, None, None, None]
+    cos = torch.sum(grad1_normalized * grad2_normalized, (1, 2, 3))
+    reg += lam * (1.0 - cos.mean())
+    return loss + reg
+
+
+@MODES
+@pytest.mark.parametrize('attack_init', ['zero', 'random'])
+def test_gradalign_equals_the_authors_training_step(train, attack_init):
+    model, pixels, y, normalize = _bn_setup(train)
     eps = 8 / 255
-    task = create_task('gradalign', model, weight=0.5, eps=eps, warmup_epochs=warmup_epochs, mean=MEAN, std=STD,
+    task = create_task('gradalign', model, eps=eps, random_start=attack_init == 'random', mean=MEAN, std=STD,
                        verbose=False)
-    task.set_epoch(epoch)  # the FGSM step is 1.25·ε·min(floor(epoch), E)/E during a warm-up of E epochs
-
-    def reference():
-        # FGSM-RS: uniform start in the ε-ball, one signed step of 1.25·ε, projected; model in eval mode
-        delta = torch.empty_like(pixels).uniform_(-eps, eps)
-        start = (pixels + delta).clamp(0, 1).requires_grad_(True)
-        loss = F.cross_entropy(model(normalize(start)), y, reduction='sum')
-        (g,) = torch.autograd.grad(loss, start)
-        step = 1.25 * eps * step_scale
-        adv = torch.min(torch.max(start.detach() + step * g.sign(), pixels - eps), pixels + eps).clamp(0, 1)
-        ce = F.cross_entropy(model(normalize(adv)), y)
-        eta = torch.empty_like(pixels).uniform_(-eps, eps)
-        g1 = _pixel_grad(model, normalize, pixels, y).flatten(1)
-        g2 = _pixel_grad(model, normalize, (pixels + eta).clamp(0, 1), y).flatten(1)
-        cos = (g1 * g2).sum(1) / (g1.norm(dim=1) * g2.norm(dim=1))
-        return ce + 0.5 * (1 - cos).mean()
-    _check(task, model, normalize(pixels), y, reference)
+    assert task.weight == pytest.approx(0.2, abs=1e-12)  # the authors' λ at ε 8/255 (sh/exps_diff_eps_cifar10.sh)
+    _check_against(task, model, normalize(pixels), y,
+                   lambda: _gradalign_reference(lambda p: model(normalize(p)), pixels, y, eps, 0.2, attack_init))
 
 
-def test_trades_kl_and_loss():
-    model, pixels, y, normalize = _setup()
+def test_gradalign_weight_is_the_authors_table():
+    from timm_gradreg.tasks.gradalign import gradalign_weight
+    # sh/exps_diff_eps_cifar10.sh: --grad_align_cos_lambda for --eps 1, 4, 8, 12, 16 (rounded to 3 digits there)
+    for eps, lam in ((1, 0.027), (4, 0.063), (8, 0.200), (12, 0.632), (16, 2.000)):
+        assert gradalign_weight(eps / 255) == pytest.approx(lam, abs=6e-4)
+
+
+def test_gradalign_leaves_samples_with_a_zero_gradient_out_of_the_mean():
+    model, pixels, y, normalize = _bn_setup(False)
+    task = create_task('gradalign', model, mean=MEAN, std=STD, verbose=False)
+    g = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    zero = g.clone()
+    zero[1] = 0
+    kept = [0, 2, 3]
+    expected = 1 - F.cosine_similarity(g[kept].flatten(1), (2 * g[kept] + 0.1).flatten(1)).mean()
+    assert task.alignment(zero, 2 * g + 0.1).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+# --- TRADES: yaodongyu/TRADES, trades.py ----------------------------------------------------------------
+def _trades_reference(model, x_natural, y, step_size, epsilon, perturb_steps, beta, train):
+    """trades_loss(distance='l_inf') line by line; x in [0, 1] pixels. ``train``: the reference's
+    model.train() before the loss (False: BatchNorm kept frozen, as a run with it in eval mode)."""
+    criterion_kl = torch.nn.KLDivLoss(reduction='sum')  # size_average=False
+    model.eval()
+    batch_size = len(x_natural)
+    x_adv = x_natural.detach() + 0.001 * torch.randn(x_natural.shape, dtype=x_natural.dtype).detach()
+    for _ in range(perturb_steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x_natural), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train(train)
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    logits = model(x_natural)
+    loss_natural = F.cross_entropy(logits, y)
+    loss_robust = (1.0 / batch_size) * criterion_kl(F.log_softmax(model(x_adv), dim=1),
+                                                    F.softmax(model(x_natural), dim=1))
+    return loss_natural + beta * loss_robust
+
+
+@MODES
+def test_trades_equals_the_authors_loss(train):
+    model, pixels, y, normalize = _bn_setup(train)
     eps = 8 / 255
     task = create_task('trades', model, beta=6.0, eps=eps, steps=3, mean=MEAN, std=STD, verbose=False)
-    # the boundary term by hand for two distributions: KL(p||q) = Σ p log(p/q)
-    from timm_gradreg.tasks.trades import trades_kl
+    from timm_gradreg.tasks.trades import trades_kl  # the boundary term by hand: KL(p||q) = Σ p log(p/q)
     p_logits, q_logits = torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[1.0, 0.0, 0.0]])
     p, q = p_logits.softmax(1), q_logits.softmax(1)
     assert trades_kl(q_logits, p_logits).item() == pytest.approx((p * (p / q).log()).sum().item(), rel=1e-6)
-
-    def reference():
-        with torch.no_grad():
-            clean = model(normalize(pixels))
-        adv = (pixels + 0.001 * torch.randn_like(pixels)).clamp(0, 1)
-        for _ in range(3):
-            adv.requires_grad_(True)
-            kl = F.kl_div(F.log_softmax(model(normalize(adv)), 1), F.softmax(clean, 1), reduction='sum')
-            (g,) = torch.autograd.grad(kl, adv)
-            adv = torch.min(torch.max(adv.detach() + eps * 0.007 / 0.031 * g.sign(), pixels - eps), pixels + eps)
-            adv = adv.clamp(0, 1)
-        out = model(normalize(pixels))
-        kl = F.kl_div(F.log_softmax(model(normalize(adv)), 1), F.softmax(out, 1), reduction='batchmean')
-        return F.cross_entropy(out, y) + 6.0 * kl
-    _check(task, model, normalize(pixels), y, reference)
+    pixel_model = PixelModel(model, normalize)  # the authors' models take [0, 1] pixels
+    _check_against(task, model, normalize(pixels), y, lambda: _trades_reference(
+        pixel_model, pixels, y, eps * 0.007 / 0.031, eps, 3, 6.0, train))
 
 
 def _gradnorm_penalty(model, normalize, pixels, y, eps=4 / 255, sigma=0.225):

@@ -31,10 +31,13 @@ def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Ten
 class TRADESTask(GradRegTask):
     """CE(f(x), y) + β·mean_b KL(p(x_b) ‖ p(x'_b)), x' maximizing the KL in the L∞ ε-ball.
 
-    x' is found as the paper's code does: start at x + 0.001·N(0, 1), then ``steps`` signed-gradient
-    ascent steps on the KL to the (fixed) clean prediction, projected to the ε-ball and [0, 1], with
-    the model in eval mode. Both terms are trained through (the clean logits too), as in the paper; clean
-    and adversarial images go through the model as one batch.
+    x' is found as the authors' code does (yaodongyu/TRADES, trades.py): start at x + 0.001·N(0, 1)
+    (not clipped), then ``steps`` signed-gradient ascent steps on the KL to the (fixed) clean prediction,
+    projected to the ε-ball and [0, 1], with the model in eval mode. Both terms are trained through (the
+    clean logits too); clean and adversarial images go through the model in separate forward passes in
+    its own mode, as the reference (one concatenated batch would mix their BatchNorm statistics). The
+    reference forwards x a third time for the KL's target: the same values and gradient as the first
+    pass, so it is reused (BatchNorm's running statistics move once less).
 
     Args:
         model, criterion: As for timm's ClassificationTask (the criterion is the clean term).
@@ -58,7 +61,7 @@ class TRADESTask(GradRegTask):
         with eval_mode(model), frozen_parameters(model):
             with torch.no_grad():
                 clean = model(input.detach())
-            adv = (x + 0.001 * torch.randn_like(x)).clamp(0.0, 1.0)
+            adv = x + 0.001 * torch.randn_like(x)
             for _ in range(self.steps):
                 adv.requires_grad_(True)
                 kl = trades_kl(model(space.to_normalized(adv)), clean).sum()
@@ -69,7 +72,8 @@ class TRADESTask(GradRegTask):
 
     def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         adv = self.perturb(input)
-        output, output_adv = self.trainable_module(torch.cat([input, adv])).chunk(2)  # one forward (DDP: one call)
+        output = self.trainable_module(input)
+        output_adv = self.trainable_module(adv)
         ce = self.criterion(output, target)
         kl = trades_kl(output_adv, output).mean()
         return {'loss': ce + self.beta * kl, 'output': output, 'ce': ce.detach(), 'penalty': kl.detach(),
