@@ -52,6 +52,31 @@ def test_subset_is_fixed_and_reproducible():
     assert subset_indices(10, None) == list(range(10))
 
 
+def test_official_subset_is_the_official_list_and_names_what_is_missing(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import timm_gradreg.evaluate.data as data
+    # the official repository's src_data/val.txt: 5,000 'class_folder/file label' lines, the first two these
+    lines = open(data.OFFICIAL_VAL_LIST).read().splitlines()
+    assert len(lines) == 5000 and len(set(lines)) == 5000
+    assert lines[:2] == ['n09468604/ILSVRC2012_val_00015253.JPEG 979', 'n02823750/ILSVRC2012_val_00020685.JPEG 441']
+    official = [line.split()[0] for line in lines[:3]]
+    for name in official + ['n01440764/ILSVRC2012_val_00000293.JPEG', 'n09468604/ILSVRC2012_val_00000001.JPEG']:
+        path = tmp_path / 'validation' / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', (8, 8)).save(path, format='JPEG')
+    cfg = {'input_size': (3, 8, 8), 'interpolation': 'bilinear', 'crop_pct': 1.0}
+    dataset = create_pixel_dataset('', str(tmp_path), 'validation', cfg)
+    with pytest.raises(ValueError, match='4997 of the 5000 images of the official list are not in the data folder'):
+        data.select_indices(dataset, 'official', None)
+    short = tmp_path / 'list.txt'
+    short.write_text(''.join(line + '\n' for line in lines[:3]))
+    monkeypatch.setattr(data, 'OFFICIAL_VAL_LIST', str(short))
+    chosen = data.select_indices(dataset, 'official', None)
+    paths = [dataset.reader.samples[i][0].replace(os.sep, '/') for i in chosen]
+    assert sorted(p.split('/validation/')[1] for p in paths) == sorted(official)
+
+
 def test_natural_model_sweep(honest):
     model, loader, x, y = honest
     eps = [0, 2 / 255, 8 / 255, 24 / 255, 64 / 255, 128 / 255]
@@ -146,6 +171,21 @@ def test_cli_on_demo_checkpoint_writes_tables_plot_and_report(natural_checkpoint
     assert '| a |' in open(out / 'report.md').read()
     flags = torch.load(out / 'flags_a.pt')
     assert flags['sweep_robust'].shape == (3, 40) and len(flags['indices']) == 40
+
+
+def test_cli_runs_autoattack_at_each_eps(natural_checkpoint, tmp_path, capsys):
+    ckpt, data = natural_checkpoint
+    out = tmp_path / 'eval'
+    assert eval_main(['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '6',
+                      '--no-sweep', '--autoattack', '--aa-eps', '32/255', '64/255', '--output', str(out),
+                      '--no-progress', '--device', 'cpu']) == 0
+    assert 'AutoAttack 32/255' in capsys.readouterr().out
+    model = json.load(open(out / 'results.json'))['models'][0]
+    runs = model['autoattack_by_eps']
+    assert [r['eps'] for r in runs] == [pytest.approx(32 / 255), pytest.approx(64 / 255)]
+    assert model['autoattack'] == runs[0]
+    assert runs[1]['robust_accuracy'] <= runs[0]['robust_accuracy'] <= model['clean_accuracy']
+    assert '(ε=32/255); ' in open(out / 'report.md').read()
 
 
 def test_cli_on_random_imagenet_model_and_bad_input(tmp_path, capsys):

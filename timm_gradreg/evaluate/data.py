@@ -32,8 +32,8 @@ def subset_indices(total: int, num_samples: Optional[int], seed: int = 0) -> Lis
     return sorted(torch.randperm(total, generator=generator)[:num_samples].tolist())
 
 
-def _read_official_list(path: str = OFFICIAL_VAL_LIST) -> List[Tuple[str, int]]:
-    with open(path, encoding='utf-8') as f:
+def _read_official_list() -> List[Tuple[str, int]]:
+    with open(OFFICIAL_VAL_LIST, encoding='utf-8') as f:
         return [(name, int(label)) for name, label in (line.split() for line in f if line.strip())]
 
 
