@@ -42,3 +42,28 @@ def training_recipes() -> List[str]:
     """The shipped timm-train recipes (the gradreg-eval configs among the recipes left out)."""
     recipes = sorted(glob.glob(os.path.join(RECIPE_DIR, '*', '*.yaml')))
     return [r for r in recipes if 'gradreg-eval -c' not in open(r).read()]
+
+
+def write_fashion_mnist_subset(folder, n_train: int = 64, n_test: int = 32, gz: bool = True) -> str:
+    """The first images of Debian's Fashion-MNIST idx files, as four smaller idx files (gzipped or not)."""
+    import gzip
+    import struct
+
+    import pytest
+
+    from timm_gradreg.data import DEBIAN_FASHION_MNIST
+    if not os.path.isdir(DEBIAN_FASHION_MNIST):
+        pytest.skip(f'Fashion-MNIST is not installed ({DEBIAN_FASHION_MNIST}): apt-get install dataset-fashion-mnist')
+    os.makedirs(folder, exist_ok=True)
+    for split, count in (('train', n_train), ('t10k', n_test)):
+        for kind, header in (('images-idx3-ubyte', 16), ('labels-idx1-ubyte', 8)):
+            with gzip.open(os.path.join(DEBIAN_FASHION_MNIST, f'{split}-{kind}.gz'), 'rb') as f:
+                data = f.read()
+            item = 28 * 28 if kind.startswith('images') else 1
+            head = bytearray(data[:header])
+            struct.pack_into('>I', head, 4, count)  # the item count
+            out = bytes(head) + data[header:header + count * item]
+            path = os.path.join(folder, f'{split}-{kind}' + ('.gz' if gz else ''))
+            with (gzip.open(path, 'wb') if gz else open(path, 'wb')) as f:
+                f.write(out)
+    return str(folder)

@@ -105,6 +105,10 @@ def load_eval_model(
     kwargs = dict(loaded.model_kwargs) if loaded else {}
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
+    overrides = dict(loaded.data) if loaded else {}
+    overrides.update({k: v for k, v in (data_overrides or {}).items() if v not in (None, '')})
+    if overrides.get('input_size') and 'in_chans' not in kwargs:
+        kwargs['in_chans'] = overrides['input_size'][0]  # e.g. one channel for Fashion-MNIST
     model = create_model(model_name, pretrained=pretrained, **kwargs)
     record = loaded.swap if loaded else None
     if swap:
@@ -113,8 +117,6 @@ def load_eval_model(
         swap_activations(model, record['act'], record['sources'], check_functional=False)
     if loaded is not None:
         _load_weights(model, model_name, loaded, checkpoint)
-    overrides = dict(loaded.data) if loaded else {}
-    overrides.update({k: v for k, v in (data_overrides or {}).items() if v not in (None, '')})
     data_config = resolve_data_config(overrides, model=model)
     return model.eval(), data_config
 

@@ -1,3 +1,5 @@
-"""Embedded demo data: real images built on first use, no download."""
+"""Data: the embedded demo sets (real images built on first use, no download) and standard sets from disk."""
 from .demo import DEMO_DATASETS, default_data_root, is_demo_dataset, prepare_demo_dataset
 from .digits import build_digits_folder
+from .fashion_mnist import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, prepare_fashion_mnist
+from .sources import DATA_SOURCES, resolve_dataset

@@ -13,7 +13,7 @@ import torch
 from timm.data import create_dataset, create_transform
 from torch.utils.data import DataLoader, Subset
 
-from ..data import is_demo_dataset, prepare_demo_dataset
+from ..data import resolve_dataset
 
 __all__ = ['subset_indices', 'official_imagenet_indices', 'select_indices', 'SUBSETS', 'OFFICIAL_VAL_LIST',
            'create_pixel_dataset', 'create_pixel_loader', 'load_batches']
@@ -83,10 +83,9 @@ def select_indices(dataset, subset: str, num_samples: Optional[int], seed: int =
 
 def create_pixel_dataset(dataset: str, data_dir: Optional[str], split: str, data_config: dict):
     """A timm dataset whose transform is the eval transform of ``data_config`` without normalization."""
-    name, root = dataset, data_dir
-    if is_demo_dataset(dataset):
-        name, root = '', prepare_demo_dataset(dataset, data_dir)
-    input_mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
+    name, root = resolve_dataset(dataset, data_dir)
+    channels = data_config['input_size'][0]
+    input_mode = 'RGB' if channels == 3 else 'L'
     if not name and not root:
         raise ValueError('No data: give --data-dir (an image folder with the split) or --dataset demo/digits.')
     if not name and not os.path.exists(root):
@@ -97,7 +96,7 @@ def create_pixel_dataset(dataset: str, data_dir: Optional[str], split: str, data
         raise ValueError(f"no usable data in --data-dir '{root}' (split '{split}'): {e}".replace('\n', ' ')) from None
     ds.transform = create_transform(
         data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
-        mean=(0.0,) * 3, std=(1.0,) * 3, crop_pct=data_config['crop_pct'],
+        mean=(0.0,) * channels, std=(1.0,) * channels, crop_pct=data_config['crop_pct'],
         crop_mode=data_config.get('crop_mode', 'center'))
     return ds
 

@@ -44,7 +44,7 @@ from timm.utils.distributed import init_distributed_device_so
 
 from ..activations import swap_activations
 from ..checkpoint import AtomicCheckpointSaver
-from ..data import is_demo_dataset, prepare_demo_dataset
+from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from ..models import create_model, load_model_checkpoint
 from ..modes import freeze_batchnorm
 from ..evaluate.interval import format_accuracy
@@ -188,17 +188,18 @@ class Trainer:
 
     def build_datasets(self) -> Tuple[Any, Any]:
         cfg = self.cfg
-        dataset_name = cfg.dataset
-        if is_demo_dataset(cfg.dataset):
-            prepare_demo_dataset(cfg.dataset, cfg.data_dir)
-            dataset_name = ''
-        elif not cfg.data_dir and (not cfg.dataset or cfg.dataset.split('/')[0] in ('folder', 'torch')):
-            raise TrainingError('No data: give --data-dir (an image folder with train/validation splits, or where '
-                                'a torch/ dataset is downloaded to) or use the embedded --dataset demo/digits.')
-        elif cfg.data_dir and not cfg.dataset and not os.path.exists(cfg.data_dir):
-            raise TrainingError(f"--data-dir '{cfg.data_dir}' does not exist.")
+        if not (is_demo_dataset(cfg.dataset) or cfg.dataset in DATA_SOURCES):  # those find their own files
+            if not cfg.data_dir and (not cfg.dataset or cfg.dataset.split('/')[0] in ('folder', 'torch')):
+                raise TrainingError('No data: give --data-dir (an image folder with train/validation splits, or where '
+                                    'a torch/ dataset is downloaded to) or use the embedded --dataset demo/digits.')
+            if cfg.data_dir and not cfg.dataset and not os.path.exists(cfg.data_dir):
+                raise TrainingError(f"--data-dir '{cfg.data_dir}' does not exist.")
+        try:
+            dataset_name, data_dir = resolve_dataset(cfg.dataset, cfg.data_dir, cfg.dataset_download)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         input_img_mode = cfg.input_img_mode or ('RGB' if self.data_config['input_size'][0] == 3 else 'L')
-        common = dict(root=cfg.data_dir, class_map=cfg.class_map, download=cfg.dataset_download,
+        common = dict(root=data_dir, class_map=cfg.class_map, download=cfg.dataset_download,
                       batch_size=cfg.batch_size, input_img_mode=input_img_mode, input_key=cfg.input_key,
                       target_key=cfg.target_key)
         if cfg.dataset_trust_remote_code:

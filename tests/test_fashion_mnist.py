@@ -1,0 +1,75 @@
+"""Fashion-MNIST from its standard idx files: found wherever they are, one input channel, every front end."""
+import json
+import os
+
+import pytest
+
+from timm_gradreg.data import FASHION_MNIST_FILES, prepare_fashion_mnist, resolve_dataset
+
+from helpers import write_fashion_mnist_subset
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('TIMM_GRADREG_DATA', str(tmp_path / 'cache'))
+    return tmp_path / 'cache'
+
+
+@pytest.mark.parametrize('gz', [True, False], ids=['gzipped', 'plain'])
+def test_the_idx_files_are_found_and_laid_out_for_timm(tmp_path, cache, gz):
+    folder = write_fashion_mnist_subset(tmp_path / 'idx', 20, 10, gz=gz)
+    name, root = resolve_dataset('fashion_mnist', folder)
+    assert name == 'torch/fashion_mnist' and resolve_dataset('torch/fashion_mnist', folder)[0] == name
+    from timm.data import create_dataset
+    train = create_dataset(name, root=root, split='train', is_training=True)
+    test = create_dataset(name, root=root, split='validation', is_training=False)
+    assert (len(train), len(test)) == (20, 10)
+    image, label = train[0]
+    assert image.mode == 'L' and image.size == (28, 28) and label == 9  # the first training image is an ankle boot
+    assert prepare_fashion_mnist(root) == root  # torchvision's layout is used as it is
+
+
+def test_missing_files_give_one_line_naming_the_ways_to_get_them(tmp_path, cache):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(ValueError) as error:
+        prepare_fashion_mnist(str(empty))
+    message = str(error.value)
+    assert '\n' not in message and str(empty) in message and 'apt-get install dataset-fashion-mnist' in message
+    assert '--dataset-download' in message and all(name in message for name in FASHION_MNIST_FILES)
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(ValueError, match="is a file"):
+        prepare_fashion_mnist(str(tmp_path / 'a_file'))
+
+
+def test_timm_train_and_gradreg_eval_on_one_channel(tmp_path, cache, capsys):
+    from timm_gradreg.cli.evaluate import main as eval_main
+    from timm_gradreg.cli.train import main as train_main
+    folder = write_fashion_mnist_subset(tmp_path / 'idx', 64, 32)
+    argv = ['-c', 'fmnist/gradnorm', '--data-dir', folder, '--epochs', '1', '--warmup-epochs', '0', '-b', '16',
+            '--adv-val-steps', '2', '--output', str(tmp_path / 'out'), '--device', 'cpu']
+    assert train_main(argv) == 0
+    row = open(tmp_path / 'out' / 'gradnorm' / 'summary.csv').read().splitlines()
+    assert len(row) == 2 and 'eval_advtop1' in row[0]
+    checkpoint = str(tmp_path / 'out' / 'gradnorm' / 'last.pth.tar')
+    out = tmp_path / 'eval'
+    assert eval_main(['--checkpoint', checkpoint, '--dataset', 'fashion_mnist', '--data-dir', folder,
+                      '--eps', '0', '0.1', '--steps', '3', '--output', str(out), '--no-progress',
+                      '--device', 'cpu']) == 0
+    model = json.load(open(out / 'results.json'))['models'][0]
+    assert model['num_samples'] == 32 and model['data_config']['input_size'] == [1, 28, 28]
+    assert 0 <= model['sweep']['accuracy'][1] <= model['clean_accuracy'] <= 100
+
+
+def test_gradreg_analyze_on_one_channel(tmp_path, cache):
+    from timm_gradreg.cli.analyze import main as analyze_main
+    from timm_gradreg.cli.train import main as train_main
+    folder = write_fashion_mnist_subset(tmp_path / 'idx', 32, 16)
+    assert train_main(['-c', 'fmnist/natural', '--data-dir', folder, '--epochs', '1', '--warmup-epochs', '0',
+                       '-b', '16', '--adv-val-steps', '0', '--eval-metric', 'top1', '--output', str(tmp_path / 'out'),
+                       '--device', 'cpu']) == 0
+    out = tmp_path / 'analysis'
+    assert analyze_main(['--checkpoint', str(tmp_path / 'out' / 'natural' / 'last.pth.tar'), '--dataset',
+                         'fashion_mnist', '--data-dir', folder, '--num-samples', '8', '--output', str(out),
+                         '--no-progress', '--device', 'cpu']) == 0
+    assert os.path.exists(out / 'analysis.json') or any(out.iterdir())
