@@ -73,3 +73,34 @@ def test_gradreg_analyze_on_one_channel(tmp_path, cache):
                          'fashion_mnist', '--data-dir', folder, '--num-samples', '8', '--output', str(out),
                          '--no-progress', '--device', 'cpu']) == 0
     assert os.path.exists(out / 'analysis.json') or any(out.iterdir())
+
+
+def test_two_sources_never_share_an_unpacked_copy(tmp_path, cache):
+    from timm.data import create_dataset
+    small = write_fashion_mnist_subset(tmp_path / 'small', 8, 4)
+    larger = write_fashion_mnist_subset(tmp_path / 'larger', 12, 6)
+    roots = [resolve_dataset('fashion_mnist', folder)[1] for folder in (small, larger)]
+    assert roots[0] != roots[1]
+    sizes = [len(create_dataset('torch/fashion_mnist', root=r, split='train', is_training=True)) for r in roots]
+    assert sizes == [8, 12]
+
+
+SHARED_TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'timm-train',
+                            'train-main-aa4b5850.py')
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_TRAIN), reason="timm's train.py is not in ../shared/timm-train")
+def test_gradreg_launch_drives_timms_train_py_on_fashion_mnist(tmp_path, cache):
+    import subprocess
+    import sys
+    folder = write_fashion_mnist_subset(tmp_path / 'idx', 32, 16)
+    run = subprocess.run([sys.executable, '-m', 'timm_gradreg.launch', SHARED_TRAIN, '-c', 'fmnist/gradnorm',
+                          '--data-dir', folder, '--epochs', '1', '--warmup-epochs', '0', '-b', '16', '--device', 'cpu',
+                          '--adv-val-steps', '2', '--output', str(tmp_path / 'out')],
+                         capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert run.returncode == 0, run.stderr[-2000:]
+    (summary,) = list((tmp_path / 'out').glob('*/summary.csv'))
+    header, row = summary.read_text().splitlines()
+    values = dict(zip(header.split(','), row.split(',')))
+    assert float(values['eval_top1']) * 16 / 100 == pytest.approx(round(float(values['eval_top1']) * 16 / 100))  # 16 images
+    assert 0 <= float(values['eval_advtop1']) <= float(values['eval_top1'])

@@ -15,7 +15,8 @@ imported as a module (its ``if __name__ == '__main__'`` does not run) and driven
   and the fp16 GradScaler);
 * ``train_one_epoch`` gets a loader that sets the task's schedule position before each batch
   and freezes BatchNorm (``--bn-eval``) or the whole model (``--train-in-eval-mode``);
-* ``validate`` adds ``advtop1``, top-1 under PGD, usable as ``--eval-metric``.
+* ``validate`` adds ``advtop1``, top-1 under PGD, usable as ``--eval-metric``;
+* ``create_dataset`` finds a standard set on disk (``--dataset fashion_mnist``, ``data.DATA_SOURCES``).
 
 It works with the train.py of timm 1.0.27 and later (the task API it drives).
 """
@@ -30,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from .activations import swap_activations
+from .data import DATA_SOURCES, resolve_dataset
 from .modes import freeze_batchnorm
 from .parser import ArgumentParser
 from .tasks import create_task, get_task_class, task_kwargs
@@ -153,6 +155,8 @@ class GradregTrainScript:
         m.validate = self._wrap_validate(m.validate)
         if hasattr(m, 'NativeScaler'):
             m.NativeScaler = self._wrap_scaler(m.NativeScaler)
+        if hasattr(m, 'create_dataset'):
+            m.create_dataset = self._wrap_create_dataset(m.create_dataset)
 
     # --- the rebound names -----------------------------------------------------------------------
     def _wrap_parse_args(self, parse):
@@ -185,6 +189,19 @@ class GradregTrainScript:
                 self.data_config = config
             return config
         return resolve_data_config
+
+    @staticmethod
+    def _wrap_create_dataset(create):
+        """Standard sets found on disk (``--dataset fashion_mnist``): timm's name and the prepared root."""
+        @functools.wraps(create)
+        def create_dataset(name, root=None, *a, **kw):
+            if name in DATA_SOURCES:
+                try:
+                    name, root = resolve_dataset(name, root, kw.get('download', False))
+                except ValueError as e:
+                    raise LaunchError(str(e)) from None
+            return create(name, root, *a, **kw)
+        return create_dataset
 
     def _wrap_scaler(self, scaler_cls):
         launcher = self

@@ -4,9 +4,10 @@ timm names the set ``torch/fashion_mnist`` (torchvision's ``FashionMNIST``: ``RO
 with the uncompressed idx files). The files are looked for, in order, in ``--data-dir``, in
 ``$TIMM_GRADREG_DATA/fashion_mnist`` (or the user cache), and where Debian's ``dataset-fashion-mnist``
 puts them; gzipped or not, flat or in torchvision's layout. Gzipped or flat files are unpacked once into
-the cache. Without them, timm's own download is used when ``--dataset-download`` allows it.
+the cache (a folder per source). Without them, timm's own download is used when ``--dataset-download`` allows it.
 """
 import gzip
+import hashlib
 import os
 import shutil
 from typing import Dict, List, Optional
@@ -37,7 +38,14 @@ def find_idx_files(folder: str) -> Optional[Dict[str, str]]:
     return found
 
 
-def _unpack(files: Dict[str, str], root: str) -> str:
+def _unpacked_root(files: Dict[str, str]) -> str:
+    """A cache folder of its own for each set of source files (path, size and time), so sources never mix."""
+    stamp = '|'.join(f'{os.path.abspath(p)}:{os.path.getsize(p)}:{os.path.getmtime(p)}' for p in files.values())
+    return os.path.join(default_data_root('fashion_mnist'), 'unpacked', hashlib.sha1(stamp.encode()).hexdigest()[:16])
+
+
+def _unpack(files: Dict[str, str]) -> str:
+    root = _unpacked_root(files)
     raw = _layout(root)
     os.makedirs(raw, exist_ok=True)
     for name, path in files.items():
@@ -64,7 +72,7 @@ def prepare_fashion_mnist(data_dir: Optional[str] = None, download: bool = False
             continue
         if all(path == os.path.join(_layout(place), name) for name, path in files.items()):
             return place  # already torchvision's layout, uncompressed
-        return _unpack(files, default_data_root('fashion_mnist'))
+        return _unpack(files)
     if download:
         return data_dir or default_data_root('fashion_mnist')
     where = f"--data-dir '{data_dir}'" if data_dir else f"{default_data_root('fashion_mnist')} or {DEBIAN_FASHION_MNIST}"
