@@ -35,22 +35,6 @@ def _pixel_grad(model, normalize, pixels, y):
     return g
 
 
-def _check(task, model, x, y, reference, seed=1):
-    torch.manual_seed(seed)
-    out = task(x, y)
-    model.zero_grad()
-    out['loss'].backward()
-    got = [p.grad.clone() for p in model.parameters()]
-    torch.manual_seed(seed)
-    ref = reference()
-    model.zero_grad()
-    ref.backward()
-    assert out['loss'].item() == pytest.approx(ref.item(), rel=1e-10, abs=1e-12)
-    for a, b in zip(got, [p.grad for p in model.parameters()]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    return out
-
-
 class BNNet(torch.nn.Module):
     """A small smooth CNN with BatchNorm: the literature tasks in train mode and with BatchNorm frozen."""
 
@@ -305,7 +289,7 @@ def test_gradnorm_penalty_fraction_takes_the_penalty_on_a_random_subset(impl):
         return (0.8 * F.cross_entropy(model(normalize(pixels)), y)
                 + 1.2 * _gradnorm_penalty(model, normalize, pixels[chosen], y[chosen]))
     if impl == 'double_backprop':
-        out = _check(task, model, normalize(pixels), y, reference)
+        out = _check_against(task, model, normalize(pixels), y, reference)
     else:  # finite differences: the same loss value, the gradient to first order in h
         torch.manual_seed(1)
         out = task(normalize(pixels), y)
@@ -335,7 +319,7 @@ def test_gradnorm_reduced_resolution_penalizes_the_downsampled_images():
 
     def reference():
         return 0.8 * F.cross_entropy(model(normalize(pixels)), y) + 1.2 * _gradnorm_penalty(model, normalize, small, y)
-    _check(task, model, normalize(pixels), y, reference)
+    _check_against(task, model, normalize(pixels), y, reference)
 
 
 @pytest.mark.parametrize('options', [['--gradreg', 'trades', '--trades-steps', '2'], ['--gradreg', 'igr'],
