@@ -17,10 +17,11 @@ def test_quick_frontier_writes_json_markdown_and_plot(tmp_path):
                           'natural', 'gradnorm-every2', '--output', str(out)], capture_output=True, text=True,
                          timeout=900, env={**os.environ, 'TIMM_GRADREG_DATA': str(tmp_path / 'data')})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    data = json.load(open(out / 'frontier.json'))
-    assert set(data['methods']) == {'natural', 'gradnorm-every2'} and data['seeds'] == [0]
+    data = json.load(open(out / 'frontier.json'))['datasets']['digits']
+    assert set(data['methods']) == {'natural', 'gradnorm-every2'}
     for method in data['methods'].values():
         assert 0 <= method['autoattack']['mean'] <= method['pgd50']['mean'] + 1e-9 <= 100.0 + 1e-9
+        assert method['autoattack']['n'] == 16 and len(method['autoattack']['values']) == 1
         assert method['cost_ratio'] is None and method['cost_ratio_demo'] > 0 and method['passes'] > 0
     assert data['methods']['natural']['passes'] == 2 and data['methods']['gradnorm-every2']['passes'] == 3.5
     assert (out / 'frontier.png').stat().st_size > 1000
@@ -30,4 +31,28 @@ def test_quick_frontier_writes_json_markdown_and_plot(tmp_path):
                             'natural', 'gradnorm-every2', '--output', str(out)], capture_output=True, text=True,
                            timeout=300, env={**os.environ, 'TIMM_GRADREG_DATA': str(tmp_path / 'data')})
     assert again.returncode == 0 and '$ ' not in again.stdout
-    assert json.load(open(out / 'frontier.json'))['methods'] == data['methods']
+    assert json.load(open(out / 'frontier.json'))['datasets']['digits']['methods'] == data['methods']
+
+
+def _frontier_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('frontier', os.path.join(ROOT, 'benchmarks', 'frontier.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ratio_interval_covers_the_sampling_spread_and_decides_the_target():
+    frontier = _frontier_module()
+    at = [{'robust': {i: i % 10 < 8 for i in range(1000)}} for _ in range(3)]  # 80% robust, all seeds alike
+    same = frontier.ratio_interval(at, at)
+    assert same[0] == pytest.approx(1.0) and same[1] == pytest.approx(1.0)  # the same images: no sampling spread
+    half = [{'robust': {i: i % 10 < 4 for i in range(1000)}} for _ in range(3)]  # 40%: ratio 0.5
+    low, high = frontier.ratio_interval(half, at)
+    # ratio of two proportions on 1000 shared images: 0.5 ± about 1.96·0.03 (delta method, paired)
+    assert low < 0.5 < high and 0.44 < low and high < 0.56
+    assert frontier.verdict((low, high)) == 'below'
+    assert frontier.verdict((0.92, 0.99)) == 'above' and frontier.verdict((0.85, 0.95)) == 'across'
+    seeds = [{'robust': {i: i % 10 < k for i in range(1000)}} for k in (7, 8, 9)]  # seed spread widens it
+    low, high = frontier.ratio_interval(seeds, at)
+    assert low < 0.92 and high > 1.08  # the seeds alone span 0.875 to 1.125

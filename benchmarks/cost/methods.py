@@ -22,6 +22,7 @@ METHODS: Dict[str, BenchMethod] = {
     'natural': BenchMethod('natural', 2),
     'gradnorm': BenchMethod('gradnorm', 5, {'impl': 'double_backprop'}, compilable=False),
     'gradnorm-fd': BenchMethod('gradnorm', 4, {'impl': 'fd'}),
+    'gradnorm-fd-every2': BenchMethod('gradnorm', 3, {'impl': 'fd', 'every': 2}),
     'edge': BenchMethod('edge', 5, compilable=False),
     'pgd-3': BenchMethod('pgd', 8, {'steps': 3}),
     'fgsm': BenchMethod('fgsm', 4),
