@@ -1,0 +1,70 @@
+"""gradreg-launch drives timm's own train.py, unmodified (../shared/timm-train), and the patch applies to it.
+
+The file that goes with the installed timm is used: train-v1.0.27.py (tags v1.0.27 and v1.0.28) with timm
+1.0.27-1.0.28, train-main-aa4b5850.py with timm 1.0.29 and later. A user's checkout has no ../shared:
+the tests then skip, saying why.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import timm
+from packaging.version import Version
+
+from timm_gradreg.recipes import PATCH
+
+from helpers import write_image_folder
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'timm-train')
+FILES = {'v1.0.27': os.path.join(SHARED, 'train-v1.0.27.py'), 'main': os.path.join(SHARED, 'train-main-aa4b5850.py')}
+TRAIN_PY = FILES['main'] if Version(timm.__version__) >= Version('1.0.29.dev0') else FILES['v1.0.27']
+needs_shared = pytest.mark.skipif(not os.path.isfile(TRAIN_PY),
+                                  reason=f"timm's train.py is not in {os.path.normpath(SHARED)} (a user's checkout)")
+
+#: one member of each method family, with the options a seconds-long epoch needs
+# --workers 1: timm 1.0.27's loader keeps persistent workers, which torch refuses with --workers 0
+FAMILIES = {
+    'natural': [],
+    'gradnorm': ['--gn-warmup-epochs', '0'],
+    'pgd': ['--attack-warmup-epochs', '0'],
+    'edge': [],
+    'trades': ['--trades-steps', '2'],
+}
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp('data'), classes=3, train_per_class=4, val_per_class=2)
+
+
+@needs_shared
+@pytest.mark.parametrize('method', sorted(FAMILIES))
+def test_timms_train_py_trains_each_method_family(method, folder, tmp_path):
+    out = tmp_path / 'out'
+    run = subprocess.run(
+        [sys.executable, '-m', 'timm_gradreg.launch', TRAIN_PY, '--data-dir', folder, '--model', 'test_resnet',
+         '--model-kwargs', 'act_layer=gelu', '--num-classes', '3', '--input-size', '3', '32', '32', '--crop-pct', '1.0',
+         '--no-aug', '-b', '4', '--epochs', '1', '--warmup-epochs', '0', '--opt', 'adamw', '--lr', '1e-3',
+         '--workers', '1', '--device', 'cpu', '--smoothing', '0', '--output', str(out), '--experiment', method,
+         '--gradreg', method, '--bn-eval', '--adv-val-steps', '2', '--adv-val-eps', '8/255',
+         '--adv-val-step-size', '4/255', '--eval-metric', 'advtop1', *FAMILIES[method]],
+        capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    header, row = (out / method / 'summary.csv').read_text().splitlines()
+    values = dict(zip(header.split(','), row.split(',')))
+    assert 0.0 <= float(values['eval_advtop1']) <= float(values['eval_top1']) <= 100.0
+    assert float(values['eval_top1']) * 6 / 100 == pytest.approx(round(float(values['eval_top1']) * 6 / 100))  # 6 images
+    args = (out / method / 'args.yaml').read_text()
+    assert f'gradreg: {method}' in args  # the gradreg options are saved with train.py's own
+
+
+@pytest.mark.skipif(shutil.which('git') is None, reason='needs git')
+@pytest.mark.parametrize('revision', sorted(FILES))
+def test_the_patch_applies_to_each_train_py(revision, tmp_path):
+    if not os.path.isfile(FILES[revision]):
+        pytest.skip(f"timm's train.py is not in {os.path.normpath(SHARED)} (a user's checkout)")
+    shutil.copy(FILES[revision], tmp_path / 'train.py')
+    run = subprocess.run(['git', 'apply', '--check', '--verbose', PATCH], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
