@@ -123,10 +123,23 @@ def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str
     return checkpoint
 
 
+def eval_folder(work: str, name: str, seed: int, samples: Optional[int]) -> str:
+    return os.path.join(work, 'eval', f'{name}-s{seed}-n{samples or "all"}')
+
+
+def trained_and_evaluated(bench: Benchmark, name: str, seed: int, work: str, samples: Optional[int],
+                          quick: bool) -> dict:
+    """The run's scores; it is trained only when its evaluation is not there yet (evaluations are kept in
+    the repository, checkpoints are not)."""
+    done = os.path.exists(os.path.join(eval_folder(work, name, seed, samples), 'results.json'))
+    checkpoint = '' if done else train(bench, name, seed, work, quick)
+    return evaluate(bench, name, seed, checkpoint, work, samples, quick)
+
+
 def evaluate(bench: Benchmark, name: str, seed: int, checkpoint: str, work: str, samples: Optional[int],
              quick: bool) -> dict:
     """Clean, PGD-50 and AutoAttack accuracy of one run, and AutoAttack's per-image result (dataset order)."""
-    folder = os.path.join(work, 'eval', f'{name}-s{seed}-n{samples or "all"}')
+    folder = eval_folder(work, name, seed, samples)
     results = os.path.join(folder, 'results.json')
     if not os.path.exists(results):
         cmd = [sys.executable, '-m', 'timm_gradreg.cli.evaluate', '--checkpoint', checkpoint, '--dataset',
@@ -301,15 +314,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     scores: Dict[str, List[dict]] = {}
     for name in args.methods:
         for seed in seeds:
-            checkpoint = train(bench, name, seed, work, args.quick)
-            scores.setdefault(name, []).append(evaluate(bench, name, seed, checkpoint, work, samples, args.quick))
+            scores.setdefault(name, []).append(trained_and_evaluated(bench, name, seed, work, samples, args.quick))
     if not args.no_near and 'pgd' in scores and (near_samples > samples or set(near_seeds) > set(seeds)):
         at = statistics.fmean(r['autoattack'] for r in scores['pgd']) if 'pgd' in scores else None
         near = [n for n, runs in scores.items() if n == 'pgd' or at and
                 abs(statistics.fmean(r['autoattack'] for r in runs) - TARGET_SHARE * at) <= NEAR_POINTS]
         for name in near:  # the larger sample and more seeds where the target is close
-            scores[name] = [evaluate(bench, name, seed, train(bench, name, seed, work, args.quick), work,
-                                     near_samples, args.quick) for seed in near_seeds]
+            scores[name] = [trained_and_evaluated(bench, name, seed, work, near_samples, args.quick)
+                            for seed in near_seeds]
     costs = {setting: time_steps(setting, args.methods, work, args.cost_steps) for setting in args.cost}
     import torch
     data = {'title': bench.title, 'eps': bench.eps, 'pgd_steps': 5 if args.quick else 50,
