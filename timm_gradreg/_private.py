@@ -14,7 +14,7 @@ import torch
 #: The oldest timm with the task API the package drives (trainable_module, setup_ema, resume_task_checkpoint).
 MIN_TIMM = (1, 0, 27)
 
-__all__ = ['require_timm', 'MIN_TIMM', 'engine_will_execute', 'foreach_mul_', 'compile_mode_names', 'recompile_limit', 'torch_function_disabled',
+__all__ = ['require_timm', 'MIN_TIMM', 'engine_will_execute', 'autocast_enabled', 'autocast_dtype', 'foreach_mul_', 'compile_mode_names', 'recompile_limit', 'torch_function_disabled',
            'softmax_backward', 'timm_activation_names', 'evaluation_sample_limit', 'TASK_TAKES_CRITERION_KWARGS',
            'classification_criterion', 'quiet_cuda_home_notice']
 
@@ -35,6 +35,19 @@ def engine_will_execute(node: Any) -> bool:
         return bool(query(node))
     except RuntimeError:  # called outside a backward pass
         return True
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``; False for device types without autocast (``meta``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype for ``device_type`` when autocast is on there, else None."""
+    return torch.get_autocast_dtype(device_type) if autocast_enabled(device_type) else None
 
 
 def foreach_mul_(tensors: List[torch.Tensor], factor: Any) -> None:

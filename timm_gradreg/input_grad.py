@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ._private import autocast_dtype
 from .double_backward import double_backward_safe
 
 __all__ = [
@@ -50,12 +51,7 @@ def per_sample_loss_sum(criterion: Callable, output: torch.Tensor, target: torch
 
 def fp16_autocast_active(device_type: str) -> bool:
     """True when autocast to float16 is on for ``device_type`` (bf16 needs no scaling)."""
-    try:
-        if not torch.is_autocast_enabled(device_type):
-            return False
-        return torch.get_autocast_dtype(device_type) == torch.float16
-    except (TypeError, RuntimeError):  # device type without autocast support
-        return False
+    return autocast_dtype(device_type) == torch.float16
 
 
 def _scale_of(grad_scaler: Any) -> float:

@@ -5,7 +5,21 @@ from typing import List, Optional
 from ..models import ModelError
 from ..train import (Trainer, TrainingError, TrainingInterrupted, config_yaml, global_batch_note, parse_args,
                      resolve_config)
+from ..train.memory import default_gpu_memory, memory_advice, predict_memory
 from .console import setup_console_logging
+
+
+def dry_run_notes(cfg) -> List[str]:
+    """The lines ``--dry-run`` adds under the configuration: the global batch against the paper's, the
+    predicted memory per GPU and, with a GPU size, whether it fits."""
+    notes = [note for note in [global_batch_note(cfg)] if note]
+    if cfg.predict_memory:
+        prediction = predict_memory(cfg)
+        notes.append(prediction.describe(cfg.batch_size))
+        gpu_memory = cfg.gpu_memory or default_gpu_memory()
+        if gpu_memory:
+            notes.append(memory_advice(cfg, prediction, gpu_memory))
+    return notes
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -14,9 +28,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dry_run:
         cfg = resolve_config(args)
         print(config_yaml(cfg), end='')
-        note = global_batch_note(cfg)
-        if note:
-            print(f'# {note}')  # a YAML comment: the output stays loadable
+        for note in dry_run_notes(cfg):
+            print(f'# {note}')  # YAML comments: the output stays loadable
         return 0
     trainer = None
     try:

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .._private import autocast_enabled
 from .common import bind_args
 from .softmax import twice_differentiable_softmax
 
@@ -26,7 +27,7 @@ def attention(func: Callable, args: tuple, kwargs: dict) -> Optional[torch.Tenso
     sdpa = bind_args(_SDPA_ARGS, _SDPA_DEFAULTS, args, kwargs)
     q, k, v, mask = sdpa['query'], sdpa['key'], sdpa['value'], sdpa['attn_mask']
     tensors = [q, k, v] + ([mask] if mask is not None else [])
-    if (sdpa['dropout_p'] or sdpa['is_causal'] or sdpa['enable_gqa'] or torch.is_autocast_enabled(q.device.type)
+    if (sdpa['dropout_p'] or sdpa['is_causal'] or sdpa['enable_gqa'] or autocast_enabled(q.device.type)
             or q.dtype not in (torch.float32, torch.float64) or any(t.dtype != q.dtype for t in tensors)):
         return None
     scale = sdpa['scale'] if sdpa['scale'] is not None else 1.0 / math.sqrt(q.shape[-1])

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._private import autocast_dtype
 from .common import bind_args, gradient_needed, record_inputs
 
 __all__ = ['affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward', 'eval_batch_norm',
@@ -183,8 +184,8 @@ def _pair(value: Any) -> Tuple[int, int]:
 def conv2d_fast_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                                 stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
     """``F.conv2d`` (integer padding, 4-D input) with a fast double backward; see the module docstring."""
-    if torch.is_autocast_enabled(x.device.type):  # run in the autocast dtype, as F.conv2d would
-        dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = autocast_dtype(x.device.type)
+    if dtype is not None:  # run in the autocast dtype, as F.conv2d would
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     conv = (_pair(stride), _pair(padding), _pair(dilation), groups)

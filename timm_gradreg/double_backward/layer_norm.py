@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._private import autocast_enabled
 from .common import bind_args, gradient_needed, record_inputs
 from .kernels import CompiledKernel
 
@@ -74,7 +75,7 @@ def layer_norm(func: Callable, args: tuple, kwargs: dict) -> Optional[torch.Tens
     ln = bind_args(_LAYER_NORM_ARGS, _LAYER_NORM_DEFAULTS, args, kwargs)
     x, weight, bias = ln['input'], ln['weight'], ln['bias']
     tensors = [t for t in (x, weight, bias) if t is not None]
-    if (torch.is_autocast_enabled(x.device.type) or x.dtype not in (torch.float32, torch.float64)
+    if (autocast_enabled(x.device.type) or x.dtype not in (torch.float32, torch.float64)
             or any(t.dtype != x.dtype for t in tensors)):
         return None
     shape = ln['normalized_shape']

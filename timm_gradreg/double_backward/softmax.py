@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .._private import softmax_backward
+from .._private import autocast_enabled, softmax_backward
 from .common import bind_args
 from .kernels import CompiledKernel
 
@@ -60,6 +60,6 @@ def softmax(func: Callable, args: tuple, kwargs: dict) -> Optional[torch.Tensor]
                       args, kwargs)
     x, dim, dtype = bound['input'], bound['dim'], bound['dtype']
     if (dtype is not None or not isinstance(dim, int) or not isinstance(x, torch.Tensor)
-            or x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type)):
+            or x.dtype not in (torch.float32, torch.float64) or autocast_enabled(x.device.type)):
         return None
     return twice_differentiable_softmax(x, dim)

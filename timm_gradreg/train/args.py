@@ -313,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--paper-global-batch', type=int, default=None, metavar='N',
                        help='the global batch of the run a recipe reproduces; --dry-run says when the resolved one '
                             'differs and which --batch-size/--grad-accum-steps restore it')
+    group.add_argument('--gpu-memory', type=float, default=None, metavar='GiB',
+                       help="with --dry-run: the memory of one GPU to plan for; when the predicted peak does not fit, "
+                            "the --batch-size and --grad-accum-steps that keep the global batch (default: this "
+                            "machine's CUDA device, if any)")
+    group.add_argument('--predict-memory', action=argparse.BooleanOptionalAction, default=True,
+                       help='with --dry-run: predict the memory per GPU of a training step (a step on the meta '
+                            'device: seconds, no data, no download)')
     group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
     group.add_argument('--worker-seeding', type=str, default='all', help='worker seed mode (default: all)')
     group.add_argument('--log-interval', type=int, default=50, metavar='N',
@@ -501,6 +508,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError('--world-size only applies to --dry-run; torchrun sets the number of processes.')
     if args.world_size is not None and args.world_size < 1:
         raise ValueError(f'--world-size must be >= 1, got {args.world_size}.')
+    if args.gpu_memory is not None and not args.gpu_memory > 0:
+        raise ValueError(f'--gpu-memory is GiB per GPU, > 0; got {args.gpu_memory}.')
     if args.paper_global_batch is not None and args.paper_global_batch < 1:
         raise ValueError(f'--paper-global-batch must be >= 1, got {args.paper_global_batch}.')
     if args.grad_accum_steps < 1:

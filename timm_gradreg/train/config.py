@@ -18,7 +18,8 @@ from ..data import default_data_root, is_demo_dataset
 from ..device import default_device
 from ..tasks import task_kwargs
 
-__all__ = ['resolve_config', 'resolve_lr', 'config_summary', 'config_yaml', 'batch_for_global', 'global_batch_note']
+__all__ = ['resolve_config', 'resolve_lr', 'config_summary', 'config_yaml', 'batch_for_global', 'global_batch_note',
+           'mixup_active', 'criterion_kwargs']
 
 
 def resolve_lr(cfg: argparse.Namespace, global_batch_size: int) -> Dict[str, Any]:
@@ -92,6 +93,24 @@ def global_batch_note(cfg: argparse.Namespace) -> Optional[str]:
                   f'the closest is {how} ({reached}; timm scales the lr)')
     return (f'global batch {cfg.global_batch_size} on {cfg.world_size} processes differs from the paper\'s {target}: '
             f'{advice}')
+
+
+def mixup_active(cfg: argparse.Namespace) -> bool:
+    """Whether the run mixes images (mixup or cutmix): its targets are then soft."""
+    return cfg.mixup > 0 or cfg.cutmix > 0. or cfg.cutmix_minmax is not None
+
+
+def criterion_kwargs(cfg: argparse.Namespace) -> Dict[str, Any]:
+    """The task's timm criterion options (``--loss``, ``--smoothing``, the BCE options, soft targets)."""
+    kwargs: Dict[str, Any] = dict(loss_type='bce' if cfg.bce_loss else cfg.loss, smoothing=cfg.smoothing,
+                                  soft_targets=mixup_active(cfg))
+    if cfg.bce_sum:
+        kwargs['bce_sum'] = True
+    if cfg.bce_pos_weight is not None:
+        kwargs['pos_weight'] = cfg.bce_pos_weight
+    if cfg.bce_target_thresh is not None:
+        kwargs['bce_target_thresh'] = cfg.bce_target_thresh
+    return kwargs
 
 
 def config_summary(cfg: argparse.Namespace) -> Dict[str, Any]:

@@ -33,7 +33,7 @@ import yaml
 from timm import utils
 from torchvision.utils import save_image
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
-from timm.layers import convert_sync_batchnorm, set_fast_norm
+from timm.layers import convert_sync_batchnorm
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -42,16 +42,15 @@ from timm.utils import NativeScaler
 
 from timm.utils.distributed import init_distributed_device_so
 
-from ..activations import swap_activations
 from ..checkpoint import AtomicCheckpointSaver
 from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
-from ..models import create_model, load_model_checkpoint
 from ..modes import freeze_batchnorm
 from ..evaluate.interval import format_accuracy
 from ..normalization import PixelSpace
 from ..progress import format_duration
 from ..tasks import GradRegTask, create_task
-from .config import global_batch_note, resolve_config
+from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
+from .model import create_train_model
 from .recovery import (RESUME_KEY, CheckpointFileError, StopSignals, TrainingInterrupted, check_resume_checkpoint,
                        get_rng_state, set_rng_state)
 from .validate import RobustValidationConfig, validate
@@ -145,44 +144,9 @@ class Trainer:
         return autocast, scaler
 
     def build_model(self) -> nn.Module:
-        cfg = self.cfg
-        if cfg.fuser:
-            utils.set_jit_fuser(cfg.fuser)
-        if cfg.fast_norm:
-            set_fast_norm()
-        in_chans = cfg.in_chans or (cfg.input_size[0] if cfg.input_size is not None else 3)
-        factory_kwargs = {}
-        if cfg.pretrained_path:
-            factory_kwargs['pretrained_cfg_overlay'] = dict(file=cfg.pretrained_path, num_classes=-1)
-        model = create_model(
-            cfg.model,
-            pretrained=cfg.pretrained,
-            in_chans=in_chans,
-            num_classes=cfg.num_classes,
-            drop_rate=cfg.drop,
-            drop_path_rate=cfg.drop_path if cfg.drop_path is not None else cfg.drop_connect,
-            drop_block_rate=cfg.drop_block,
-            global_pool=cfg.gp,
-            bn_momentum=cfg.bn_momentum,
-            bn_eps=cfg.bn_eps,
-            **factory_kwargs,
-            **cfg.model_kwargs,
-        )
-        if cfg.swap_activations:  # given, or recorded by the --initial-checkpoint (resolve_config)
-            report = swap_activations(model, cfg.swap_activations, cfg.swap_source, check_functional=self.is_primary)
-            self.log(f'Swapped {len(report)} activation modules to {report.act}: {report.counts()}')
-        if cfg.initial_checkpoint:
-            load_model_checkpoint(model, cfg.initial_checkpoint, apply_swap=False)
-        if cfg.head_init_scale is not None:
-            with torch.no_grad():
-                model.get_classifier().weight.mul_(cfg.head_init_scale)
-                model.get_classifier().bias.mul_(cfg.head_init_scale)
-        if cfg.head_init_bias is not None:
-            nn.init.constant_(model.get_classifier().bias, cfg.head_init_bias)
+        model = create_train_model(self.cfg, log=self.log, check_functional=self.is_primary)
         self.num_classes = model.num_classes
-        if cfg.grad_checkpointing:
-            model.set_grad_checkpointing(enable=True)
-        self.log(f'Model {safe_model_name(cfg.model)} created, param count: '
+        self.log(f'Model {safe_model_name(self.cfg.model)} created, param count: '
                  f'{sum(p.numel() for p in model.parameters())}')
         return model
 
@@ -254,15 +218,7 @@ class Trainer:
 
     def build_task(self, model: nn.Module) -> GradRegTask:
         cfg = self.cfg
-        criterion_kwargs = dict(loss_type='bce' if cfg.bce_loss else cfg.loss, smoothing=cfg.smoothing,
-                                soft_targets=self.mixup_active)
-        if cfg.bce_sum:
-            criterion_kwargs['bce_sum'] = True
-        if cfg.bce_pos_weight is not None:
-            criterion_kwargs['pos_weight'] = cfg.bce_pos_weight
-        if cfg.bce_target_thresh is not None:
-            criterion_kwargs['bce_target_thresh'] = cfg.bce_target_thresh
-        task = create_task(cfg.gradreg, model, criterion_kwargs=criterion_kwargs, device=self.device,
+        task = create_task(cfg.gradreg, model, criterion_kwargs=criterion_kwargs(cfg), device=self.device,
                            dtype=self.model_dtype, verbose=self.is_primary, mean=self.data_config['mean'], std=self.data_config['std'],
                            **cfg.task_kwargs)
         if self.loss_scaler is not None:
@@ -323,7 +279,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if self.distributed and cfg.sync_bn:
             model = convert_sync_batchnorm(model)
-        self.mixup_active = cfg.mixup > 0 or cfg.cutmix > 0. or cfg.cutmix_minmax is not None
+        self.mixup_active = mixup_active(cfg)
         self.loader_train, self.loader_eval, self.mixup_fn = self.build_loaders(*self.build_datasets())
 
         self.task = self.build_task(model)

@@ -1,0 +1,82 @@
+"""The memory prediction: saved-tensor bytes against hand-counted cases, and --dry-run's advice."""
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from timm_gradreg.cli.train import main as train_main
+from timm_gradreg.train import parse_args, resolve_config
+from timm_gradreg.train.memory import GIB, USABLE_SHARE, predict_memory, saved_tensor_bytes
+
+
+def test_saved_bytes_of_a_hand_counted_graph():
+    # linear (no bias) saves its input [B, 10]; exp saves its output [B, 20]; the weight is excluded;
+    # x.t().t() is a view of x: its storage is counted once
+    layer = nn.Linear(10, 20, bias=False)
+    x = torch.randn(6, 10, requires_grad=True)
+
+    def step():
+        y = layer(x.t().t()).exp().sum() + (x * 2).sum()  # x * 2 saves nothing of x (a constant factor)
+        y.backward()
+
+    assert saved_tensor_bytes(step, exclude=list(layer.parameters())) == 6 * (10 + 20) * 4
+
+
+def test_double_backprop_saves_what_the_second_backward_needs():
+    # tanh saves its output t [B, 8]; the input gradient g·(1 - t²) with create_graph saves t again (the
+    # same storage) and (1 - t²) or its parts for the second backward: more than the forward alone
+    x = torch.randn(4, 8, requires_grad=True)
+    forward_only = saved_tensor_bytes(lambda: torch.tanh(x).sum())
+
+    def double():
+        y = torch.tanh(x).sum()
+        g, = torch.autograd.grad(y, x, create_graph=True)
+        g.abs().sum().backward()
+
+    assert forward_only == 4 * 8 * 4
+    assert saved_tensor_bytes(double) > forward_only
+
+
+def _cfg(*argv):
+    args, _ = parse_args(['-c', 'demo/digits_gradnorm', '--dry-run', *argv])
+    return resolve_config(args)
+
+
+def test_prediction_is_linear_in_the_batch_and_counts_the_states():
+    cfg = _cfg()
+    p = predict_memory(cfg)
+    params = sum(t.numel() for t in __import__('timm').create_model(
+        cfg.model, num_classes=cfg.num_classes, in_chans=cfg.input_size[0], **cfg.model_kwargs).parameters()) * 4
+    assert p.parameters == params and p.gradients == params
+    tensors = len(list(__import__('timm').create_model(cfg.model, **cfg.model_kwargs).parameters()))
+    assert 2 * params <= p.optimizer_state <= 2 * params + 8 * tensors  # AdamW: exp_avg, exp_avg_sq, step
+    assert p.activations_per_sample > 0
+    assert p.peak(8) - p.peak(4) == 4 * p.activations_per_sample
+
+
+def test_double_backprop_needs_more_than_natural_training():
+    natural, gradnorm = predict_memory(_cfg('--gradreg', 'natural')), predict_memory(_cfg())
+    assert gradnorm.activations_per_sample > natural.activations_per_sample
+    assert gradnorm.activations(64) > natural.activations(64) + 64 * 4 * 3 * 32 * 32  # at least the input gradient
+
+
+def test_dry_run_prints_the_prediction_and_advice_that_fits(capsys):
+    assert train_main(['-c', 'demo/digits_gradnorm', '--dry-run', '-b', '4096', '--gpu-memory', '0.05']) == 0
+    out = capsys.readouterr().out
+    yaml.safe_load(out)  # still loadable
+    notes = [line for line in out.splitlines() if line.startswith('# ')]
+    assert any(n.startswith('# predicted peak per GPU: ') for n in notes), notes
+    advice = next(n for n in notes if 'does not fit' in n)
+    words = advice.split()
+    batch, accum = int(words[words.index('--batch-size') + 1]), int(words[words.index('--grad-accum-steps') + 1])
+    assert batch * accum == 4096 and 'keeps the global batch 4096' in advice
+    most = int(advice.split('(at most ')[1].split(')')[0])
+    prediction = predict_memory(_cfg('-b', str(batch)))
+    assert batch <= most and prediction.peak(most) <= 0.05 * GIB * USABLE_SHARE < prediction.peak(most + 1)
+
+
+@pytest.mark.parametrize('value', ['0', '-3'])
+def test_gpu_memory_must_be_positive(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main(['-c', 'demo/digits_gradnorm', '--dry-run', '--gpu-memory', value])
+    assert e.value.code == 2 and f'--gpu-memory is GiB per GPU, > 0; got {float(value)}' in capsys.readouterr().err
