@@ -19,6 +19,7 @@ skips the timing, so two processes can share the training (one thread each) and 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str
            '--adv-val-steps', '0', '--workers', '0', '--checkpoint-hist', '1']
     if quick:
         cmd += ['--epochs', '2', '--warmup-epochs', '0', '--gn-warmup-epochs', '0', '--attack-warmup-epochs', '0']
-    os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(folder):  # an interrupted attempt: start over (timm-train would take a new folder)
+        shutil.rmtree(folder)
     run(cmd, os.path.join(work, 'runs', f'{experiment}.log'))
     open(os.path.join(folder, 'done'), 'w').close()
     return checkpoint

@@ -42,7 +42,58 @@ CASES = {
                                                   str(t / 'out')]), "'big'"),
     'swap unknown activation': (lambda f, t: swap_main(['resnet18', 'gleu', '--output', str(t / 'out' / 'x.pth')]),
                                 "gleu"),
+    # the first hour of a new user: each case as it was tried
+    'eps above 1': (lambda f, t: _train(f, t, '--gradreg', 'gradnorm', '--gn-eps', '300/255'),
+                    '--gn-eps: 300/255 = 1.17647 is outside [0, 1]'),
+    'attack step above 1': (lambda f, t: _train(f, t, '--gradreg', 'pgd', '--attack-step-size', '3'),
+                            '--attack-step-size: 3 is outside [0, 1]'),
+    'validation eps above 1': (lambda f, t: _train(f, t, '--adv-val-eps', '8'), '--adv-val-eps: 8 is outside [0, 1]'),
+    'eval aa-eps above 1': (lambda f, t: eval_main(['--model', 'test_resnet', '--aa-eps', '2', '--output',
+                                                   str(t / 'out')]), '--aa-eps: 2 is outside [0, 1]'),
+    'eval eps above 1': (lambda f, t: eval_main(['--model', 'test_resnet', '--eps', '0', '255', '--output',
+                                                str(t / 'out')]), '--eps: 255 is outside [0, 1]'),
+    'data dir is a file': (lambda f, t: train_main(tiny_train_argv(_file(t), t / 'out', 'run')), 'is a file'),
+    'one class': (lambda f, t: train_main(tiny_train_argv(_one_class(t), t / 'out', 'run', classes=1)),
+                  'the training data has 1 class(es)'),
+    'head smaller than the data': (lambda f, t: _train(f, t, '--num-classes', '3'),
+                                   'the model has 3 outputs (--num-classes) but the training data has 4 classes'),
+    'resume another model': (lambda f, t: _train(f, t, '--model', 'resnet18', '--model-kwargs', 'act_layer=gelu',
+                                                 '--resume', _checkpoint(t)),
+                             "was saved from model 'test_resnet'"),
+    'output is a file': (lambda f, t: train_main(tiny_train_argv(f, _file(t, 'out'), 'run')),
+                         "is a file, not a folder"),
+    'eval output is a file': (lambda f, t: eval_main(['--model', 'test_resnet', '--data-dir', f, '--output',
+                                                     _file(t, 'out')]), 'is a file, not a folder'),
+    'negative lr': (lambda f, t: _train(f, t, '--lr', '-1'), '--lr: must be > 0, got -1'),
+    'empty config': (lambda f, t: train_main(['-c', _file(t, 'empty.yaml')]), "is empty"),
+    'truncated checkpoint': (lambda f, t: _train(f, t, '--resume', _truncated(t)), 'truncated.pth.tar'),
 }
+
+
+def _file(tmp, name='a_file.txt', text=''):
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def _one_class(tmp):
+    from helpers import write_image_folder
+    return write_image_folder(tmp / 'one', classes=1, train_per_class=4, val_per_class=2)
+
+
+def _checkpoint(tmp):
+    import timm
+    import torch
+    model = timm.create_model('test_resnet', num_classes=4, act_layer='gelu')
+    path = tmp / 'test_resnet.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'arch': 'test_resnet', 'epoch': 0}, path)
+    return str(path)
+
+
+def _truncated(tmp):
+    path = tmp / 'truncated.pth.tar'
+    path.write_bytes(open(_checkpoint(tmp), 'rb').read()[:5000])
+    return str(path)
 
 
 def _empty(tmp):
@@ -66,4 +117,4 @@ def test_a_mistake_gets_one_line(name, folder, tmp_path, capsys):
     assert expected in errors[0], err
     assert 'Traceback' not in err
     assert len([line for line in err.splitlines() if line.startswith('usage:')]) <= 1
-    assert not (tmp_path / 'out').exists(), f'left an output folder: {os.listdir(tmp_path / "out")}'
+    assert not (tmp_path / 'out').is_dir(), f'left an output folder: {os.listdir(tmp_path / "out")}'

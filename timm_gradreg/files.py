@@ -9,7 +9,22 @@ from typing import IO, Any, Iterator
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_save', 'write_json', 'fsync_dir']
+__all__ = ['atomic_write', 'atomic_save', 'write_json', 'fsync_dir', 'OutputPathError', 'check_output_path']
+
+
+class OutputPathError(ValueError):
+    """An output folder that cannot be written: the message names the path and why."""
+
+
+def check_output_path(path: str, option: str = '--output') -> None:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or is not writable."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputPathError(f"{option} '{path}': '{existing}' is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} '{path}': no permission to write in '{existing}'.")
 
 
 def fsync_dir(directory: str) -> None:

@@ -82,11 +82,13 @@ def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[s
     path = config_path(path)
     try:
         with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
+            cfg = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if cfg is None:
+        raise ConfigError(f"config file '{path}' is empty: give it the options as 'name: value' lines, or leave out -c")
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file '{path}' must be a mapping of argument names to values")
     actions = _actions_by_dest(parser)

@@ -19,7 +19,7 @@ from ..analyze import (AnalysisConfig, analyze_model, channel_histograms, gradie
 from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, select_indices, write_json
 from ..models import ModelError
 from ..parser import ArgumentParser
-from ..tasks import fraction
+from ..tasks import pixel_amount
 from .common import add_data_args, add_model_args, init_device, resolve_models
 from .console import setup_console_logging
 
@@ -37,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     add_data_args(parser, default_samples=64)
     group = parser.add_argument_group('Analysis')
-    group.add_argument('--eps', type=fraction, default=4 / 255, metavar='EPS',
+    group.add_argument('--eps', type=pixel_amount, default=4 / 255, metavar='EPS',
                        help='PGD radius for Table 1 and the perturbation images (4/255)')
     group.add_argument('--pgd-steps', type=int, default=10, help='PGD steps of Table 1 (10)')
     group.add_argument('--power-iters', type=int, default=20, help='power iterations for ||H||₂ (20)')
-    group.add_argument('--linearity-eps', type=fraction, default=None, metavar='EPS',
+    group.add_argument('--linearity-eps', type=pixel_amount, default=None, metavar='EPS',
                        help='η range of the local linearity error (default: --eps)')
     group.add_argument('--linearity-draws', type=int, default=8, help='random (α, η₁, η₂) per image (8)')
     group.add_argument('--path-points', type=int, default=11, help='points along the PGD-5 direction (11)')

@@ -18,10 +18,11 @@ from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create
                         list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
                         run_autoattack, run_sanity_checks, select_indices, write_json, write_sweep_csv)
 from ..evaluate.interval import format_accuracy, wilson_interval
+from ..files import OutputPathError, check_output_path
 from ..models import ModelError, load_eval_model
 from ..normalization import normalized_model
 from ..parser import ArgumentParser
-from ..tasks import fraction
+from ..tasks import pixel_amount
 from ..yaml_config import parse_with_config
 from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
 from .console import setup_console_logging
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     add_data_args(parser)
     group = parser.add_argument_group('PGD sweep')
-    group.add_argument('--eps', type=fraction, nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
+    group.add_argument('--eps', type=pixel_amount, nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
                        help='ε values of the curve (default: 0..32/255, 16 points)')
     group.add_argument('--steps', type=int, default=100, help='PGD steps per attack (default: 100)')
     group.add_argument('--restarts', type=int, default=1, help='random restarts per loss (default: 1)')
@@ -55,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-sweep', action='store_true', help='skip the PGD sweep')
     group = parser.add_argument_group('AutoAttack')
     group.add_argument('--autoattack', action='store_true', help="run AutoAttack (needs 'pyautoattack')")
-    group.add_argument('--aa-eps', type=fraction, nargs='+', default=[4 / 255], metavar='EPS',
+    group.add_argument('--aa-eps', type=pixel_amount, nargs='+', default=[4 / 255], metavar='EPS',
                        help='AutoAttack ε, one run per value (default: 4/255)')
     group.add_argument('--aa-version', default='standard', choices=('standard', 'plus', 'rand'),
                        help="AutoAttack version (default: standard)")
     group.add_argument('--aa-batch-size', type=int, default=None, help='AutoAttack batch size (--batch-size)')
     group = parser.add_argument_group('Gradient-masking checklist')
     group.add_argument('--sanity', action='store_true', help='run the checklist of Carlini et al. (2019)')
-    group.add_argument('--sanity-eps', type=fraction, default=None, metavar='EPS',
+    group.add_argument('--sanity-eps', type=pixel_amount, default=None, metavar='EPS',
                        help='ε of the checks (default: the largest --aa-eps)')
     group.add_argument('--sanity-samples', type=int, default=200, metavar='N', help='samples for the checks (200)')
     group.add_argument('--sanity-steps', type=int, default=20, help='PGD steps of the checks (20; doubled once)')
@@ -160,6 +161,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error('nothing to do: --no-sweep without --autoattack or --sanity')
     created = bool(args.output) and not os.path.exists(args.output)
     if args.output:
+        try:
+            check_output_path(args.output)
+        except OutputPathError as e:
+            print(f'gradreg-eval: error: {e}', file=sys.stderr)
+            return 2
         os.makedirs(args.output, exist_ok=True)  # the resumable AutoAttack state goes there as it runs
     try:
         device = init_device(args)

@@ -13,5 +13,5 @@ from .gradalign import GradAlignTask
 from .gradnorm import GRADNORM_IMPLS, GRADNORM_INPUTS, GradNormTask, gradnorm_fd_agreement
 from .igr import InputGradientTask
 from .natural import NaturalTask
-from .options import FROM_TASK, Option, fraction, number, sigma_value
+from .options import FROM_TASK, Option, fraction, number, pixel_amount, sigma_value
 from .trades import TRADESTask

@@ -8,16 +8,16 @@ from ..attacks import ITERATE_SELECTIONS, fgsm_attack, pgd_attack
 from ..schedules import SCHEDULE_UNITS, LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
-from .options import Option, number
+from .options import Option, number, pixel_amount
 
 __all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS', 'ATTACK_SELECT',
            'ATTACK_WARMUP', 'ATTACK_WARMUP_PER']
 
 _GROUP = 'Training attack (pgd, fgsm; gradnorm --gn-inputs pgd)'
 #: The training attack's options, shared by the adversarial tasks and GradNorm's PGD inputs.
-ATTACK_EPS = Option('--attack-eps', 'eps', number(0), 4 / 255, 'training attack radius in pixels (default: 4/255)',
+ATTACK_EPS = Option('--attack-eps', 'eps', pixel_amount, 4 / 255, 'training attack radius in pixels (default: 4/255)',
                     metavar='EPS', group=_GROUP)
-ATTACK_STEP_SIZE = Option('--attack-step-size', 'step_size', number(0), None,
+ATTACK_STEP_SIZE = Option('--attack-step-size', 'step_size', pixel_amount, None,
                           'training attack step in pixels (default: 8/255/3 for pgd, 1.25·eps for fgsm)',
                           metavar='STEP', group=_GROUP)
 ATTACK_STEPS = Option('--attack-steps', 'steps', number(1, integer=True), 3, 'PGD training steps (default: 3)',

@@ -6,7 +6,7 @@ import torch
 from ..schedules import LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
-from .options import Option, number
+from .options import Option, number, pixel_amount
 
 __all__ = ['GradAlignTask', 'gradalign_weight']
 
@@ -23,9 +23,9 @@ _OPTIONS = [
     Option('--gradalign-weight', 'weight', number(0),
            help="λ of the alignment term (default: the authors' λ(ε) = 0.02·10^(ε·255/8), 0.2 at 8/255)",
            metavar='W', group=_GROUP),
-    Option('--gradalign-eps', 'eps', number(0), help='L∞ radius in pixels of FGSM and of η (default: 4/255)',
+    Option('--gradalign-eps', 'eps', pixel_amount, help='L∞ radius in pixels of FGSM and of η (default: 4/255)',
            metavar='EPS', group=_GROUP),
-    Option('--gradalign-step-size', 'step_size', number(0),
+    Option('--gradalign-step-size', 'step_size', pixel_amount,
            help="FGSM step in pixels (default: the authors' 1.25·ε, clipped to the ε-ball)", metavar='STEP',
            group=_GROUP),
     Option('--gradalign-random-start', 'random_start', bool, False,

@@ -15,7 +15,7 @@ from ..schedules import LinearWarmup
 from ._registry import create_task, register_task
 from .adversarial import ATTACK_EPS, ATTACK_SELECT, ATTACK_STEP_SIZE, ATTACK_STEPS, ATTACK_WARMUP, ATTACK_WARMUP_PER
 from .base import GradRegTask
-from .options import Option, number, sigma_value
+from .options import Option, number, pixel_amount, sigma_value
 
 __all__ = ['GradNormTask', 'GRADNORM_INPUTS', 'GRADNORM_IMPLS', 'gradnorm_fd_agreement']
 
@@ -131,7 +131,7 @@ _OPTIONS = [
            metavar='W'),
     Option('--gn-weight', 'gn_weight', number(0), help='GradNorm λ_GN (paper: Swin-B 1.2, ResNet-50 0.5)',
            metavar='W'),
-    Option('--gn-eps', 'eps', number(0), help='GradNorm ε: L∞ radius of its first-order attack model (default: 4/255)',
+    Option('--gn-eps', 'eps', pixel_amount, help='GradNorm ε: L∞ radius of its first-order attack model (default: 4/255)',
            metavar='EPS'),
     Option('--gn-sigma', 'sigma', sigma_value,
            help="GradNorm σ: one scalar (paper 0.225) or 'channel' for the data std per channel (exact)",
@@ -149,7 +149,7 @@ _OPTIONS = [
                 'start), or PGD (default: clean)'),
     Option('--gn-noise-std', 'noise_std', number(0), help='pixel std of the noise for --gn-inputs noise (default: 4/255)',
            metavar='STD'),
-    Option('--gn-uniform-eps', 'uniform_eps', number(0),
+    Option('--gn-uniform-eps', 'uniform_eps', pixel_amount,
            help='half-width in pixels of the noise for --gn-inputs uniform (default: the official '
                 'random_start_eps_factor 0.5 of --gn-eps)', metavar='EPS'),
     Option('--gradnorm-impl', 'impl', choices=lambda: list(GRADNORM_IMPLS),

@@ -7,15 +7,15 @@ import torch.nn.functional as F
 from ..modes import eval_mode, frozen_parameters
 from ._registry import register_task
 from .base import GradRegTask
-from .options import Option, number
+from .options import Option, number, pixel_amount
 
 __all__ = ['TRADESTask']
 
 _GROUP = 'TRADES (--gradreg trades)'
 _OPTIONS = [
     Option('--trades-beta', 'beta', number(0), help='β of the boundary term (paper: 6)', metavar='B', group=_GROUP),
-    Option('--trades-eps', 'eps', number(0), help='L∞ radius in pixels (default: 4/255)', metavar='EPS', group=_GROUP),
-    Option('--trades-step-size', 'step_size', number(0),
+    Option('--trades-eps', 'eps', pixel_amount, help='L∞ radius in pixels (default: 4/255)', metavar='EPS', group=_GROUP),
+    Option('--trades-step-size', 'step_size', pixel_amount,
            help='attack step in pixels (default: the paper\'s 0.007/0.031 of ε)', metavar='STEP', group=_GROUP),
     Option('--trades-steps', 'steps', number(1, integer=True), help='attack steps (paper: 10)', metavar='N',
            group=_GROUP),

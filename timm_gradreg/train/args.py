@@ -16,7 +16,7 @@ from ..parser import ArgumentParser
 from ..plugins import load_plugins
 from ..recipes import recipe_table
 from ..yaml_config import ConfigError, load_config, parse_with_config
-from ..tasks import all_task_options, check_compile_mode, fraction, get_task_class, list_tasks, task_kwargs
+from ..tasks import all_task_options, check_compile_mode, pixel_amount, get_task_class, list_tasks, task_kwargs
 
 __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'check_args', 'ConfigError']
 
@@ -432,9 +432,9 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
                             'mode"): BatchNorm frozen and dropout / drop-path off')
     group.add_argument('--adv-val-steps', type=int, default=10, metavar='N',
                        help='PGD steps for robust validation, 0 to disable (default: 10)')
-    group.add_argument('--adv-val-eps', type=fraction, default=4 / 255, metavar='EPS',
+    group.add_argument('--adv-val-eps', type=pixel_amount, default=4 / 255, metavar='EPS',
                        help='robust validation radius (default: 4/255)')
-    group.add_argument('--adv-val-step-size', type=fraction, default=1 / 255, metavar='STEP',
+    group.add_argument('--adv-val-step-size', type=pixel_amount, default=1 / 255, metavar='STEP',
                        help='robust validation step (default: 1/255)')
     group.add_argument('--adv-val-samples', type=int, default=None, metavar='N',
                        help='attack only the first N validation samples per process (default: all)')
@@ -508,6 +508,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError('--world-size only applies to --dry-run; torchrun sets the number of processes.')
     if args.world_size is not None and args.world_size < 1:
         raise ValueError(f'--world-size must be >= 1, got {args.world_size}.')
+    for flag in ('lr', 'lr_base'):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{flag.replace('_', '-')}: must be > 0, got {value:g}.")
     if args.gpu_memory is not None and not args.gpu_memory > 0:
         raise ValueError(f'--gpu-memory is GiB per GPU, > 0; got {args.gpu_memory}.')
     if args.paper_global_batch is not None and args.paper_global_batch < 1:

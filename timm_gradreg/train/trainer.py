@@ -43,7 +43,8 @@ from timm.utils import NativeScaler
 from timm.utils.distributed import init_distributed_device_so
 
 from ..checkpoint import AtomicCheckpointSaver
-from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
+from ..files import OutputPathError, check_output_path
+from ..data import DATA_SOURCES, dataset_num_classes, is_demo_dataset, resolve_dataset
 from ..modes import freeze_batchnorm
 from ..evaluate.interval import format_accuracy
 from ..normalization import PixelSpace
@@ -51,6 +52,7 @@ from ..progress import format_duration
 from ..tasks import GradRegTask, create_task
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
+from .output import RunFolderError, claim_run_folder, release_run_folder
 from .recovery import (RESUME_KEY, CheckpointFileError, StopSignals, TrainingInterrupted, check_resume_checkpoint,
                        get_rng_state, set_rng_state)
 from .validate import RobustValidationConfig, validate
@@ -158,6 +160,9 @@ class Trainer:
                                     'a torch/ dataset is downloaded to) or use the embedded --dataset demo/digits.')
             if cfg.data_dir and not cfg.dataset and not os.path.exists(cfg.data_dir):
                 raise TrainingError(f"--data-dir '{cfg.data_dir}' does not exist.")
+        if cfg.data_dir and os.path.isfile(cfg.data_dir):
+            raise TrainingError(f"--data-dir '{cfg.data_dir}' is a file: give the folder that holds the data "
+                                '(train/ and validation/ class folders, or a standard set\'s files).')
         try:
             dataset_name, data_dir = resolve_dataset(cfg.dataset, cfg.data_dir, cfg.dataset_download)
         except ValueError as e:
@@ -179,6 +184,18 @@ class Trainer:
             raise TrainingError(f"no usable data in --data-dir '{cfg.data_dir}' (dataset "
                                 f"'{cfg.dataset or 'image folder'}'): {e}".replace('\n', ' ')) from None
         return dataset_train, dataset_eval
+
+    def check_classes(self, dataset_train) -> None:
+        """Refuse data with fewer than two classes, or a head with fewer outputs than the data has classes."""
+        classes = dataset_num_classes(dataset_train)
+        if classes is None:
+            return
+        if classes < 2:
+            raise TrainingError(f'the training data has {classes} class(es) (--data-dir {self.cfg.data_dir}): a '
+                                'classifier needs at least two, one folder per class.')
+        if self.num_classes < classes:
+            raise TrainingError(f'the model has {self.num_classes} outputs (--num-classes) but the training data has '
+                                f'{classes} classes: give --num-classes {classes} or more.')
 
     def build_loaders(self, dataset_train, dataset_eval) -> Tuple[Any, Any, Optional[Mixup]]:
         cfg, data_config = self.cfg, self.data_config
@@ -240,18 +257,21 @@ class Trainer:
         exp_name = cfg.experiment or '-'.join([
             datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(cfg.model),
             str(self.data_config['input_size'][-1])])
-        self.created_output = not os.path.exists(os.path.join(cfg.output or './output/train', exp_name))
-        output_dir = utils.get_outdir(cfg.output or './output/train', exp_name)
+        root = cfg.output or './output/train'
+        try:
+            output_dir, self.created_output = claim_run_folder(root, exp_name, cfg.resume)
+        except RunFolderError as e:
+            raise TrainingError(str(e)) from None
+        if os.path.abspath(output_dir) != os.path.abspath(os.path.join(root, exp_name)):
+            self.log(f"{os.path.join(root, exp_name)} holds an earlier run: this run writes to {output_dir} (to "
+                     'continue the earlier one, --resume a checkpoint in its folder).')
         saver = AtomicCheckpointSaver(
             model=self.task.get_trainable_module(), optimizer=self.optimizer, args=cfg, amp_scaler=self.loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=self.eval_metric == 'loss',
             max_history=cfg.checkpoint_hist, task=self.task)
-        summary = os.path.join(output_dir, 'summary.csv')
         if cfg.resume and os.path.dirname(os.path.abspath(cfg.resume)) == os.path.abspath(output_dir):
             if hasattr(saver, 'load_state_dict_from_checkpoint'):  # timm >= 1.0.31 keeps the checkpoint ranking
                 saver.load_state_dict_from_checkpoint(cfg.resume)
-        elif os.path.exists(summary):
-            os.remove(summary)  # a fresh run into an existing experiment starts a fresh summary
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             f.write(self.args_text)
         if cfg.log_wandb:
@@ -261,6 +281,10 @@ class Trainer:
     def setup(self) -> 'Trainer':
         """Build device, model, data, task, optimizer, EMA, DDP, saver and scheduler (timm's order)."""
         cfg = self.cfg
+        try:
+            check_output_path(cfg.output or './output/train')
+        except OutputPathError as e:
+            raise TrainingError(str(e)) from None
         self.device = self.init_device()
         utils.random_seed(cfg.seed, self.rank)
         self.log(f'Learning rate {cfg.lr:g} for a global batch of {cfg.global_batch_size} ({cfg.world_size} '
@@ -280,19 +304,29 @@ class Trainer:
         if self.distributed and cfg.sync_bn:
             model = convert_sync_batchnorm(model)
         self.mixup_active = mixup_active(cfg)
-        self.loader_train, self.loader_eval, self.mixup_fn = self.build_loaders(*self.build_datasets())
+        datasets = self.build_datasets()
+        self.check_classes(datasets[0])
+        self.loader_train, self.loader_eval, self.mixup_fn = self.build_loaders(*datasets)
 
         self.task = self.build_task(model)
         self.optimizer = self.build_optimizer(self.task.get_trainable_module())
         resume_epoch, self.resume_point = None, None
         if cfg.resume:
             try:
-                self.resume_point = check_resume_checkpoint(cfg.resume).get(RESUME_KEY)
+                checkpoint = check_resume_checkpoint(cfg.resume)
             except CheckpointFileError as e:
                 raise TrainingError(str(e)) from None
-            resume_epoch = resume_task_checkpoint(
-                self.task, cfg.resume, optimizer=None if cfg.no_resume_opt else self.optimizer,
-                loss_scaler=None if cfg.no_resume_opt else self.loss_scaler, log_info=self.is_primary)
+            self.resume_point = checkpoint.get(RESUME_KEY)
+            try:
+                resume_epoch = resume_task_checkpoint(
+                    self.task, cfg.resume, optimizer=None if cfg.no_resume_opt else self.optimizer,
+                    loss_scaler=None if cfg.no_resume_opt else self.loss_scaler, log_info=self.is_primary)
+            except RuntimeError as e:  # load_state_dict: missing, unexpected or differently shaped weights
+                saved = checkpoint.get('arch', 'another model')
+                raise TrainingError(
+                    f"--resume '{cfg.resume}' was saved from model '{saved}' and does not fit --model {cfg.model} "
+                    f"({str(e).strip().splitlines()[-1].strip()[:200]}): resume with the checkpoint's --model and "
+                    '--model-kwargs, or start from its weights with --initial-checkpoint.') from None
         if cfg.model_ema:
             self.task.setup_ema(decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup,
                                 device='cpu' if cfg.model_ema_force_cpu else None)
@@ -571,6 +605,7 @@ class Trainer:
             with self.signals.installed():
                 best_metric, best_epoch = self._fit_epochs(results)
         finally:
+            release_run_folder(self.output_dir)
             if self.distributed and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
         if best_metric is not None:
@@ -581,6 +616,7 @@ class Trainer:
     def discard_unused_output(self) -> None:
         """After a failed run: remove the output folder it created if it holds no checkpoint or summary."""
         folder = self.output_dir
+        release_run_folder(folder)
         if not (self.created_output and folder and os.path.isdir(folder)):
             return
         if set(os.listdir(folder)) <= {'args.yaml'}:
