@@ -62,7 +62,7 @@ def gpu_cell(cfg: argparse.Namespace, prediction: MemoryPrediction, gib: float) 
 
 
 def table(names: List[str]) -> str:
-    head = ('| recipe | GPUs × batch × accum | activations / sample | states | predicted peak | '
+    head = ('| recipe | GPUs × batch × accum | saved / sample | states | predicted peak | '
             + ' | '.join(GPUS) + ' |\n|---|---|---|---|---|' + '---|' * len(GPUS) + '\n')
     rows = []
     for name in names:
@@ -141,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.no_table:
         parts.append(table(args.recipes or training_recipes()))
     if args.check:
-        parts.append('| recipe | batch | predicted activation growth | measured peak growth (RSS) | ratio |\n'
+        parts.append('| recipe | batch | saved-tensor growth (hooks) | measured peak growth (RSS) | ratio |\n'
                      '|---|---|---|---|---|\n' + '\n'.join(check(spec) for spec in args.check) + '\n')
     text = '\n'.join(parts)
     print(text)

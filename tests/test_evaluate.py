@@ -218,3 +218,22 @@ def test_distributed_eval_matches_single_process(natural_checkpoint, tmp_path):
     flags_two = torch.load(tmp_path / 'two' / 'flags_natural.pt')
     flags_one = torch.load(tmp_path / 'one' / 'flags_natural.pt')
     assert flags_two['indices'] == flags_one['indices'] and torch.equal(flags_two['clean'], flags_one['clean'])
+
+
+def test_a_rerun_keeps_the_finished_sweep_and_says_so(natural_checkpoint, tmp_path, caplog, monkeypatch):
+    ckpt, data = natural_checkpoint
+    argv = ['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '8', '--eps', '0',
+            '8/255', '--steps', '2', '--output', str(tmp_path / 'eval'), '--no-progress', '--device', 'cpu']
+    assert eval_main(argv) == 0
+    first = json.load(open(tmp_path / 'eval' / 'results.json'))['models'][0]['sweep']
+    import timm_gradreg.cli.evaluate as cli
+
+    def no_second_sweep(*a, **kw):
+        raise AssertionError('the finished sweep ran again')
+    monkeypatch.setattr(cli, 'pgd_sweep', no_second_sweep)
+    with caplog.at_level('INFO'):
+        assert eval_main(argv) == 0
+    assert 'resumed the PGD sweep finished in an earlier run' in caplog.text
+    assert json.load(open(tmp_path / 'eval' / 'results.json'))['models'][0]['sweep'] == first
+    monkeypatch.undo()
+    assert eval_main([*argv[:12], '3', *argv[13:]]) == 0  # other settings: swept again, not reused

@@ -68,3 +68,17 @@ def test_the_patch_applies_to_each_train_py(revision, tmp_path):
     shutil.copy(FILES[revision], tmp_path / 'train.py')
     run = subprocess.run(['git', 'apply', '--check', '--verbose', PATCH], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+@needs_shared
+def test_a_demo_recipe_needs_no_data_dir_and_no_cuda(tmp_path):
+    run = subprocess.run(
+        [sys.executable, '-m', 'timm_gradreg.launch', TRAIN_PY, '-c', 'demo/digits_natural', '--epochs', '1', '--warmup-epochs', '0',
+         '--workers', '1', '--output', str(tmp_path), '--adv-val-steps', '1'],
+        capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    if not __import__('torch').cuda.is_available():
+        assert 'no CUDA device here; train.py runs with --device cpu' in run.stderr
+    header, row = (tmp_path / 'digits_natural' / 'summary.csv').read_text().splitlines()
+    top1 = float(dict(zip(header.split(','), row.split(',')))['eval_top1'])
+    assert top1 * 359 / 100 == pytest.approx(round(top1 * 359 / 100))  # the demo's 359 validation digits

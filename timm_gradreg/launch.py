@@ -28,16 +28,17 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
 import yaml
 
 from .activations import swap_activations
-from .data import DATA_SOURCES, resolve_dataset
+from .data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from .modes import freeze_batchnorm
 from .parser import ArgumentParser
-from .tasks import create_task, get_task_class, task_kwargs
+from .tasks import compile_refusal, create_task, get_task_class, task_kwargs
 from .train.args import add_gradreg_args
 from .train.trainer import schedule_position
-from .train.validate import robust_accuracy
+from .train.validate import check_eval_metric, robust_accuracy
 from .yaml_config import ConfigError, config_path, load_config
 
 __all__ = ['split_gradreg_args', 'GradregTrainScript', 'main']
@@ -163,6 +164,9 @@ class GradregTrainScript:
         @functools.wraps(parse)
         def parse_args(*a, **kw):
             args, _ = parse(*a, **kw)
+            if getattr(args, 'device', None) == 'cuda' and not torch.cuda.is_available():
+                print('gradreg-launch: no CUDA device here; train.py runs with --device cpu', file=sys.stderr)
+                args.device = 'cpu'
             self._check(args)
             vars(args).update(vars(self.options))
             self.args = args
@@ -172,14 +176,15 @@ class GradregTrainScript:
     def _check(self, args: argparse.Namespace) -> None:
         cls = get_task_class(self.options.gradreg)
         if getattr(args, 'torchcompile', None) and cls.needs_double_backprop(**self.task_kwargs):
-            alternative = f' or {cls.compile_alternative}' if cls.compile_alternative else ''
-            raise LaunchError(f'--torchcompile cannot be used with --gradreg {self.options.gradreg}: torch.compile does '
-                              f'not support the double backward it needs. Drop --torchcompile{alternative}.')
+            raise LaunchError(compile_refusal(cls, self.options.gradreg))
         if getattr(args, 'kd_model_name', None) and self.options.gradreg != 'natural':
             raise LaunchError(f'--kd-model-name (knowledge distillation) builds a distillation task; it cannot be '
                               f'combined with --gradreg {self.options.gradreg}.')
-        if getattr(args, 'eval_metric', None) == 'advtop1' and self.options.adv_val_steps <= 0:
-            raise LaunchError('--eval-metric advtop1 needs robust validation: set --adv-val-steps > 0 (e.g. 10).')
+        if getattr(args, 'eval_metric', None) == 'advtop1':
+            try:
+                check_eval_metric('advtop1', self.options.adv_val_steps)
+            except ValueError as e:
+                raise LaunchError(str(e)) from None
 
     def _wrap_resolve_data_config(self, resolve):
         @functools.wraps(resolve)
@@ -192,10 +197,11 @@ class GradregTrainScript:
 
     @staticmethod
     def _wrap_create_dataset(create):
-        """Standard sets found on disk (``--dataset fashion_mnist``): timm's name and the prepared root."""
+        """The embedded demo sets (built on first use, ``--data-dir`` optional) and standard sets found on disk
+        (``--dataset fashion_mnist``): timm's name and the prepared root."""
         @functools.wraps(create)
         def create_dataset(name, root=None, *a, **kw):
-            if name in DATA_SOURCES:
+            if name in DATA_SOURCES or is_demo_dataset(name):
                 try:
                     name, root = resolve_dataset(name, root, kw.get('download', False))
                 except ValueError as e:

@@ -8,7 +8,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -18,7 +18,7 @@ from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create
                         list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
                         run_autoattack, run_sanity_checks, select_indices, write_json, write_sweep_csv)
 from ..evaluate.interval import format_accuracy, wilson_interval
-from ..files import OutputPathError, check_output_path
+from ..files import OutputPathError, atomic_save, check_output_path
 from ..models import ModelError, load_eval_model
 from ..normalization import normalized_model
 from ..parser import ArgumentParser
@@ -77,6 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sweep_state(args, spec: ModelSpec, rank: int, config, indices) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Where a finished PGD sweep is kept (None without --output) and what it must match to be reused."""
+    key = {'checkpoint': spec.checkpoint, 'config': repr(config), 'indices': list(map(int, indices)), 'seed': args.seed}
+    path = os.path.join(args.output, f'sweep_{spec.label}_rank{rank}.pt') if args.output else None
+    return path, key
+
+
+def _finished_sweep(args, spec: ModelSpec, rank: int, config, indices):
+    """The PGD sweep of an earlier, interrupted run with the same model, settings and images, if any."""
+    path, key = _sweep_state(args, spec, rank, config, indices)
+    if not path or not os.path.exists(path):
+        return None
+    kept = torch.load(path, map_location='cpu', weights_only=False)
+    if kept.get('key') != key:
+        return None
+    _logger.info(f'{spec.label}: resumed the PGD sweep finished in an earlier run ({path})')
+    return kept['sweep']
+
+
+def _keep_sweep(args, spec: ModelSpec, rank: int, config, indices, sweep) -> None:
+    path, key = _sweep_state(args, spec, rank, config, indices)
+    if path:
+        atomic_save({'key': key, 'sweep': sweep}, path)
+
+
 def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source: Optional[ModelSpec]):
     dataset = create_pixel_dataset(args.dataset, args.data_dir, args.split, spec.data_config)
     indices = select_indices(dataset, args.subset, args.num_samples, args.subset_seed)
@@ -90,7 +115,10 @@ def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source
     if not args.no_sweep:
         config = PGDSweepConfig(eps=args.eps, steps=args.steps, restarts=args.restarts, losses=args.losses,
                                 step_size_factor=args.step_size_factor)
-        sweep = pgd_sweep(spec.model, loader, config, device, show_progress=show, desc=f'{spec.label} PGD')
+        sweep = _finished_sweep(args, spec, rank, config, indices)
+        if sweep is None:
+            sweep = pgd_sweep(spec.model, loader, config, device, show_progress=show, desc=f'{spec.label} PGD')
+            _keep_sweep(args, spec, rank, config, indices, sweep)
         order, (clean, robust) = gather_rows(mine, sweep.clean, sweep.robust)
         result['clean_accuracy'] = 100.0 * clean.float().mean().item()
         result['sweep'] = {'eps': sweep.eps, 'accuracy': [100.0 * r.float().mean().item() for r in robust],

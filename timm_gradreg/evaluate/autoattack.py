@@ -161,6 +161,9 @@ def run_autoattack(
         _save_state(state_path, state)
     robust = torch.tensor(state['robust'], dtype=torch.bool, device=x.device)
     todo = [name for name in names if name not in state['done']]
+    if state['done']:
+        _logger.info(f"{desc}: resumed from {state_path}: {', '.join(state['done'])} done, "
+                     f"{', '.join(todo) or 'nothing'} to run")
 
     def work_left(count: int, attacks: Sequence[str]) -> int:
         chunks = -(-count // batch_size)

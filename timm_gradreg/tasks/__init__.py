@@ -6,7 +6,7 @@ Each method is one module that registers its class with its options
 from ._registry import (TaskEntry, all_task_options, create_task, get_task_class, list_tasks, register_task,
                         task_kwargs, task_options, task_parameters)
 from .adversarial import AdversarialTask, FGSMTask, PGDTask
-from .base import CompileModeError, GradRegTask, check_compile_mode
+from .base import CompileModeError, GradRegTask, check_compile_mode, compile_refusal
 from .cure import CURETask
 from .edge import EdgeTask
 from .gradalign import GradAlignTask

@@ -13,7 +13,7 @@ from .._private import TASK_TAKES_CRITERION_KWARGS, classification_criterion, co
 from ..input_grad import loss_and_input_gradient
 from ..normalization import PixelSpace, Stats
 
-__all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode']
+__all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode', 'compile_refusal']
 
 
 class CompileModeError(ValueError):
@@ -31,6 +31,13 @@ def check_compile_mode(mode: Optional[str], backend: Optional[str] = 'inductor')
     valid = compile_mode_names()
     if mode not in valid:
         raise CompileModeError(f"unknown torch.compile mode {mode!r}; valid: {', '.join(valid)}")
+
+
+def compile_refusal(task_cls: type, gradreg: str) -> str:
+    """The one line refusing ``--torchcompile`` for a task that needs double backprop."""
+    alternative = f' or {task_cls.compile_alternative}' if task_cls.compile_alternative else ''
+    return (f'--torchcompile cannot be used with --gradreg {gradreg}: torch.compile does not support the double '
+            f'backward it needs. Train without --torchcompile{alternative}.')
 
 
 class GradRegTask(ClassificationTask, abc.ABC):
@@ -133,9 +140,7 @@ class GradRegTask(ClassificationTask, abc.ABC):
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs):
         check_compile_mode(mode, backend)
         if self.double_backprop:
-            alternative = f' or {self.compile_alternative}' if self.compile_alternative else ''
-            raise RuntimeError(f"torch.compile does not support double backward, which the '{self.task_name}' task "
-                               f'needs. Train without --torchcompile{alternative}.')
+            raise RuntimeError(compile_refusal(type(self), self.task_name))
         return super().compile(backend=backend, mode=mode, **compile_kwargs)
 
     def pixel_loss_gradient(self, input: torch.Tensor, target: torch.Tensor, create_graph: bool = True,

@@ -16,7 +16,9 @@ from ..parser import ArgumentParser
 from ..plugins import load_plugins
 from ..recipes import recipe_table
 from ..yaml_config import ConfigError, load_config, parse_with_config
-from ..tasks import all_task_options, check_compile_mode, pixel_amount, get_task_class, list_tasks, task_kwargs
+from .validate import check_eval_metric
+from ..tasks import (all_task_options, check_compile_mode, compile_refusal, get_task_class, list_tasks, pixel_amount,
+                     task_kwargs)
 
 __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'check_args', 'ConfigError']
 
@@ -490,15 +492,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError('--model-dtype float16/bfloat16 and --amp are alternatives: pick one.')
     check_compile_mode(args.torchcompile_mode, args.torchcompile)
     if args.torchcompile and task_cls.needs_double_backprop(**task_kwargs(args.gradreg, args)):
-        alternative = f' or {task_cls.compile_alternative}' if task_cls.compile_alternative else ''
-        raise ValueError(
-            f'--torchcompile cannot be used with --gradreg {args.gradreg}: torch.compile does not support the '
-            f'double backward this regularizer needs. Train without --torchcompile{alternative}.')
-    if args.eval_metric == 'advtop1' and args.adv_val_steps <= 0:
-        raise ValueError('--eval-metric advtop1 needs robust validation: set --adv-val-steps > 0 (e.g. 10).')
-    if args.eval_metric not in ('top1', 'top5', 'loss', 'advtop1'):
-        raise ValueError(f"--eval-metric '{args.eval_metric}' is not produced here; choose from top1, top5, loss, "
-                         'advtop1.')
+        raise ValueError(compile_refusal(task_cls, args.gradreg))
+    check_eval_metric(args.eval_metric, args.adv_val_steps)
     if (args.bn_eval or args.train_in_eval_mode) and args.sync_bn:
         raise ValueError('--bn-eval / --train-in-eval-mode freeze BatchNorm statistics, --sync-bn synchronizes them: '
                          'pick one.')

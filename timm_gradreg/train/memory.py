@@ -6,8 +6,9 @@ bytes autograd keeps for backward, each storage once, parameters and buffers exc
 activations and, with double backprop, what the first backward keeps for the second. Their growth from
 batch 2 to 4 is the activation memory per sample; parameters, gradients, the optimizer's state (from
 one step of the run's own optimizer) and the EMA copy are the states. The prediction at the per-GPU
-batch is states + activations: the transient buffers of the backward pass come on top
-(``benchmarks/memory_scale.py`` measures how much on this machine; docs/scale.md).
+batch is states + TRANSIENT_FACTOR × the saved activations: the backward pass's gradient buffers and
+the compiled kernels' own saves come on top of what the hooks count (``benchmarks/memory_scale.py``
+measures the ratio on this machine; docs/scale.md).
 """
 import argparse
 import math
@@ -28,12 +29,15 @@ from .config import batch_for_global, criterion_kwargs, mixup_active
 from .model import create_train_model
 
 __all__ = ['MemoryPrediction', 'predict_memory', 'saved_tensor_bytes', 'memory_advice', 'default_gpu_memory', 'GIB',
-           'USABLE_SHARE']
+           'USABLE_SHARE', 'TRANSIENT_FACTOR']
 
 GIB = 2 ** 30
 #: The share of a GPU's memory a run can plan on: the CUDA context and the caching allocator's
 #: fragmentation take the rest.
 USABLE_SHARE = 0.9
+#: Peak activation memory per byte the saved-tensor hooks count (an upper bound of the ratios measured
+#: by benchmarks/memory_scale.py, docs/scale.md).
+TRANSIENT_FACTOR = 1.7
 
 
 @dataclass(frozen=True)
@@ -51,21 +55,26 @@ class MemoryPrediction:
     def states(self) -> int:
         return self.parameters + self.gradients + self.optimizer_state + self.ema
 
-    def activations(self, batch_size: int) -> int:
+    def saved(self, batch_size: int) -> int:
+        """Bytes saved for backward at ``batch_size`` (what the hooks count)."""
         return self.activations_fixed + self.activations_per_sample * batch_size
+
+    def activations(self, batch_size: int) -> int:
+        """Peak activation bytes at ``batch_size``: the saved bytes and the backward's transients."""
+        return round(TRANSIENT_FACTOR * self.saved(batch_size))
 
     def peak(self, batch_size: int) -> int:
         return self.states + self.activations(batch_size)
 
     def max_batch(self, budget: float) -> int:
         """The largest per-GPU batch whose predicted peak is within ``budget`` bytes (0: not even one)."""
-        room = budget - self.states - self.activations_fixed
+        room = (budget - self.states) / TRANSIENT_FACTOR - self.activations_fixed
         return max(0, math.floor(room / self.activations_per_sample)) if self.activations_per_sample else 0
 
     def describe(self, batch_size: int) -> str:
         return (f'predicted peak per GPU: {self.peak(batch_size) / GIB:.1f} GiB at batch {batch_size} '
                 f'(activations {self.activations(batch_size) / GIB:.1f}, states {self.states / GIB:.1f}; '
-                f'{self.dtype}, {self.activations_per_sample / 2 ** 20:.0f} MiB per sample)')
+                f'{self.dtype}, {self.activations_per_sample / 2 ** 20:.0f} MiB saved per sample)')
 
 
 def saved_tensor_bytes(step: Callable[[], None], exclude: Iterable[torch.Tensor] = ()) -> int:

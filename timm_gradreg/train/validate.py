@@ -17,7 +17,19 @@ from .._private import evaluation_sample_limit
 from ..attacks import pgd_attack
 from ..normalization import PixelSpace
 
-__all__ = ['RobustValidationConfig', 'RobustAccuracy', 'CleanAccuracy', 'validate', 'robust_accuracy']
+__all__ = ['RobustValidationConfig', 'RobustAccuracy', 'CleanAccuracy', 'validate', 'robust_accuracy',
+           'check_eval_metric', 'EVAL_METRICS']
+
+#: The metrics validation produces, usable as --eval-metric.
+EVAL_METRICS = ('top1', 'top5', 'loss', 'advtop1')
+
+
+def check_eval_metric(metric: str, adv_val_steps: int) -> None:
+    """Refuse a metric validation does not produce, and advtop1 without robust validation."""
+    if metric not in EVAL_METRICS:
+        raise ValueError(f"--eval-metric '{metric}' is not produced here; choose from {', '.join(EVAL_METRICS)}.")
+    if metric == 'advtop1' and adv_val_steps <= 0:
+        raise ValueError('--eval-metric advtop1 needs robust validation: set --adv-val-steps > 0 (e.g. 10).')
 
 _logger = logging.getLogger(__name__)
 
