@@ -9,7 +9,7 @@ import logging
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._private import timm_activation_names
 
-__all__ = ['SwapReport', 'swap_activations', 'find_functional_activations', 'SOURCE_ACTIVATIONS',
+__all__ = ['SwapReport', 'swap_activations', 'add_swap_args', 'find_functional_activations', 'SOURCE_ACTIVATIONS',
            'DEFAULT_SOURCES', 'list_target_activations', 'find_kinks', 'PIECEWISE_LINEAR']
 
 _logger = logging.getLogger(__name__)
@@ -237,3 +237,12 @@ def swap_activations(
                 f'{type(model).__name__} still calls {calls} functionally in its forward pass; module swapping '
                 f'cannot replace those, so the network is not fully {act_name}.', stacklevel=2)
     return report
+
+
+def add_swap_args(group: Any, when: str) -> None:
+    """``--swap-activations`` and ``--swap-source`` on an argparse group; ``when`` ends the help line."""
+    group.add_argument('--swap-activations', default=None, metavar='ACT',
+                       help=f"replace the model's ReLU-family activations with ACT (gelu, silu, ...) {when}")
+    group.add_argument('--swap-source', nargs='+', default=list(DEFAULT_SOURCES), choices=list(SOURCE_ACTIVATIONS),
+                       metavar='KIND', help=f'activation kinds --swap-activations replaces (default: '
+                                            f'{" ".join(DEFAULT_SOURCES)})')

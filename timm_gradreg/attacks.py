@@ -110,7 +110,11 @@ ITERATE_SELECTIONS = ('last', 'sample', 'batch')
 _IMPROVES = {'sample': _improves_per_sample, 'batch': _improves_per_batch}
 
 
-def pgd_step_size(eps: float, steps: int, factor: float = 2.5) -> float:
+#: The usual PGD evaluation step factor: α = 2.5·ε/steps (Madry et al.).
+PGD_STEP_FACTOR = 2.5
+
+
+def pgd_step_size(eps: float, steps: int, factor: float = PGD_STEP_FACTOR) -> float:
     """The usual PGD evaluation step, factor·ε/steps (Madry et al.; 2.5 reaches the ball's far side)."""
     return factor * eps / steps
 

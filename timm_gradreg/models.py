@@ -1,5 +1,4 @@
 """Model creation with the errors a user can act on (unknown name, offline pretrained weights)."""
-import difflib
 import os
 import pickle
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -13,6 +12,7 @@ from timm.models import clean_state_dict, load_checkpoint
 from .activations import DEFAULT_SOURCES, SwapReport, swap_activations
 from .checkpoint import read_swap_record
 from .layouts import CheckpointLayoutError, LoadedCheckpoint, model_checkpoint_filter, read_checkpoint
+from .registry import close_matches
 
 __all__ = ['check_model_name', 'create_model', 'load_model_checkpoint', 'load_eval_model', 'ModelError']
 
@@ -24,7 +24,7 @@ class ModelError(ValueError):
 def check_model_name(name: str) -> None:
     if timm.is_model(name):
         return
-    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    close = close_matches(name, timm.list_models(), n=3)
     hint = f" Close matches: {', '.join(close)}." if close else ' See timm.list_models().'
     raise ModelError(f"Unknown timm model '{name}'.{hint}")
 

@@ -4,20 +4,25 @@ Like timm's activation and model registries: a plain dict behind ``register``/``
 with an unknown-name error that lists the valid names and suggests the closest one.
 """
 import difflib
-from typing import Dict, Generic, Iterator, List, Optional, TypeVar
+from typing import Dict, Generic, Iterator, List, Optional, Sequence, TypeVar
 
-__all__ = ['Registry', 'closest', 'closest_hint']
+__all__ = ['Registry', 'close_matches', 'closest', 'closest_hint']
 
 T = TypeVar('T')
 
 
-def closest(name: str, valid: List[str]) -> Optional[str]:
+def close_matches(name: str, valid: Sequence[str], n: int = 1, cutoff: float = 0.6) -> List[str]:
+    """Up to ``n`` valid names close to ``name``, the closest first (for "did you mean" hints)."""
+    return difflib.get_close_matches(str(name), list(valid), n=n, cutoff=cutoff)
+
+
+def closest(name: str, valid: Sequence[str]) -> Optional[str]:
     """The valid name closest to ``name``, if any is close."""
-    close = difflib.get_close_matches(str(name), valid, n=1)
+    close = close_matches(name, valid)
     return close[0] if close else None
 
 
-def closest_hint(name: str, valid: List[str]) -> str:
+def closest_hint(name: str, valid: Sequence[str]) -> str:
     """" Did you mean 'x'?" for the closest valid name, or ''."""
     close = closest(name, valid)
     return f" Did you mean '{close}'?" if close else ''

@@ -5,7 +5,6 @@ timm, an unknown key is an error naming the closest valid key, and each value is
 checked as its command-line flag would be (``lr: fast`` or ``input_size: 224`` fail).
 """
 import argparse
-import difflib
 import os
 from typing import Any, Dict, Optional, Sequence, Set, Tuple
 
@@ -13,6 +12,7 @@ import yaml
 from timm import utils
 
 from .recipes import RecipeNotFound, find_recipe
+from .registry import closest
 
 __all__ = ['ConfigError', 'config_path', 'load_config', 'parse_with_config']
 
@@ -98,8 +98,8 @@ def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[s
         if only is not None and key not in only:
             continue
         if key not in actions:
-            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else '; see timm-train --help'
+            close = closest(key, list(actions))
+            hint = f"; did you mean '{close}'?" if close else '; see timm-train --help'
             raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
         defaults[key] = _convert(actions[key], raw_key, value)
     return defaults

@@ -5,7 +5,7 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn as nn
 
-from ..attacks import pgd_attack
+from ..attacks import pgd_attack, pgd_step_size
 from ..progress import Progress, count_forwards
 from .edge_correlation import edge_correlation_table
 from .geometry import curvature_table, hessian_spectral_norm, local_linearity_error, path_profile
@@ -30,7 +30,7 @@ class AnalysisConfig:
 
 
 def _pgd(model, x, y, eps, steps):
-    return pgd_attack(model, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps, random_start=True)
+    return pgd_attack(model, x, y, eps=eps, step_size=pgd_step_size(eps, steps), steps=steps, random_start=True)
 
 
 def analysis_forwards(config: AnalysisConfig) -> int:

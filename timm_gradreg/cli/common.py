@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm import utils
 
-from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS
+from ..activations import add_swap_args
 from ..device import default_device
 from ..models import load_eval_model
 from ..normalization import normalized_model
@@ -27,11 +27,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--labels', nargs='+', default=[], metavar='NAME',
                        help='names for the models in tables and plots (default: experiment folder names)')
     group.add_argument('--use-ema', action='store_true', help='load the EMA weights of the checkpoints')
-    group.add_argument('--swap-activations', default=None, metavar='ACT',
-                       help='swap activations before loading (only if the checkpoint does not record its swap)')
-    group.add_argument('--swap-source', nargs='+', default=list(DEFAULT_SOURCES), choices=list(SOURCE_ACTIVATIONS),
-                       metavar='KIND', help=f'activation kinds --swap-activations replaces (default: '
-                                            f'{" ".join(DEFAULT_SOURCES)})')
+    add_swap_args(group, 'before loading (only if the checkpoint does not record its swap)')
     group.add_argument('--num-classes', type=int, default=None, metavar='N',
                        help='classifier size (default: from the checkpoint or the model)')
     group.add_argument('--pretrained', action='store_true', help='start from timm pretrained weights (HF hub)')

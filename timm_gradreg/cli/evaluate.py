@@ -18,6 +18,7 @@ from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create
                         list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
                         run_autoattack, run_sanity_checks, select_indices, write_json, write_sweep_csv)
 from ..evaluate.interval import format_accuracy, wilson_interval
+from ..attacks import PGD_STEP_FACTOR
 from ..files import OutputPathError, atomic_save, check_output_path
 from ..models import ModelError, load_eval_model
 from ..normalization import normalized_model
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--restarts', type=int, default=1, help='random restarts per loss (default: 1)')
     group.add_argument('--losses', nargs='+', default=['ce', 'dlr'], choices=('ce', 'dlr', 'margin'),
                        help='attack losses; each one is run, worst case kept (default: ce dlr)')
-    group.add_argument('--step-size-factor', type=float, default=2.5,
-                       help='step = factor·ε/steps (default: 2.5)')
+    group.add_argument('--step-size-factor', type=float, default=PGD_STEP_FACTOR,
+                       help=f'step = factor·ε/steps (default: {PGD_STEP_FACTOR})')
     group.add_argument('--no-sweep', action='store_true', help='skip the PGD sweep')
     group = parser.add_argument_group('AutoAttack')
     group.add_argument('--autoattack', action='store_true', help="run AutoAttack (needs 'pyautoattack')")

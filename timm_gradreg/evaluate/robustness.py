@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..attacks import pgd_attack
+from ..attacks import PGD_STEP_FACTOR, pgd_attack
 from ..progress import Progress, count_forwards
 
 __all__ = ['DEFAULT_SWEEP_EPS', 'PGDSweepConfig', 'SweepResult', 'worst_case_correct', 'pgd_sweep']
@@ -30,7 +30,7 @@ class PGDSweepConfig:
     steps: int = 100
     restarts: int = 1
     losses: Sequence[str] = ('ce', 'dlr')
-    step_size_factor: float = 2.5
+    step_size_factor: float = PGD_STEP_FACTOR
 
     def step_size(self, eps: float) -> float:
         return self.step_size_factor * eps / max(self.steps, 1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks import fgsm_attack, pgd_attack
+from ..attacks import fgsm_attack, pgd_attack, pgd_step_size
 from ..progress import Progress, count_forwards
 from ..registry import Registry
 
@@ -61,7 +61,7 @@ class SanityContext:
             model: Optional[nn.Module] = None) -> torch.Tensor:
         eps = self.eps if eps is None else eps
         torch.manual_seed(self.seed)
-        return pgd_attack(model or self.model, self.x, self.y, eps=eps, step_size=2.5 * eps / steps, steps=steps,
+        return pgd_attack(model or self.model, self.x, self.y, eps=eps, step_size=pgd_step_size(eps, steps), steps=steps,
                           random_start=True, direction=direction)
 
     @cached_property

@@ -10,12 +10,13 @@ states the result it reproduces (``Paper: ...`` or, for the demo, ``Measured: ..
 The files live in the repository's top-level ``recipes/`` and ``patches/`` folders; the wheel ships
 them inside this package (``files/`` and ``patches/``). Both layouts are found.
 """
-import difflib
 import glob
 import os
 import re
 from dataclasses import dataclass
 from typing import List
+
+from ..registry import close_matches
 
 __all__ = ['RECIPE_DIR', 'PATCH', 'Recipe', 'list_recipes', 'find_recipe', 'recipe_table', 'RecipeNotFound']
 
@@ -84,7 +85,7 @@ def find_recipe(name: str) -> str:
     names = [r.name for r in list_recipes()]
     if key in names:
         return os.path.join(RECIPE_DIR, *key.split('/')) + '.yaml'
-    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    close = close_matches(key, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ''
     raise RecipeNotFound(f"'{name}' does not exist as a file or a packaged recipe{hint} "
                          f"(timm-train --list-recipes lists the recipes)")

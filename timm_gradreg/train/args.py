@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from timm import utils
 
-from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS
+from ..activations import add_swap_args
 from ..parser import ArgumentParser
 from ..plugins import load_plugins
 from ..recipes import recipe_table
@@ -421,11 +421,7 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
         'pixel units whatever the normalization, and accept fractions such as 4/255.')
     group.add_argument('--gradreg', default='natural', choices=list_tasks(),
                        help='training method (default: natural). Options of each method are in its group below.')
-    group.add_argument('--swap-activations', default=None, metavar='ACT',
-                       help='replace the model\'s ReLU-family activations with ACT (gelu, silu, ...) before training')
-    group.add_argument('--swap-source', nargs='+', default=list(DEFAULT_SOURCES), choices=list(SOURCE_ACTIVATIONS),
-                       metavar='KIND', help=f'activation kinds --swap-activations replaces (default: '
-                                            f'{" ".join(DEFAULT_SOURCES)})')
+    add_swap_args(group, 'before training')
     group.add_argument('--bn-eval', action=argparse.BooleanOptionalAction, default=False,
                        help='train with BatchNorm frozen in eval mode (the paper\'s ResNet runs): per-sample input '
                             'gradients, and double backprop at 0.73x instead of 1.06x a PGD-3 step (resnet50-GELU, CPU)')
