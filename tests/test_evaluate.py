@@ -52,6 +52,20 @@ def test_subset_is_fixed_and_reproducible():
     assert subset_indices(10, None) == list(range(10))
 
 
+def test_the_seeded_subset_is_a_uniform_sample():
+    # each of 359 images is drawn with probability 100/359 under every seed: over 2,000 seeds the counts are
+    # Binomial(2000, 0.279), mean 557, sd 20; all 359 within 5 sd, and the chi-square of the counts near its df
+    import numpy as np
+    counts = np.zeros(359)
+    for seed in range(2000):
+        counts[subset_indices(359, 100, seed)] += 1
+    p = 100 / 359
+    mean, sd = 2000 * p, (2000 * p * (1 - p)) ** 0.5
+    assert np.abs(counts - mean).max() < 5 * sd
+    chi2 = (((counts - mean) / sd) ** 2).sum()
+    assert 359 - 6 * (2 * 359) ** 0.5 < chi2 < 359 + 6 * (2 * 359) ** 0.5
+
+
 def test_official_subset_is_the_official_list_and_names_what_is_missing(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -234,6 +248,8 @@ def test_a_rerun_keeps_the_finished_sweep_and_says_so(natural_checkpoint, tmp_pa
     with caplog.at_level('INFO'):
         assert eval_main(argv) == 0
     assert 'resumed the PGD sweep finished in an earlier run' in caplog.text
+    split = json.load(open(tmp_path / 'eval' / 'results.json'))['models'][0]['split']
+    assert split['num_samples'] == 359 and 0 <= split['clean_accuracy'] <= 100  # the sample beside the split
     assert json.load(open(tmp_path / 'eval' / 'results.json'))['models'][0]['sweep'] == first
     monkeypatch.undo()
     assert eval_main([*argv[:12], '3', *argv[13:]]) == 0  # other settings: swept again, not reused

@@ -124,41 +124,34 @@ def test_every_recipe_builds_its_task(recipe):
     assert task.task_name == args.gradreg  # create_task refuses options its constructor does not take
 
 
-# The keys of the args.yaml timm's train.py writes (huggingface/pytorch-image-models main aa4b5850, timm 1.0.29.dev0):
-# every one of its options.
-STOCK_TRAIN_PY_KEYS = [
-    'aa', 'amp', 'amp_dtype', 'aug_repeats', 'aug_splits', 'batch_size', 'bce_loss', 'bce_pos_weight', 'bce_sum',
-    'bce_target_thresh', 'bn_eps', 'bn_momentum', 'channels_last', 'checkpoint_hist', 'class_map', 'clip_grad',
-    'clip_mode', 'color_jitter', 'color_jitter_prob', 'cooldown_epochs', 'crop_pct', 'cutmix', 'cutmix_minmax',
-    'data', 'data_dir', 'dataset', 'dataset_download', 'dataset_trust_remote_code', 'decay_epochs',
-    'decay_milestones', 'decay_rate', 'device', 'device_modules', 'dist_bn', 'distill_loss_weight', 'drop',
-    'drop_block', 'drop_connect', 'drop_path', 'epoch_repeats', 'epochs', 'eval_metric', 'experiment', 'fast_norm',
-    'fuser', 'gaussian_blur_prob', 'gp', 'grad_accum_steps', 'grad_checkpointing', 'grayscale_prob',
-    'head_init_bias', 'head_init_scale', 'hflip', 'img_size', 'in_chans', 'initial_checkpoint', 'input_img_mode',
-    'input_key', 'input_size', 'interpolation', 'jsd_loss', 'kd_distill_type', 'kd_loss_type', 'kd_model_name',
-    'kd_student_feature_dim', 'kd_teacher_feature_dim', 'kd_temperature', 'kd_token_distill_type', 'layer_decay',
-    'layer_decay_min_scale', 'layer_decay_no_opt_scale', 'local_rank', 'log_interval', 'log_wandb', 'lr', 'lr_base',
-    'lr_base_scale', 'lr_base_size', 'lr_cycle_decay', 'lr_cycle_limit', 'lr_cycle_mul', 'lr_k_decay', 'lr_noise',
-    'lr_noise_pct', 'lr_noise_std', 'mean', 'min_lr', 'mixup', 'mixup_mode', 'mixup_off_epoch', 'mixup_prob',
-    'mixup_switch_prob', 'model', 'model_dtype', 'model_ema', 'model_ema_decay', 'model_ema_force_cpu',
-    'model_ema_warmup', 'model_kwargs', 'momentum', 'naflex_loader', 'naflex_loss_scale', 'naflex_max_seq_len',
-    'naflex_patch_size_probs', 'naflex_patch_sizes', 'naflex_patchify_channels_first', 'naflex_train_seq_lens',
-    'no_aug', 'no_ddp_bb', 'no_prefetcher', 'no_resume_opt', 'num_classes', 'opt', 'opt_betas', 'opt_eps',
-    'opt_kwargs', 'output', 'patience_epochs', 'pin_mem', 'pretrained', 'pretrained_path', 'ratio', 'recount',
-    'recovery_interval', 'remode', 'reprob', 'resplit', 'resume', 'save_images', 'scale', 'sched',
-    'sched_on_updates', 'seed', 'smoothing', 'split_bn', 'start_epoch', 'std', 'sync_bn', 'synchronize_step',
-    'target_key', 'task_loss_weight', 'torchcompile', 'torchcompile_mode', 'torchscript', 'train_batch_sizes',
-    'train_batches_per_epoch', 'train_crop_mode', 'train_img_sizes', 'train_interpolation', 'train_num_samples',
-    'train_size_probs', 'train_size_random_mix', 'train_size_schedule', 'train_size_schedule_spread', 'train_split',
-    'tta', 'use_multi_epochs_loader', 'val_interval', 'val_num_samples', 'val_split', 'validation_batch_size',
-    'variable_batch_loss_scale', 'vflip', 'wandb_project', 'wandb_resume_id', 'wandb_tags', 'warmup_epochs',
-    'warmup_lr', 'warmup_prefix', 'weight_decay', 'worker_seeding', 'workers',
-]
+SHARED_TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared',
+                               'timm-train')
+TRAIN_PY_FILES = {'v1.0.27': 'train-v1.0.27.py', 'main': 'train-main-aa4b5850.py'}
 
 
-def test_every_stock_train_py_option_is_accepted():
+def _stock_keys(revision):
+    """The option names (args.yaml keys) of timm's own train.py at ``revision`` (../shared/timm-train)."""
+    import importlib.util
+    path = os.path.join(SHARED_TRAIN_PY, TRAIN_PY_FILES[revision])
+    if not os.path.isfile(path):
+        pytest.skip(f"timm's train.py is not in {os.path.normpath(SHARED_TRAIN_PY)} (a user's checkout)")
+    spec = importlib.util.spec_from_file_location(f'stock_train_{revision.replace(".", "_")}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return sorted({a.dest for a in module.parser._actions} - {'help', 'config'})
+
+
+@pytest.mark.parametrize('revision', sorted(TRAIN_PY_FILES))
+def test_every_stock_train_py_option_is_accepted(revision):
     dests = {a.dest for a in build_parser()._actions}
-    assert [k for k in STOCK_TRAIN_PY_KEYS if k not in dests] == []
+    assert [k for k in _stock_keys(revision) if k not in dests] == []
+
+
+def test_a_key_of_a_newer_train_py_points_to_gradreg_launch(tmp_path, capsys):
+    path = tmp_path / 'newer.yaml'
+    path.write_text('zz_future_option: 1\n')
+    message = _error(capsys, ['-c', str(path)])
+    assert "unknown key 'zz_future_option'" in message and 'gradreg-launch' in message
 
 
 def test_stock_args_yaml_with_a_gradreg_section_trains(tmp_path):
@@ -167,7 +160,7 @@ def test_stock_args_yaml_with_a_gradreg_section_trains(tmp_path):
     from helpers import tiny_train_argv, write_image_folder
     from timm_gradreg.train import Trainer
     defaults = vars(build_parser().parse_args([]))
-    stock = {k: defaults[k] for k in STOCK_TRAIN_PY_KEYS}
+    stock = {k: defaults[k] for k in _stock_keys('main')}
     stock['device'] = 'cpu'
     path = tmp_path / 'args.yaml'
     path.write_text(yaml.safe_dump({**stock, 'gradreg': 'gradnorm', 'gn_weight': 0.5, 'gn_warmup_epochs': 0}))

@@ -99,7 +99,10 @@ def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[s
             continue
         if key not in actions:
             close = closest(key, list(actions))
-            hint = f"; did you mean '{close}'?" if close else '; see timm-train --help'
+            hint = f"; did you mean '{close}'?" if close else f'; see {parser.prog} --help'
+            if parser.prog == 'timm-train' and not close:
+                hint += (" (an option of a newer timm's train.py? timm-train follows the train.py of its timm "
+                         'release; run that train.py through gradreg-launch)')
             raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
         defaults[key] = _convert(actions[key], raw_key, value)
     return defaults

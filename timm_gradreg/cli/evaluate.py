@@ -160,7 +160,20 @@ def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source
         with torch.no_grad():
             correct = spec.model(x).argmax(-1) == y
         result['clean_accuracy'] = 100.0 * gather_rows(mine, correct)[1][0].float().mean().item()
+    if len(indices) < len(dataset) and world == 1:  # how the sample compares with the whole split
+        result['split'] = {'num_samples': len(dataset),
+                           'clean_accuracy': _clean_accuracy(spec.model, dataset, args, device)}
     return result, flags
+
+
+def _clean_accuracy(model, dataset, args, device) -> float:
+    """Clean top-1 (%) of ``model`` on every image of ``dataset``, a batch at a time."""
+    loader, _ = create_pixel_loader(dataset, list(range(len(dataset))), args.batch_size, args.workers)
+    correct = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item()
+    return 100.0 * correct / len(dataset)
 
 
 def _print_summary(models: List[Dict[str, Any]]) -> None:
@@ -169,6 +182,8 @@ def _print_summary(models: List[Dict[str, Any]]) -> None:
     for m in models:
         n = m['num_samples']
         parts = [f"{m['label']}: clean {format_accuracy(m['clean_accuracy'], n)}"]
+        if 'split' in m:
+            parts[0] += f" (whole split: {m['split']['clean_accuracy']:.1f}% of {m['split']['num_samples']})"
         if 'sweep' in m:
             parts.append('PGD ' + ' '.join(f'{e * 255:g}:{a:.1f}' for e, a in zip(m['sweep']['eps'],
                                                                                 m['sweep']['accuracy'])))

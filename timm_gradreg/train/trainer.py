@@ -98,6 +98,7 @@ class Trainer:
         self.consecutive_skips = 0
         self.resume_point = None
         self._validation_time = 0.0
+        self._first_update_time = 0.0
         self.output_dir: Optional[str] = None
         self.created_output = False
         self.is_setup = False
@@ -485,6 +486,8 @@ class Trainer:
             if cfg.synchronize_step and self.device.type == 'cuda':
                 torch.cuda.synchronize(self.device)
             now = time.time()
+            if update_time.count == 0:
+                self._first_update_time = now - start
             update_time.update(now - start)
             start = now
             if update_idx % cfg.log_interval == 0 or last_batch:
@@ -579,14 +582,18 @@ class Trainer:
             return
         lrs = [g['lr'] for g in self.optimizer.param_groups]
         parts = ' '.join(f'{k}: {(v / counts[k].clamp_min(1)).item():#.4g}' for k, v in sums.items())
-        epoch_left = update_time.avg * (self.updates_per_epoch - update_idx - 1)
-        epochs_after = self.end_epoch - epoch - 1
-        run_left = epoch_left + epochs_after * (update_time.avg * self.updates_per_epoch + self._validation_time)
+        if update_time.count < 2:  # the first update warms up (allocations, kernels): no rate yet
+            eta = 'ETA after the first updates'
+        else:
+            per_update = (update_time.sum - self._first_update_time) / (update_time.count - 1)
+            epoch_left = per_update * (self.updates_per_epoch - update_idx - 1)
+            epochs_after = self.end_epoch - epoch - 1
+            run_left = epoch_left + epochs_after * (per_update * self.updates_per_epoch + self._validation_time)
+            eta = f'ETA: epoch {format_duration(epoch_left)}, run {format_duration(run_left)}'
         _logger.info(
             f'Train: {epoch} [{update_idx:>4d}/{self.updates_per_epoch} '
             f'({100. * (update_idx + 1) / self.updates_per_epoch:>3.0f}%)]  Loss: {loss_meter.val:#.3g} '
-            f'({loss_meter.avg:#.3g})  {parts}  Time: {update_time.val:.3f}s  LR: {sum(lrs) / len(lrs):.3e}  '
-            f'ETA: epoch {format_duration(epoch_left)}, run {format_duration(run_left)}')
+            f'({loss_meter.avg:#.3g})  {parts}  Time: {update_time.val:.3f}s  LR: {sum(lrs) / len(lrs):.3e}  {eta}')
 
     def validate(self, model: nn.Module, log_suffix: str = '') -> 'OrderedDict[str, float]':
         cfg = self.cfg
