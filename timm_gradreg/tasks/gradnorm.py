@@ -353,7 +353,8 @@ class GradNormTask(GradRegTask):
     def _natural(self, x: torch.Tensor, target: torch.Tensor, ce_weight: float) -> Dict[str, torch.Tensor]:
         output = self.trainable_module(x)
         ce = self.criterion(output, target)
-        return {'loss': ce_weight * ce, 'output': output, 'ce': ce.detach(), 'weight': 0.0}
+        return {'loss': ce_weight * ce, 'output': output, 'ce': ce.detach(), 'penalty': torch.zeros_like(ce.detach()),
+                'weight': 0.0}  # the penalty step's keys: logged means are over every step
 
     def _penalized(self, x: torch.Tensor, target: torch.Tensor, weight: float) -> Dict[str, torch.Tensor]:
         impl = GRADNORM_IMPLS[self.impl]

@@ -102,6 +102,27 @@ class Trainer:
         self.output_dir: Optional[str] = None
         self.created_output = False
         self.is_setup = False
+        # built by setup(), in this order
+        self.device: Optional[torch.device] = None
+        self.amp_autocast: Any = suppress
+        self.loss_scaler: Optional[NativeScaler] = None
+        self.num_classes: Optional[int] = None
+        self.data_config: Dict[str, Any] = {}
+        self.space: Optional[PixelSpace] = None
+        self.mixup_active = False
+        self.loader_train: Any = None
+        self.loader_eval: Any = None
+        self.mixup_fn: Optional[Mixup] = None
+        self.task: Optional[GradRegTask] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.eval_model: Optional[nn.Module] = None
+        self.robust: Optional[RobustValidationConfig] = None
+        self.eval_metric = 'loss'
+        self.saver: Optional[AtomicCheckpointSaver] = None
+        self.updates_per_epoch = 0
+        self.lr_scheduler: Any = None
+        self.num_epochs = self.start_epoch = self.end_epoch = 0
+        self._update_ok = True  # whether the last optimizer update was applied (finite gradients)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -1,0 +1,68 @@
+"""The generic contract of a gradreg task, checked for every registered task by being registered (as timm's
+tests do for its optimizers): a third-party task registered by a plugin gets the same checks."""
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.task import ClassificationTask
+
+from timm_gradreg import create_task, list_tasks
+from timm_gradreg.tasks import get_task_class, task_options, task_parameters
+
+from conftest import TinyNet
+
+
+def _task(name, **kwargs):
+    torch.manual_seed(0)
+    task = create_task(name, TinyNet(), verbose=False, **kwargs)
+    task.set_epoch(100.0)  # past every warm-up
+    return task
+
+
+@pytest.mark.parametrize('name', list_tasks())
+def test_a_task_is_a_timm_classification_task_with_its_name(name):
+    task = _task(name)
+    assert isinstance(task, ClassificationTask) and task.task_name == name == get_task_class(name).task_name
+
+
+@pytest.mark.parametrize('name', list_tasks())
+@pytest.mark.parametrize('soft', [False, True], ids=['labels', 'soft-targets'])
+def test_a_training_step_gives_a_finite_loss_its_parts_and_gradients(name, soft, batch):
+    x, y = batch
+    task = _task(name)
+    target = F.one_hot(y, 5).float() * 0.9 + 0.02 if soft else y
+    out = task(x, target)
+    assert out['loss'].dim() == 0 and torch.isfinite(out['loss']) and out['loss'].requires_grad
+    assert out['output'].shape == (4, 5)
+    for key, value in out.items():
+        if key not in ('loss', 'output') and torch.is_tensor(value):
+            assert not value.requires_grad, f'{key} is logged, so detached'
+    out['loss'].backward()
+    grads = [p.grad for p in task.trainable_module.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('name', list_tasks())
+def test_the_task_state_survives_a_checkpoint(name, batch):
+    x, y = batch
+    task = _task(name)
+    task(x, y)
+    state = task.get_task_state()
+    restored = _task(name)
+    restored.load_task_state(state)
+    assert restored.get_task_state() == state
+
+
+@pytest.mark.parametrize('name', list_tasks())
+def test_every_option_sets_a_constructor_argument(name):
+    parameters = task_parameters(name)  # the constructor's keyword arguments, through its base classes
+    for option in task_options(name):
+        assert option.kwarg in parameters, f'{option.flag} -> {option.kwarg} is not an argument of task {name}'
+
+
+@pytest.mark.parametrize('name', list_tasks())
+def test_torch_compile_is_refused_exactly_where_double_backprop_is_needed(name):
+    task = _task(name)
+    if get_task_class(name).needs_double_backprop():
+        with pytest.raises(RuntimeError, match=f'--torchcompile cannot be used with --gradreg {name}'):
+            task.compile(backend='eager')
