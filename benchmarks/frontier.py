@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--cost-steps', type=int, default=5, help='timed rounds per method (5)')
     parser.add_argument('--no-near', action='store_true', help='skip the larger sample and extra seeds near the target')
     parser.add_argument('--quick', action='store_true', help='1 seed, 2 epochs, 16 samples, demo cost only')
+    parser.add_argument('--evaluated-only', action='store_true',
+                        help='use the runs whose evaluation is there and train none (a study in progress); the '
+                             'missing runs are listed in frontier.json and .md')
     parser.add_argument('--update', action='store_true',
                         help="replace the methods run in OUTPUT/frontier.json's dataset and keep the others")
     return parser
@@ -120,6 +123,7 @@ def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str
         cmd += ['--epochs', '2', '--warmup-epochs', '0', '--gn-warmup-epochs', '0', '--attack-warmup-epochs', '0']
     if os.path.isdir(folder):  # an interrupted attempt: start over (timm-train would take a new folder)
         shutil.rmtree(folder)
+    os.makedirs(os.path.join(work, 'runs'), exist_ok=True)
     run(cmd, os.path.join(work, 'runs', f'{experiment}.log'))
     open(os.path.join(folder, 'done'), 'w').close()
     return checkpoint
@@ -260,7 +264,9 @@ def markdown(datasets: Dict[str, dict]) -> str:
         lines += ['', f"Pareto front (AutoAttack vs {data['cost_setting']} cost): {', '.join(data['pareto']) or '—'}.",
                   '', f"Target, ≥ 90% of AT's AutoAttack at ≤ {TARGET_COST}× its step cost: {decision}.", '']
         if data.get('missing'):
-            lines += [f"Missing runs: {data['missing']}.", '']
+            lines += [f"Methods not run yet: {data['missing']}.", '']
+        if data.get('missing_runs'):
+            lines += [f"Seeds not run yet: {data['missing_runs']}.", '']
     return '\n'.join(lines)
 
 
@@ -314,10 +320,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         seeds, samples, args.cost, args.cost_steps, args.no_near = seeds[:1], args.aa_samples or 16, ['demo'], 1, True
     work = args.work or os.path.join(args.output, 'work', args.dataset)
     scores: Dict[str, List[dict]] = {}
+    missing_runs: List[str] = []
     for name in args.methods:
         for seed in seeds:
+            if args.evaluated_only and not os.path.exists(os.path.join(eval_folder(work, name, seed, samples),
+                                                                       'results.json')):
+                missing_runs.append(f'{name}-s{seed}')
+                continue
             scores.setdefault(name, []).append(trained_and_evaluated(bench, name, seed, work, samples, args.quick))
-    if not args.no_near and 'pgd' in scores and (near_samples > samples or set(near_seeds) > set(seeds)):
+    if not args.no_near and not args.evaluated_only and 'pgd' in scores and (near_samples > samples or set(near_seeds) > set(seeds)):
         at = statistics.fmean(r['autoattack'] for r in scores['pgd']) if 'pgd' in scores else None
         near = [n for n, runs in scores.items() if n == 'pgd' or at and
                 abs(statistics.fmean(r['autoattack'] for r in runs) - TARGET_SHARE * at) <= NEAR_POINTS]
@@ -348,6 +359,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             data['cost_setting'] = datasets[args.dataset]['cost_setting']
     data.setdefault('cost_setting', 'resnet50' if 'resnet50' in costs else 'demo')
     data['missing'] = ', '.join(sorted(set(METHODS) - set(data['methods'])))
+    data['missing_runs'] = ', '.join(missing_runs)
     decide(data)
     datasets = {**datasets, args.dataset: data} if args.update else {args.dataset: data}
     os.makedirs(args.output, exist_ok=True)
