@@ -66,3 +66,14 @@ def test_torch_compile_is_refused_exactly_where_double_backprop_is_needed(name):
     if get_task_class(name).needs_double_backprop():
         with pytest.raises(RuntimeError, match=f'--torchcompile cannot be used with --gradreg {name}'):
             task.compile(backend='eager')
+
+
+def test_each_options_help_shows_the_default_the_task_has():
+    from timm_gradreg.tasks import all_task_options
+    from timm_gradreg.tasks.options import format_default
+    for _, option, default in all_task_options():
+        shown = option.argparse_kwargs(default)['help']
+        if default is not None:
+            assert shown.endswith(f'(default: {format_default(default)})'), (option.flag, shown)
+            assert option.help.count('(default') == 0, f'{option.flag}: a default typed by hand in its help'
+    assert format_default(4 / 255) == '4/255' and format_default(0.5) == '0.5' and format_default(True) == 'on'

@@ -15,27 +15,26 @@ __all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'ATTACK_EPS', 'ATTACK_STEP_
 
 _GROUP = 'Training attack (pgd, fgsm; gradnorm --gn-inputs pgd)'
 #: The training attack's options, shared by the adversarial tasks and GradNorm's PGD inputs.
-ATTACK_EPS = Option('--attack-eps', 'eps', pixel_amount, 4 / 255, 'training attack radius in pixels (default: 4/255)',
+ATTACK_EPS = Option('--attack-eps', 'eps', pixel_amount, 4 / 255, 'training attack radius in pixels',
                     metavar='EPS', group=_GROUP)
 ATTACK_STEP_SIZE = Option('--attack-step-size', 'step_size', pixel_amount, None,
                           'training attack step in pixels (default: 8/255/3 for pgd, 1.25·eps for fgsm)',
                           metavar='STEP', group=_GROUP)
-ATTACK_STEPS = Option('--attack-steps', 'steps', number(1, integer=True), 3, 'PGD training steps (default: 3)',
+ATTACK_STEPS = Option('--attack-steps', 'steps', number(1, integer=True), 3, 'PGD training steps',
                       metavar='N', group=_GROUP)
 ATTACK_WARMUP = Option('--attack-warmup-epochs', 'warmup_epochs', number(0), 5.0,
-                       'epochs over which the attack step rises linearly from 0; ε is fixed from the start '
-                       '(default: 5)', metavar='N', group=_GROUP)
+                       'epochs over which the attack step rises linearly from 0; ε is fixed from the start',
+                       metavar='N', group=_GROUP)
 ATTACK_WARMUP_PER = Option('--attack-warmup-per', 'warmup_per', choices=SCHEDULE_UNITS, default='epoch',
                            help='the step warm-up advances at epoch boundaries (official: step·min(epoch, 5)/5) or '
-                                'every iteration (default: epoch)', group=_GROUP)
+                                'every iteration', group=_GROUP)
 ATTACK_RANDOM_START = Option('--attack-random-start', 'random_start', bool, True,
-                             'start training attacks from a uniform random point in the ε-ball (default: on)',
+                             'start training attacks from a uniform random point in the ε-ball',
                              group=_GROUP)
 ATTACK_SELECT = Option('--attack-select', 'select', choices=ITERATE_SELECTIONS, default='last',
                        help="the PGD iterate trained on: the last; each sample's highest-loss one; or the one of "
                             'highest batch-mean loss for the whole batch (the official configs: replace_best under '
-                            'attack_criterion mixup). The start and every step are candidates (one more forward) '
-                            '(default: last)', group=_GROUP)
+                            'attack_criterion mixup). The start and every step are candidates (one more forward)', group=_GROUP)
 _ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP, ATTACK_WARMUP_PER, ATTACK_SELECT]
 
 

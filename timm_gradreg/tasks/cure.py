@@ -24,7 +24,7 @@ _OPTIONS = [
            group=_GROUP),
     Option('--cure-norm', 'norm', choices=CURE_NORMS,
            help="the gradient difference's squared L2 norm (the paper's formula) or plain L2 norm (the authors' "
-                'code) (default: squared)', group=_GROUP),
+                'code)', group=_GROUP),
 ]
 
 

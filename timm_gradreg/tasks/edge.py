@@ -58,25 +58,24 @@ _OPTIONS = [
     Option('--edge-teacher', 'teacher', choices=list_gradient_teachers,
            help="target map: 'sobel' (the official pipeline on [0, 1] pixels), 'official' (the official code's "
                 "filters term for term, on the normalized input), 'gaussian' (the literal Eq. 4 energy), or any "
-                'registered teacher (default: sobel)'),
+                'registered teacher'),
     Option('--edge-target', 'target', choices=lambda: list(EDGE_TARGETS),
            help="which gradient is aligned with the edges: the sampled class 'logit' (the paper's method), the "
-                "'saliency' map max_c |∇ₓf_t| or the 'loss' gradient ∇ₓCE (Fig. 14 F/G: the negative results) "
-                '(default: logit)'),
+                "'saliency' map max_c |∇ₓf_t| or the 'loss' gradient ∇ₓCE (Fig. 14 F/G: the negative results)"),
     Option('--edge-sampling', 'sampling', choices=lambda: list(CLASS_SAMPLERS),
            help="target class: 'hard' sample of softmax(f/T), or the 'relaxed' (Gumbel-softmax) one-hot the "
-                "official 'smooth' option draws (default: hard)"),
+                "official 'smooth' option draws"),
     Option('--edge-sigma', 'teacher_sigma', number(0, low_open=True),
-           help='Gaussian σ of the edge filters in pixels (default: 1)', metavar='SIGMA'),
+           help='Gaussian σ of the edge filters in pixels', metavar='SIGMA'),
     Option('--edge-temperature', 'temperature', number(0, low_open=True),
-           help='softmax temperature for sampling the target class (default: 0.5)', metavar='T'),
+           help='softmax temperature for sampling the target class', metavar='T'),
     Option('--edge-cosine', 'cosine', choices=COSINE_MODES,
-           help='cosine loss: official batch-RMS MSE or literal per-image (default: batch_rms)'),
-    Option('--edge-weight-start', 'weight_start', number(0), help='edge loss weight at epoch 0 (default: 1)',
+           help='cosine loss: official batch-RMS MSE or literal per-image'),
+    Option('--edge-weight-start', 'weight_start', number(0), help='edge loss weight at epoch 0',
            metavar='W'),
     Option('--edge-weight-growth', 'weight_growth', number(),
-           help='edge weight growth per epoch, applied every iteration (default: 0.09)', metavar='W'),
-    Option('--edge-weight-cap', 'weight_cap', number(0), help='edge weight cap (default: 19)', metavar='W'),
+           help='edge weight growth per epoch, applied every iteration', metavar='W'),
+    Option('--edge-weight-cap', 'weight_cap', number(0), help='edge weight cap', metavar='W'),
 ]
 
 

@@ -23,7 +23,7 @@ _OPTIONS = [
     Option('--gradalign-weight', 'weight', number(0),
            help="λ of the alignment term (default: the authors' λ(ε) = 0.02·10^(ε·255/8), 0.2 at 8/255)",
            metavar='W', group=_GROUP),
-    Option('--gradalign-eps', 'eps', pixel_amount, help='L∞ radius in pixels of FGSM and of η (default: 4/255)',
+    Option('--gradalign-eps', 'eps', pixel_amount, help='L∞ radius in pixels of FGSM and of η',
            metavar='EPS', group=_GROUP),
     Option('--gradalign-step-size', 'step_size', pixel_amount,
            help="FGSM step in pixels (default: the authors' 1.25·ε, clipped to the ε-ball)", metavar='STEP',

@@ -31,6 +31,20 @@ class _FromTask:
 FROM_TASK = _FromTask()
 
 
+def format_default(value: Any) -> str:
+    """A default as the help shows it: on/off, a fraction of 255 where it is one (4/255), lists spaced."""
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    if isinstance(value, (list, tuple)):
+        return ' '.join(format_default(v) for v in value)
+    if isinstance(value, float):
+        in_255 = value * 255
+        if value and not value.is_integer() and abs(in_255 - round(in_255)) < 1e-9:
+            return f'{round(in_255)}/255'
+        return f'{value:g}'
+    return str(value)
+
+
 def fraction(value: Any) -> float:
     """A float, or a fraction such as '4/255' or '8/255/3' (how ε and steps are usually written)."""
     if isinstance(value, bool):
@@ -128,7 +142,11 @@ class Option:
         return replace(self, kwarg=kwarg)
 
     def argparse_kwargs(self, default: Any) -> Dict[str, Any]:
-        kwargs: Dict[str, Any] = dict(dest=self.dest, default=default, help=self.help)
+        """``add_argument`` keywords; the help ends with the default read from the task (one source)."""
+        shown = self.help
+        if default is not None and '(default' not in shown:
+            shown = f'{shown} (default: {format_default(default)})'
+        kwargs: Dict[str, Any] = dict(dest=self.dest, default=default, help=shown)
         if self.type is bool:
             kwargs['action'] = argparse.BooleanOptionalAction
             return kwargs

@@ -14,7 +14,7 @@ __all__ = ['TRADESTask']
 _GROUP = 'TRADES (--gradreg trades)'
 _OPTIONS = [
     Option('--trades-beta', 'beta', number(0), help='β of the boundary term (paper: 6)', metavar='B', group=_GROUP),
-    Option('--trades-eps', 'eps', pixel_amount, help='L∞ radius in pixels (default: 4/255)', metavar='EPS', group=_GROUP),
+    Option('--trades-eps', 'eps', pixel_amount, help='L∞ radius in pixels', metavar='EPS', group=_GROUP),
     Option('--trades-step-size', 'step_size', pixel_amount,
            help='attack step in pixels (default: the paper\'s 0.007/0.031 of ε)', metavar='STEP', group=_GROUP),
     Option('--trades-steps', 'steps', number(1, integer=True), help='attack steps (paper: 10)', metavar='N',
