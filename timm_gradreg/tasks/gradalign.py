@@ -29,11 +29,11 @@ _OPTIONS = [
            help="FGSM step in pixels (default: the authors' 1.25·ε, clipped to the ε-ball)", metavar='STEP',
            group=_GROUP),
     Option('--gradalign-random-start', 'random_start', bool, False,
-           "start FGSM from a uniform point of the ε-ball (FGSM-RS); the authors' GradAlign runs start at x "
-           '(default: off)', group=_GROUP),
+           "start FGSM from a uniform point of the ε-ball (FGSM-RS); the authors' GradAlign runs start at x",
+           group=_GROUP),
     Option('--gradalign-warmup-epochs', 'warmup_epochs', number(0), 0.0,
-           'epochs over which the FGSM step rises linearly from 0 at epoch boundaries, as --attack-warmup-epochs '
-           '(default: 0, the authors)', metavar='N', group=_GROUP),
+           'epochs over which the FGSM step rises linearly from 0 at epoch boundaries, as --attack-warmup-epochs; '
+           'the authors do not warm it up', metavar='N', group=_GROUP),
 ]
 
 
