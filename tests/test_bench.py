@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 from cost import pages, steps  # noqa: E402
 from cost.methods import METHODS, REFERENCE  # noqa: E402
 from cost.passes import PASSES, PassTimer, fd_floor  # noqa: E402
-from cost.setup import make_model  # noqa: E402
+from cost.harness import make_model  # noqa: E402
 from step_cost import build_parser, main  # noqa: E402
 TINY = ['--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '2', '--num-classes', '10',
         '--steps', '1', '--warmup', '0']

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm_gradreg import create_task
-from timm_gradreg.edges import EdgeEnergy
+from timm_gradreg.edge_maps import EdgeEnergy
 from timm_gradreg.train import schedule_position
 
 from conftest import TinyNet

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from timm_gradreg import PixelSpace, create_task
-from timm_gradreg.gradnorm import gradnorm_penalty, per_sample_gradnorm, resolve_sigma
+from timm_gradreg.penalties import gradnorm_penalty, per_sample_gradnorm, resolve_sigma
 from timm_gradreg.input_grad import loss_and_input_gradient
 
 from conftest import TinyNet

@@ -15,9 +15,9 @@ require_timm()
 
 from .activations import SwapReport, find_functional_activations, swap_activations
 from .attacks import fgsm_attack, pgd_attack
-from .edges import (EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers,
+from .edge_maps import (EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers,
                     register_gradient_teacher)
-from .gradnorm import gradnorm_penalty, per_sample_gradnorm
+from .penalties import gradnorm_penalty, per_sample_gradnorm
 from .double_backward import double_backward_safe
 from .input_grad import loss_and_input_gradient, per_sample_loss_sum
 from .modes import eval_mode, freeze_batchnorm, frozen_parameters

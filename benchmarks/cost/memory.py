@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .methods import METHODS
-from .setup import make_model
+from .harness import make_model
 from .steps import StepRunner
 
 __all__ = ['memory_child', 'measure_memory']

@@ -10,7 +10,7 @@ from timm_gradreg.input_grad import at_least_fp32
 from timm_gradreg.modes import frozen_parameters
 
 from .pages import cache_freed_memory
-from .setup import amp_dtype, bench_device, clock, fixed_batch, input_size, make_model, model_copy
+from .harness import amp_dtype, bench_device, clock, fixed_batch, input_size, make_model, model_copy
 from .steps import paired_quartiles, rotated, warm_up
 
 __all__ = ['PASSES', 'PassTimer', 'pass_costs', 'fd_floor']

@@ -5,7 +5,7 @@ import torch
 
 from .pages import cache_freed_memory
 from .methods import METHODS
-from .setup import bench_device, make_model
+from .harness import bench_device, make_model
 from .steps import StepRunner, warm_up
 
 __all__ = ['profile_step']

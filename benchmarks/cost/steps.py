@@ -9,7 +9,7 @@ from timm_gradreg.tasks import create_task
 
 from .methods import EAGER_TOO, METHODS, BenchMethod
 from .pages import STEADY_PAGE_FAULTS, with_page_faults
-from .setup import amp_dtype, clock, fixed_batch, model_copy
+from .harness import amp_dtype, clock, fixed_batch, model_copy
 
 __all__ = ['StepRunner', 'warm_up', 'rotated', 'paired_quartiles', 'variants']
 

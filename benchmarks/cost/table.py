@@ -10,7 +10,7 @@ from timm_gradreg.tasks import gradnorm_fd_agreement
 from .memory import measure_memory
 from .methods import EAGER_TOO, METHODS, REFERENCE
 from .pages import cache_freed_memory, with_page_faults
-from .setup import bench_device, input_size, make_model, model_copy
+from .harness import bench_device, input_size, make_model, model_copy
 from .steps import StepRunner, paired_quartiles, rotated, variants, warm_up
 
 __all__ = ['run_benchmark']

@@ -4,7 +4,7 @@ from typing import Callable, Dict, Union
 import torch
 
 from ..double_backward import double_backward_safe
-from ..edges import COSINE_MODES, GradientTeacher, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers
+from ..edge_maps import COSINE_MODES, GradientTeacher, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers
 from ..input_grad import at_least_fp32, input_gradient, per_sample_loss_sum
 from ..schedules import LinearGrowth
 from ._registry import register_task

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .._private import foreach_mul_
 from ..activations import find_kinks
 from ..attacks import pgd_attack
-from ..gradnorm import Sigma, gradnorm_penalty, penalty_direction, resolve_sigma
+from ..penalties import Sigma, gradnorm_penalty, penalty_direction, resolve_sigma
 from ..input_grad import at_least_fp32, loss_and_input_gradient, per_sample_loss_sum, scaled_grad
 from ..schedules import LinearWarmup
 from ._registry import create_task, register_task
