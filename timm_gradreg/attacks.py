@@ -182,15 +182,17 @@ def pgd_attack(
 
     with eval_mode(model), frozen_parameters(model):  # input gradients only
         for step in range(steps + int(keep_best)):
-            delta.requires_grad_(True)
-            values = loss_fn(model(space.to_normalized(x_pix + delta)), target)
+            scoring_only = keep_best and step == steps  # the extra forward that scores the final iterate
+            delta.requires_grad_(not scoring_only)
+            with torch.set_grad_enabled(not scoring_only):  # no graph to keep for it
+                values = loss_fn(model(space.to_normalized(x_pix + delta)), target)
             if keep_best:
                 detached = values.detach()
                 improved = (torch.ones_like(detached, dtype=torch.bool) if best_value is None
                             else _IMPROVES[select](detached, best_value))
                 best_value = detached if best_value is None else torch.where(improved, detached, best_value)
                 best_delta = torch.where(improved.view(-1, *[1] * (delta.ndim - 1)), delta.detach(), best_delta)
-                if step == steps:  # one extra forward scores the final iterate
+                if scoring_only:
                     break
             grad = _input_grad(values, delta)
             delta = (delta.detach() + step_size * step_direction(grad)).clamp(-eps, eps)
