@@ -11,8 +11,9 @@ the loop knows no method by name.
     >>> Trainer(args, text).fit()
 
 The Trainer reads the resolved configuration (``resolve_config(args)``, ``self.cfg``) and never
-writes to it; what it learns while setting up (the process's rank, the class count of the
-model, the demo data folder) are attributes of its own.
+writes to it. Each ``build_*`` step takes what it needs as arguments and returns what it builds;
+``setup()`` calls them in timm's order and keeps the results as attributes (all declared in
+``__init__``), so an override sees its inputs in its signature.
 """
 import argparse
 import importlib
@@ -174,7 +175,8 @@ class Trainer:
                  f'{sum(p.numel() for p in model.parameters())}')
         return model
 
-    def build_datasets(self) -> Tuple[Any, Any]:
+    def build_datasets(self, data_config: Dict[str, Any]) -> Tuple[Any, Any]:
+        """The training and validation datasets (the demo and standard sets prepared on disk first)."""
         cfg = self.cfg
         if not (is_demo_dataset(cfg.dataset) or cfg.dataset in DATA_SOURCES):  # those find their own files
             if not cfg.data_dir and (not cfg.dataset or cfg.dataset.split('/')[0] in ('folder', 'torch')):
@@ -189,7 +191,7 @@ class Trainer:
             dataset_name, data_dir = resolve_dataset(cfg.dataset, cfg.data_dir, cfg.dataset_download)
         except ValueError as e:
             raise TrainingError(str(e)) from None
-        input_img_mode = cfg.input_img_mode or ('RGB' if self.data_config['input_size'][0] == 3 else 'L')
+        input_img_mode = cfg.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
         common = dict(root=data_dir, class_map=cfg.class_map, download=cfg.dataset_download,
                       batch_size=cfg.batch_size, input_img_mode=input_img_mode, input_key=cfg.input_key,
                       target_key=cfg.target_key)
@@ -207,7 +209,7 @@ class Trainer:
                                 f"'{cfg.dataset or 'image folder'}'): {e}".replace('\n', ' ')) from None
         return dataset_train, dataset_eval
 
-    def check_classes(self, dataset_train) -> None:
+    def check_classes(self, dataset_train, num_classes: int) -> None:
         """Refuse data with fewer than two classes, or a head with fewer outputs than the data has classes."""
         classes = dataset_num_classes(dataset_train)
         if classes is None:
@@ -215,17 +217,19 @@ class Trainer:
         if classes < 2:
             raise TrainingError(f'the training data has {classes} class(es) (--data-dir {self.cfg.data_dir}): a '
                                 'classifier needs at least two, one folder per class.')
-        if self.num_classes < classes:
-            raise TrainingError(f'the model has {self.num_classes} outputs (--num-classes) but the training data has '
+        if num_classes < classes:
+            raise TrainingError(f'the model has {num_classes} outputs (--num-classes) but the training data has '
                                 f'{classes} classes: give --num-classes {classes} or more.')
 
-    def build_loaders(self, dataset_train, dataset_eval) -> Tuple[Any, Any, Optional[Mixup]]:
-        cfg, data_config = self.cfg, self.data_config
+    def build_loaders(self, dataset_train, dataset_eval, data_config: Dict[str, Any],
+                      num_classes: int) -> Tuple[Any, Any, Optional[Mixup]]:
+        """timm's loaders (prefetcher, FastCollateMixup) and the Mixup of a run that mixes."""
+        cfg = self.cfg
         mixup_fn, collate_fn = None, None
-        if self.mixup_active:
+        if mixup_active(cfg):
             mixup_args = dict(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
                               prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                              label_smoothing=cfg.smoothing, num_classes=self.num_classes)
+                              label_smoothing=cfg.smoothing, num_classes=num_classes)
             if cfg.prefetcher:
                 collate_fn = FastCollateMixup(**mixup_args)
             else:
@@ -255,13 +259,15 @@ class Trainer:
                 **common)
         return loader_train, loader_eval, mixup_fn
 
-    def build_task(self, model: nn.Module) -> GradRegTask:
+    def build_task(self, model: nn.Module, data_config: Dict[str, Any],
+                   loss_scaler: Optional[NativeScaler]) -> GradRegTask:
+        """The method, by name (``create_task(cfg.gradreg)``), on the model and the data's normalization."""
         cfg = self.cfg
         task = create_task(cfg.gradreg, model, criterion_kwargs=criterion_kwargs(cfg), device=self.device,
-                           dtype=self.model_dtype, verbose=self.is_primary, mean=self.data_config['mean'], std=self.data_config['std'],
-                           **cfg.task_kwargs)
-        if self.loss_scaler is not None:
-            task.attach_grad_scaler(self.loss_scaler)
+                           dtype=self.model_dtype, verbose=self.is_primary, mean=data_config['mean'],
+                           std=data_config['std'], **cfg.task_kwargs)
+        if loss_scaler is not None:
+            task.attach_grad_scaler(loss_scaler)
         self.log(f'Task: {task.extra_repr() if hasattr(task, "extra_repr") else type(task).__name__}')
         return task
 
@@ -272,13 +278,15 @@ class Trainer:
                  f'weight decay {cfg.weight_decay}')
         return optimizer
 
-    def build_output(self) -> Tuple[Optional[str], Optional[AtomicCheckpointSaver]]:
+    def build_output(self, task: GradRegTask, optimizer: torch.optim.Optimizer, data_config: Dict[str, Any],
+                     eval_metric: str) -> Tuple[Optional[str], Optional[AtomicCheckpointSaver]]:
+        """The run's own folder (claimed, args.yaml written) and the checkpoint saver; None, None off rank 0."""
         cfg = self.cfg
         if not self.is_primary:
             return None, None
         exp_name = cfg.experiment or '-'.join([
             datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(cfg.model),
-            str(self.data_config['input_size'][-1])])
+            str(data_config['input_size'][-1])])
         root = cfg.output or './output/train'
         try:
             output_dir, self.created_output = claim_run_folder(root, exp_name, cfg.resume)
@@ -288,9 +296,9 @@ class Trainer:
             self.log(f"{os.path.join(root, exp_name)} holds an earlier run: this run writes to {output_dir} (to "
                      'continue the earlier one, --resume a checkpoint in its folder).')
         saver = AtomicCheckpointSaver(
-            model=self.task.get_trainable_module(), optimizer=self.optimizer, args=cfg, amp_scaler=self.loss_scaler,
-            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=self.eval_metric == 'loss',
-            max_history=cfg.checkpoint_hist, task=self.task)
+            model=task.get_trainable_module(), optimizer=optimizer, args=cfg, amp_scaler=task.grad_scaler,
+            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
+            max_history=cfg.checkpoint_hist, task=task)
         if cfg.resume and os.path.dirname(os.path.abspath(cfg.resume)) == os.path.abspath(output_dir):
             if hasattr(saver, 'load_state_dict_from_checkpoint'):  # timm >= 1.0.31 keeps the checkpoint ranking
                 saver.load_state_dict_from_checkpoint(cfg.resume)
@@ -326,11 +334,12 @@ class Trainer:
         if self.distributed and cfg.sync_bn:
             model = convert_sync_batchnorm(model)
         self.mixup_active = mixup_active(cfg)
-        datasets = self.build_datasets()
-        self.check_classes(datasets[0])
-        self.loader_train, self.loader_eval, self.mixup_fn = self.build_loaders(*datasets)
+        datasets = self.build_datasets(self.data_config)
+        self.check_classes(datasets[0], self.num_classes)
+        self.loader_train, self.loader_eval, self.mixup_fn = self.build_loaders(*datasets, self.data_config,
+                                                                                self.num_classes)
 
-        self.task = self.build_task(model)
+        self.task = self.build_task(model, self.data_config, self.loss_scaler)
         self.optimizer = self.build_optimizer(self.task.get_trainable_module())
         resume_epoch, self.resume_point = None, None
         if cfg.resume:
@@ -365,7 +374,8 @@ class Trainer:
 
         self.robust = RobustValidationConfig.from_args(cfg)
         self.eval_metric = cfg.eval_metric if self.loader_eval is not None else 'loss'
-        self.output_dir, self.saver = self.build_output()
+        self.output_dir, self.saver = self.build_output(self.task, self.optimizer, self.data_config,
+                                                        self.eval_metric)
 
         self.updates_per_epoch = (len(self.loader_train) + cfg.grad_accum_steps - 1) // cfg.grad_accum_steps
         self.lr_scheduler, self.num_epochs = create_scheduler_v2(
