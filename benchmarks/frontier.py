@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the cost package beside this script
+from cost.methods import METHODS as ALL_METHODS, REFERENCE, BenchMethod  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -51,24 +53,8 @@ BENCHMARKS: Dict[str, Benchmark] = {
                                'fashion_mnist', 500, 1000, (0, 1, 2), (0, 1, 2, 3, 4), '5000'),
 }
 
-#: name -> (base recipe, timm-train options over it ({eps}, {igr} filled per benchmark), step_cost.py method)
-METHODS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
-    'natural': ('natural', (), 'natural'),
-    'pgd': ('advtrain', (), 'pgd-3'),
-    'fgsm': ('advtrain', ('--gradreg', 'fgsm'), 'fgsm'),
-    'gradnorm': ('gradnorm', (), 'gradnorm'),
-    'gradnorm-fd': ('gradnorm', ('--gradnorm-impl', 'fd'), 'gradnorm-fd'),
-    'gradnorm-fd-every2': ('gradnorm', ('--gradnorm-impl', 'fd', '--gn-every', '2'), 'gradnorm-fd-every2'),
-    'gradnorm-rho50': ('gradnorm', ('--gn-penalty-fraction', '0.5'), 'gradnorm-rho50'),
-    'gradnorm-every2': ('gradnorm', ('--gn-every', '2'), 'gradnorm-every2'),
-    'gradnorm-every4': ('gradnorm', ('--gn-every', '4'), 'gradnorm-every4'),
-    'gradnorm-res50': ('gradnorm', ('--gn-resolution', '0.5'), 'gradnorm-res50'),
-    'trades': ('natural', ('--gradreg', 'trades', '--trades-eps', '{eps}'), 'trades'),
-    'igr': ('natural', ('--gradreg', 'igr', '--igr-weight', '{igr}'), 'igr'),
-    'gradalign': ('natural', ('--gradreg', 'gradalign', '--gradalign-eps', '{eps}', '--gradalign-warmup-epochs', '5'),
-                  'gradalign'),
-    'cure': ('natural', ('--gradreg', 'cure'), 'cure'),
-}
+#: The frontier's methods: those of the benchmarks with a base recipe (benchmarks/cost/methods.py).
+METHODS: Dict[str, BenchMethod] = {name: m for name, m in ALL_METHODS.items() if m.recipe}
 #: The step-cost settings: the target is judged on resnet50-GELU (the demo model is dominated by
 #: per-kernel overheads).
 COST_SETTINGS = {
@@ -109,14 +95,14 @@ def run(cmd: List[str], log: str) -> None:
 
 
 def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str:
-    base, extra, _ = METHODS[name]
-    options = [a.format(eps=bench.eps, igr=bench.igr_weight) for a in extra]
+    method = METHODS[name]
+    options = [a.format(eps=bench.eps, igr=bench.igr_weight) for a in method.timm_train_flags()]
     experiment = f'{name}-s{seed}'
     folder = os.path.join(work, 'runs', experiment)
     checkpoint = os.path.join(folder, 'last.pth.tar')
     if os.path.exists(checkpoint) and os.path.exists(os.path.join(folder, 'done')):
         return checkpoint
-    cmd = [sys.executable, '-m', 'timm_gradreg.cli.train', '-c', bench.recipes[base], *options, '--seed', str(seed),
+    cmd = [sys.executable, '-m', 'timm_gradreg.cli.train', '-c', bench.recipes[method.recipe], *options, '--seed', str(seed),
            '--output', os.path.join(work, 'runs'), '--experiment', experiment, '--eval-metric', 'top1',
            '--adv-val-steps', '0', '--workers', '0', '--checkpoint-hist', '1']
     if quick:
@@ -167,14 +153,13 @@ def evaluate(bench: Benchmark, name: str, seed: int, checkpoint: str, work: str,
 def time_steps(setting: str, methods: List[str], work: str, steps: int) -> Dict[str, dict]:
     path = os.path.join(work, f'cost_{setting}.json')
     if not os.path.exists(path):
-        bench = sorted({METHODS[m][2] for m in methods} | {'pgd-3'})
+        bench = sorted(set(methods) | {REFERENCE})
         cmd = [sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), *COST_SETTINGS[setting],
                '--methods', *bench, '--steps', str(steps), '--warmup', '1', '--max-warmup', '3', '--no-memory',
                '--no-fd-check', '--output', path]
         run(cmd, os.path.join(work, f'cost_{setting}.log'))
     rows = {r['method']: r for r in json.load(open(path))['rows'] if not r.get('compiled')}
-    return {m: {'ratio': rows[METHODS[m][2]]['ratio'], 'passes': rows[METHODS[m][2]]['passes']}
-            for m in methods if METHODS[m][2] in rows}
+    return {m: {'ratio': rows[m]['ratio'], 'passes': rows[m]['passes']} for m in methods if m in rows}
 
 
 def summarize(values: List[float]) -> dict:

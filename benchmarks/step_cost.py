@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                              '(default: 12)')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None,
                         help='torch.compile the methods that can be compiled (not double backprop) with this '
-                             'backend (default inductor), and also time gradnorm-fd and pgd-3 eager; ratios are to '
+                             'backend (default inductor), and also time gradnorm-fd and pgd eager; ratios are to '
                              'PGD-3 of the same kind (compiled or eager)')
     parser.add_argument('--torchcompile-mode', default=None,
                         help="torch.compile mode with --torchcompile, e.g. max-autotune (default: torch's default)")

@@ -28,7 +28,7 @@ def _rows(text):
 
 
 #: A paper method of each kind, a cheaper GradNorm and a literature one (each row costs a fresh process).
-SOME = ['natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', 'gradnorm-every2', 'cure']
+SOME = ['natural', 'gradnorm', 'gradnorm-fd', 'pgd', 'gradnorm-every2', 'cure']
 
 
 def test_table_and_json_are_well_formed(tmp_path, capsys):
@@ -74,17 +74,17 @@ def test_profile_lists_the_operators_of_one_method(capsys):
 
 def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsys):
     out = tmp_path / 'bench.json'
-    assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd-3', '--torchcompile', 'aot_eager',
+    assert main(TINY + ['--methods', 'natural', 'gradnorm', 'gradnorm-fd', 'pgd', '--torchcompile', 'aot_eager',
                         '--torchcompile-mode', 'default', '--no-memory', '--no-fd-check', '--steps', '2',
                         '--output', str(out)]) == 0
     text = capsys.readouterr().out
     rows = _rows(text)
     # double backprop cannot be compiled; FD and PGD-3 are also timed eager, each ratio is to PGD-3 of its kind
     assert list(rows) == ['natural (compiled)', 'gradnorm', 'gradnorm-fd (compiled)', 'gradnorm-fd (eager)',
-                          'pgd-3 (compiled)', 'pgd-3 (eager)']
-    assert rows['pgd-3 (compiled)']['ratio'] == '1.000' and rows['pgd-3 (eager)']['ratio'] == '1.000'
+                          'pgd (compiled)', 'pgd (eager)']
+    assert rows['pgd (compiled)']['ratio'] == '1.000' and rows['pgd (eager)']['ratio'] == '1.000'
     assert all(r['mem'] == '—' for r in rows.values())
-    for name in ('gradnorm-fd', 'pgd-3'):
+    for name in ('gradnorm-fd', 'pgd'):
         line = re.search(rf'^{name} compiled / eager, round by round: median (\S+), interquartile (\S+)–(\S+) '
                          r'\((faster|slower|no clear difference) compiled\)$', text, re.M)
         assert line and float(line[2]) <= float(line[1]) <= float(line[3])
@@ -92,7 +92,7 @@ def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsy
     result = json.loads(out.read_text())
     assert result['torchcompile'] == 'aot_eager' and result['torchcompile_mode'] == 'default'
     by_label = {r['method']: r for r in result['rows']}
-    fd, pgd = by_label['gradnorm-fd (compiled)'], by_label['pgd-3 (compiled)']
+    fd, pgd = by_label['gradnorm-fd (compiled)'], by_label['pgd (compiled)']
     round_ratios = sorted(t / r for t, r in zip(fd['times'], pgd['times']))
     assert fd['ratio'] == pytest.approx(sum(round_ratios) / 2)  # two rounds: the median is their mean
     low, high = round_ratios
@@ -140,7 +140,7 @@ def _warm_up_with_faults(monkeypatch, faults_per_step, warmup, max_warmup, devic
 
     monkeypatch.setattr(pages, '_minor_page_faults', fake_faults)
     args = build_parser().parse_args(['--warmup', str(warmup), '--max-warmup', str(max_warmup)])
-    runners = [('a', _Runner(), 'natural', False), ('b', _Runner(), 'pgd-3', False)]
+    runners = [('a', _Runner(), 'natural', False), ('b', _Runner(), 'pgd', False)]
     return steps.warm_up(args, torch.device(device), runners)
 
 
@@ -182,11 +182,11 @@ def test_channels_last_lays_out_model_and_batch_and_is_reported(capsys):
     conv_weights = [m.weight for m in runner.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert conv_weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
 
-    assert main(TINY + ['--channels-last', '--methods', 'gradnorm', 'pgd-3', '--no-memory', '--no-fd-check']) == 0
+    assert main(TINY + ['--channels-last', '--methods', 'gradnorm', 'pgd', '--no-memory', '--no-fd-check']) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].startswith('test_resnet (gelu), batch 2, 32px, cpu, amp none, BatchNorm eval mode, '
                                            'channels_last, torch ')
-    assert list(_rows(text)) == ['gradnorm', 'pgd-3']
+    assert list(_rows(text)) == ['gradnorm', 'pgd']
 
 
 PASS_ROW = re.compile(r'^(?P<label>[a-z\- ()]+?)\s+(?P<eager>\d+\.\d)\s+(?P<compiled>\d+\.\d)\s+(?P<ratio>\d+\.\d{3})$')
