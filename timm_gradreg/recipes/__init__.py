@@ -95,7 +95,7 @@ def recipe_table() -> str:
     """The recipes as a plain-text table: name, what it is, the result it reproduces, how to run it."""
     lines = []
     for recipe in list_recipes():
-        result = recipe.result or 'no result of its own (a step of a longer experiment)'
+        result = recipe.result or 'no result in its header (a step of a longer experiment, or not measured yet)'
         lines += [recipe.name, f'    {recipe.title}', f'    {result}', f'    {recipe.command} -c {recipe.name}']
     lines += ['', f'A local file of the same name wins. Folder: {RECIPE_DIR}']
     return '\n'.join(lines) + '\n'
