@@ -310,8 +310,8 @@ class GradNormTask(GradRegTask):
         if self.impl == 'fd' and kinks:
             warnings.warn(
                 f'--gradnorm-impl fd on {name} with kinks in its input gradient ({_counts(kinks)}): the finite '
-                'difference crosses them and is not the exact GradNorm gradient (cosine to double backprop 0.93-0.98 '
-                'with max pooling, 0.04-0.49 with ReLU, measured on resnet18). It is exact on smooth networks; use '
+                'difference crosses them and is not the exact GradNorm gradient (how far off: docs/training.md). It '
+                'is exact on smooth networks; use '
                 '--gradnorm-impl double_backprop for the exact gradient.', UserWarning, stacklevel=3)
 
     def penalty(self, grad: torch.Tensor) -> torch.Tensor:
