@@ -15,7 +15,7 @@ import torch
 import timm_gradreg
 from timm_gradreg import create_task
 from timm_gradreg.double_backward import conv as conv_rewrites
-from timm_gradreg.models import create_model
+from timm_gradreg.models.loading import create_model
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gradreg.evaluate import create_pixel_dataset, create_pixel_loader
-from timm_gradreg.models import load_eval_model
+from timm_gradreg.models.loading import load_eval_model
 from timm_gradreg.tasks import fraction
 
 

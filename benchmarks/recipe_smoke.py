@@ -80,7 +80,7 @@ def _run_launch(name: str, config: Dict, data: str, init: str, start: int, out: 
     os.makedirs(out, exist_ok=True)
     with open(path, 'w') as f:
         yaml.safe_dump({**config, 'pretrained': False}, f)
-    cmd = [sys.executable, '-m', 'timm_gradreg.launch', train_py, '-c', path, '--dataset', '', '--data-dir', data,
+    cmd = [sys.executable, '-m', 'timm_gradreg.cli.launch', train_py, '-c', path, '--dataset', '', '--data-dir', data,
            '-b', '2', '--grad-accum-steps', '1', '--initial-checkpoint', init, '--start-epoch', str(start),
            '--epochs', str(start + 1), '--workers', '1', '--device', 'cpu', '--adv-val-steps', '1', '--output', out,
            '--experiment', name.replace('/', '_'), '--log-interval', '1', '--seed', '0', *_swap(name)]

@@ -36,7 +36,7 @@ from cost.passes import pass_costs  # noqa: E402
 from cost.profile import profile_step  # noqa: E402
 from cost.report import format_passes, format_table  # noqa: E402
 from cost.table import run_benchmark  # noqa: E402
-from timm_gradreg.models import ModelError  # noqa: E402
+from timm_gradreg.models.loading import ModelError  # noqa: E402
 from timm_gradreg.tasks import CompileModeError, check_compile_mode  # noqa: E402
 
 

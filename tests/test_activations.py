@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 
 from timm_gradreg import swap_activations
-from timm_gradreg.checkpoint import SWAP_KEY
+from timm_gradreg.models.checkpoint import SWAP_KEY
 from timm_gradreg.cli.swap_activations import main as swap_main
-from timm_gradreg.models import load_model_checkpoint
+from timm_gradreg.models.loading import load_model_checkpoint
 
 
 def _check_forward_backward(model, size):

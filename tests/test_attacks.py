@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gradreg import PixelSpace, fgsm_attack, pgd_attack
-from timm_gradreg.attacks import dlr_loss, get_attack_loss, margin_loss
+from timm_gradreg.core.attacks import dlr_loss, get_attack_loss, margin_loss
 
 from conftest import TinyNet
 

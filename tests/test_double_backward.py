@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
-from timm_gradreg.activations import swap_activations
+from timm_gradreg.models.activations import swap_activations
 from timm_gradreg.double_backward import (SMOOTH_ACTIVATIONS, CompiledKernel, affine_batch_norm,
                                          conv2d_fast_double_backward, double_backward_safe)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from timm_gradreg import create_task
-from timm_gradreg.edge_maps import (_TEACHERS, EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, gaussian_blur,
+from timm_gradreg.core.edge_maps import (_TEACHERS, EdgeEnergy, cosine_alignment_loss, create_gradient_teacher, gaussian_blur,
                                 list_gradient_teachers, register_gradient_teacher)
 
 from conftest import TinyNet

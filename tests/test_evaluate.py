@@ -12,8 +12,8 @@ from timm_gradreg.cli.evaluate import main as eval_main
 from timm_gradreg.evaluate import (PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
                                    load_batches, masking_verdict, pgd_sweep, run_autoattack, run_sanity_checks,
                                    subset_indices)
-from timm_gradreg.models import load_eval_model
-from timm_gradreg.normalization import normalized_model
+from timm_gradreg.models.loading import load_eval_model
+from timm_gradreg.core.normalization import normalized_model
 from timm_gradreg.train import Trainer, parse_args
 
 from helpers import write_image_folder

@@ -94,7 +94,7 @@ def test_gradreg_launch_drives_timms_train_py_on_fashion_mnist(tmp_path, cache):
     import subprocess
     import sys
     folder = write_fashion_mnist_subset(tmp_path / 'idx', 32, 16)
-    run = subprocess.run([sys.executable, '-m', 'timm_gradreg.launch', SHARED_TRAIN, '-c', 'fmnist/gradnorm',
+    run = subprocess.run([sys.executable, '-m', 'timm_gradreg.cli.launch', SHARED_TRAIN, '-c', 'fmnist/gradnorm',
                           '--data-dir', folder, '--epochs', '1', '--warmup-epochs', '0', '-b', '16', '--device', 'cpu',
                           '--adv-val-steps', '2', '--output', str(tmp_path / 'out')],
                          capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})

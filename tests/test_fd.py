@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from timm_gradreg import create_task
 from timm_gradreg.tasks import gradnorm_fd_agreement
-from timm_gradreg.penalties import penalty_direction, per_sample_gradnorm
+from timm_gradreg.core.penalties import penalty_direction, per_sample_gradnorm
 
 from conftest import TinyNet
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm_gradreg import create_task
-from timm_gradreg.edge_maps import EdgeEnergy
+from timm_gradreg.core.edge_maps import EdgeEnergy
 from timm_gradreg.train import schedule_position
 
 from conftest import TinyNet
@@ -164,8 +164,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.mark.parametrize('select,per_batch', [('batch', True), ('sample', False)])
 def test_best_iterate_selection_is_the_official_replace_best(select, per_batch):
-    from timm_gradreg.attacks import pgd_attack
-    from timm_gradreg.normalization import PixelSpace
+    from timm_gradreg.core.attacks import pgd_attack
+    from timm_gradreg.core.normalization import PixelSpace
     torch.manual_seed(3)
     model = TinyNet(num_classes=4).double().eval()
     for p in model.parameters():
@@ -192,7 +192,7 @@ def test_best_iterate_selection_is_the_official_replace_best(select, per_batch):
 
 def test_pgd_inputs_of_gradnorm_warm_the_step_up_per_epoch_and_select_as_asked(tiny_net, batch):
     """Official GradNorm on PGD inputs: adv_generator with att_step = step·min(epoch, 5)/5 and replace_best."""
-    from timm_gradreg.attacks import pgd_attack
+    from timm_gradreg.core.attacks import pgd_attack
     x, y = batch
     task = create_task('gradnorm', tiny_net, inputs='pgd', warmup_epochs=0, attack_select='batch', verbose=False)
     task.set_epoch(2.7)

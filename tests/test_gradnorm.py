@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from timm_gradreg import PixelSpace, create_task
-from timm_gradreg.penalties import gradnorm_penalty, per_sample_gradnorm, resolve_sigma
-from timm_gradreg.input_grad import loss_and_input_gradient
+from timm_gradreg.core.penalties import gradnorm_penalty, per_sample_gradnorm, resolve_sigma
+from timm_gradreg.core.input_grad import loss_and_input_gradient
 
 from conftest import TinyNet
 
@@ -193,7 +193,7 @@ def test_fp16_input_gradient_uses_the_attached_grad_scaler(tiny_net, batch):
     scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10)
     task = create_task('gradnorm', tiny_net, warmup_epochs=0, verbose=False)
     task.attach_grad_scaler(scaler)
-    from timm_gradreg.input_grad import resolve_loss_scale
+    from timm_gradreg.core.input_grad import resolve_loss_scale
     with torch.autocast('cpu', dtype=torch.float16):
         assert resolve_loss_scale(x, task.grad_scaler) == 2.0 ** 10
         out = task(x, y)

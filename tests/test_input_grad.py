@@ -7,7 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from timm_gradreg.double_backward import double_backward_safe
-from timm_gradreg.input_grad import input_gradient, loss_and_input_gradient, per_sample_loss_sum
+from timm_gradreg.core.input_grad import input_gradient, loss_and_input_gradient, per_sample_loss_sum
 
 
 def _reference_grads(model, x, y):

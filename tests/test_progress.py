@@ -10,7 +10,7 @@ from timm_gradreg.analyze.analysis import AnalysisConfig, analysis_forwards, ana
 from timm_gradreg.evaluate import PGDSweepConfig, pgd_sweep, run_autoattack
 from timm_gradreg.evaluate.interval import format_accuracy, wilson_interval
 from timm_gradreg.evaluate.robustness import _forwards_per_batch
-from timm_gradreg.progress import Progress, count_forwards, format_duration
+from timm_gradreg.utils.progress import Progress, count_forwards, format_duration
 
 
 class AlwaysRight(nn.Module):
@@ -75,7 +75,7 @@ def test_autoattack_in_chunks_equals_one_call_and_its_estimate_bounds_the_work()
 
 
 def test_progress_logs_eta_lines_off_a_terminal_and_nothing_when_disabled(caplog):
-    caplog.set_level(logging.INFO, logger='timm_gradreg.progress')
+    caplog.set_level(logging.INFO, logger='timm_gradreg.utils.progress')
     with Progress(10, 'sweep', interval=0.0) as bar:
         for _ in range(4):
             bar.update(1)

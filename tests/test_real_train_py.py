@@ -44,7 +44,7 @@ def folder(tmp_path_factory):
 def test_timms_train_py_trains_each_method_family(method, folder, tmp_path):
     out = tmp_path / 'out'
     run = subprocess.run(
-        [sys.executable, '-m', 'timm_gradreg.launch', TRAIN_PY, '--data-dir', folder, '--model', 'test_resnet',
+        [sys.executable, '-m', 'timm_gradreg.cli.launch', TRAIN_PY, '--data-dir', folder, '--model', 'test_resnet',
          '--model-kwargs', 'act_layer=gelu', '--num-classes', '3', '--input-size', '3', '32', '32', '--crop-pct', '1.0',
          '--no-aug', '-b', '4', '--epochs', '1', '--warmup-epochs', '0', '--opt', 'adamw', '--lr', '1e-3',
          '--workers', '1', '--device', 'cpu', '--smoothing', '0', '--output', str(out), '--experiment', method,
@@ -73,7 +73,7 @@ def test_the_patch_applies_to_each_train_py(revision, tmp_path):
 @needs_shared
 def test_a_demo_recipe_needs_no_data_dir_and_no_cuda(tmp_path):
     run = subprocess.run(
-        [sys.executable, '-m', 'timm_gradreg.launch', TRAIN_PY, '-c', 'demo/digits_natural', '--epochs', '1', '--warmup-epochs', '0',
+        [sys.executable, '-m', 'timm_gradreg.cli.launch', TRAIN_PY, '-c', 'demo/digits_natural', '--epochs', '1', '--warmup-epochs', '0',
          '--workers', '1', '--output', str(tmp_path), '--adv-val-steps', '1'],
         capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 import timm_gradreg
 from timm_gradreg.cli.evaluate import main as eval_main
-from timm_gradreg.models import ModelError, load_eval_model
+from timm_gradreg.models.loading import ModelError, load_eval_model
 
 
 def _official_args(**overrides):

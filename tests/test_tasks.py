@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.task import ClassificationTask
 
 from timm_gradreg import create_task, list_tasks, task_parameters
-from timm_gradreg.normalization import PixelSpace
+from timm_gradreg.core.normalization import PixelSpace
 
 from conftest import TinyNet
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from timm_gradreg.checkpoint import AtomicCheckpointSaver
+from timm_gradreg.models.checkpoint import AtomicCheckpointSaver
 from timm_gradreg.cli.train import main as train_main
 from timm_gradreg.data import prepare_demo_dataset
 from timm_gradreg.recipes import RECIPE_DIR
@@ -97,7 +97,7 @@ def test_checkpoint_saver_never_leaves_a_truncated_last(tmp_path, monkeypatch):
 
 _KILL_SCRIPT = '''
 import sys, torch
-from timm_gradreg.checkpoint import atomic_save
+from timm_gradreg.models.checkpoint import atomic_save
 big = {"w": torch.randn(4_000_000)}
 i = 0
 while True:

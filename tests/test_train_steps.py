@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from timm_gradreg.models import load_eval_model
-from timm_gradreg.normalization import PixelSpace
+from timm_gradreg.models.loading import load_eval_model
+from timm_gradreg.core.normalization import PixelSpace
 from timm_gradreg.train import Trainer, parse_args, robust_accuracy
 from timm_gradreg.train.validate import RobustValidationConfig, validate
 

@@ -7,9 +7,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from timm_gradreg.activations import swap_activations
-from timm_gradreg.device import default_device
-from timm_gradreg.models import create_model
+from timm_gradreg.models.activations import swap_activations
+from timm_gradreg.utils.device import default_device
+from timm_gradreg.models.loading import create_model
 
 __all__ = ['bench_device', 'make_model', 'input_size', 'amp_dtype', 'memory_format', 'model_copy', 'fixed_batch',
            'clock']

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_gradreg.input_grad import at_least_fp32
-from timm_gradreg.modes import frozen_parameters
+from timm_gradreg.core.input_grad import at_least_fp32
+from timm_gradreg.models.modes import frozen_parameters
 
 from .pages import cache_freed_memory
 from .harness import amp_dtype, bench_device, clock, fixed_batch, input_size, make_model, model_copy

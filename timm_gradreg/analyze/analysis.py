@@ -5,12 +5,12 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn as nn
 
-from ..attacks import pgd_attack, pgd_step_size
-from ..progress import Progress, count_forwards
+from ..core.attacks import pgd_attack, pgd_step_size
+from ..utils.progress import Progress, count_forwards
 from .edge_correlation import edge_correlation_table
 from .geometry import curvature_table, hessian_spectral_norm, local_linearity_error, path_profile
-from .gradients import (class_logit_gradient, gradient_norm_table, loss_input_gradient, per_sample_ce,
-                        saliency_map, stats)
+from .gradients import (class_logit_gradient, gradient_norm_table, loss_input_gradient, per_sample_ce, saliency_map,
+                        stats)
 
 __all__ = ['AnalysisConfig', 'analyze_model', 'analysis_forwards']
 

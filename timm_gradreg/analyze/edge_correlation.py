@@ -3,7 +3,7 @@ from typing import Dict
 
 import torch
 
-from ..edge_maps import EdgeEnergy
+from ..core.edge_maps import EdgeEnergy
 from .gradients import stats
 
 __all__ = ['oriented_energy', 'log_correlation', 'edge_correlation_table']

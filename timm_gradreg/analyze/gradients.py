@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 __all__ = ['per_sample_ce', 'loss_input_gradient', 'class_logit_gradient', 'saliency_map', 'gradient_norm_table',
            'stats']
 

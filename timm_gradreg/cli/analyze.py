@@ -13,13 +13,11 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-
-from ..analyze import (AnalysisConfig, analyze_model, channel_histograms, gradient_grid, gradnorm_histograms,
-                       path_figure)
+from ..analyze import AnalysisConfig, analyze_model, channel_histograms, gradient_grid, gradnorm_histograms, path_figure
 from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, select_indices, write_json
-from ..models import ModelError
-from ..parser import ArgumentParser
+from ..models.loading import ModelError
 from ..tasks import pixel_amount
+from ..utils.parser import ArgumentParser
 from .common import add_data_args, add_model_args, init_device, resolve_models
 from .console import setup_console_logging
 

@@ -8,10 +8,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm import utils
 
-from ..activations import add_swap_args
-from ..device import default_device
-from ..models import load_eval_model
-from ..normalization import normalized_model
+from ..core.normalization import normalized_model
+from ..models.activations import add_swap_args
+from ..models.loading import load_eval_model
+from ..utils.device import default_device
 
 __all__ = ['add_model_args', 'add_data_args', 'resolve_models', 'init_device', 'gather_rows', 'ModelSpec']
 

@@ -14,17 +14,17 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ..core.attacks import PGD_STEP_FACTOR
+from ..core.normalization import normalized_model
 from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
                         list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
                         run_autoattack, run_sanity_checks, select_indices, write_json, write_sweep_csv)
 from ..evaluate.interval import format_accuracy, wilson_interval
-from ..attacks import PGD_STEP_FACTOR
-from ..files import OutputPathError, atomic_save, check_output_path
-from ..models import ModelError, load_eval_model
-from ..normalization import normalized_model
-from ..parser import ArgumentParser
+from ..models.loading import ModelError, load_eval_model
 from ..tasks import pixel_amount
-from ..yaml_config import parse_with_config
+from ..utils.files import OutputPathError, atomic_save, check_output_path
+from ..utils.parser import ArgumentParser
+from ..utils.yaml_config import parse_with_config
 from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
 from .console import setup_console_logging
 

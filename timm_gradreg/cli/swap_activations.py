@@ -6,10 +6,10 @@ from typing import List, Optional
 
 import torch
 
-from ..activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS, list_target_activations, swap_activations
-from ..checkpoint import SWAP_KEY, atomic_save
-from ..models import ModelError, create_model, load_model_checkpoint
-from ..parser import ArgumentParser
+from ..models.activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS, list_target_activations, swap_activations
+from ..models.checkpoint import SWAP_KEY, atomic_save
+from ..models.loading import ModelError, create_model, load_model_checkpoint
+from ..utils.parser import ArgumentParser
 from .console import setup_console_logging
 
 

@@ -2,7 +2,7 @@
 import sys
 from typing import List, Optional
 
-from ..models import ModelError
+from ..models.loading import ModelError
 from ..train import (Trainer, TrainingError, TrainingInterrupted, config_yaml, global_batch_note, parse_args,
                      resolve_config)
 from ..train.memory import default_gpu_memory, memory_advice, predict_memory

@@ -12,7 +12,7 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
-from ..files import atomic_write
+from ..utils.files import atomic_write
 from .demo import default_data_root
 
 __all__ = ['FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST', 'prepare_fashion_mnist', 'find_idx_files']

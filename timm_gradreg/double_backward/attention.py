@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .._private import autocast_enabled
+from ..utils._private import autocast_enabled
 from .common import bind_args
 from .softmax import twice_differentiable_softmax
 

@@ -3,7 +3,7 @@ from typing import Any, Dict, Sequence
 
 import torch
 
-from .._private import engine_will_execute
+from ..utils._private import engine_will_execute
 
 __all__ = ['bind_args', 'gradient_needed', 'record_inputs']
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._private import autocast_dtype
+from ..utils._private import autocast_dtype
 from .common import bind_args, gradient_needed, record_inputs
 
 __all__ = ['affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward', 'eval_batch_norm',

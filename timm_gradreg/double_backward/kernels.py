@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .._private import quiet_cuda_home_notice, recompile_limit, torch_function_disabled
+from ..utils._private import quiet_cuda_home_notice, recompile_limit, torch_function_disabled
 
 __all__ = ['CompiledKernel']
 

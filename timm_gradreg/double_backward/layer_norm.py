@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._private import autocast_enabled
+from ..utils._private import autocast_enabled
 from .common import bind_args, gradient_needed, record_inputs
 from .kernels import CompiledKernel
 

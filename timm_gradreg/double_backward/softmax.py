@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .._private import autocast_enabled, softmax_backward
+from ..utils._private import autocast_enabled, softmax_backward
 from .common import bind_args
 from .kernels import CompiledKernel
 

@@ -19,8 +19,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..files import write_json
-from ..progress import Progress, count_forwards
+from ..utils.files import write_json
+from ..utils.progress import Progress, count_forwards
 
 __all__ = ['STANDARD_ATTACKS', 'autoattack_backend', 'AutoAttackResult', 'run_autoattack']
 

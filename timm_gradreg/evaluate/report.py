@@ -2,7 +2,7 @@
 import csv
 from typing import Any, Dict, List, Sequence
 
-from ..files import write_json
+from ..utils.files import write_json
 
 __all__ = ['write_json', 'write_sweep_csv', 'plot_robust_curves', 'markdown_report']
 

@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..attacks import PGD_STEP_FACTOR, pgd_attack
-from ..progress import Progress, count_forwards
+from ..core.attacks import PGD_STEP_FACTOR, pgd_attack
+from ..utils.progress import Progress, count_forwards
 
 __all__ = ['DEFAULT_SWEEP_EPS', 'PGDSweepConfig', 'SweepResult', 'worst_case_correct', 'pgd_sweep']
 

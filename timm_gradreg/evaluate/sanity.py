@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks import fgsm_attack, pgd_attack, pgd_step_size
-from ..progress import Progress, count_forwards
-from ..registry import Registry
+from ..core.attacks import fgsm_attack, pgd_attack, pgd_step_size
+from ..utils.progress import Progress, count_forwards
+from ..utils.registry import Registry
 
 __all__ = ['CheckResult', 'SanityContext', 'register_check', 'list_checks', 'run_sanity_checks', 'masking_verdict']
 

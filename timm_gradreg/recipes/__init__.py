@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import List
 
-from ..registry import close_matches
+from ..utils.registry import close_matches
 
 __all__ = ['RECIPE_DIR', 'PATCH', 'Recipe', 'list_recipes', 'find_recipe', 'recipe_table', 'RecipeNotFound']
 

@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from ..registry import Registry, closest
+from ..utils.registry import Registry, closest
 from .options import Option, options_to_kwargs, resolve_default, unique_options
 
 __all__ = ['register_task', 'list_tasks', 'get_task_class', 'create_task', 'task_parameters', 'task_options',

@@ -4,8 +4,8 @@ from typing import Dict, Optional
 
 import torch
 
-from ..attacks import ITERATE_SELECTIONS, fgsm_attack, pgd_attack
-from ..schedules import SCHEDULE_UNITS, LinearWarmup
+from ..core.attacks import ITERATE_SELECTIONS, fgsm_attack, pgd_attack
+from ..core.schedules import SCHEDULE_UNITS, LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number, pixel_amount

@@ -9,9 +9,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask
 from torch.nn.parallel import DistributedDataParallel
 
-from .._private import TASK_TAKES_CRITERION_KWARGS, classification_criterion, compile_mode_names
-from ..input_grad import loss_and_input_gradient
-from ..normalization import PixelSpace, Stats
+from ..core.input_grad import loss_and_input_gradient
+from ..core.normalization import PixelSpace, Stats
+from ..utils._private import TASK_TAKES_CRITERION_KWARGS, classification_criterion, compile_mode_names
 
 __all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode', 'compile_refusal']
 

@@ -3,8 +3,8 @@ from typing import Dict
 
 import torch
 
-from ..input_grad import loss_and_input_gradient
-from ..modes import eval_mode
+from ..core.input_grad import loss_and_input_gradient
+from ..models.modes import eval_mode
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number

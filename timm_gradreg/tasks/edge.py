@@ -3,10 +3,11 @@ from typing import Callable, Dict, Union
 
 import torch
 
+from ..core.edge_maps import (COSINE_MODES, GradientTeacher, cosine_alignment_loss, create_gradient_teacher,
+                              list_gradient_teachers)
+from ..core.input_grad import at_least_fp32, input_gradient, per_sample_loss_sum
+from ..core.schedules import LinearGrowth
 from ..double_backward import double_backward_safe
-from ..edge_maps import COSINE_MODES, GradientTeacher, cosine_alignment_loss, create_gradient_teacher, list_gradient_teachers
-from ..input_grad import at_least_fp32, input_gradient, per_sample_loss_sum
-from ..schedules import LinearGrowth
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number

@@ -3,7 +3,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..schedules import LinearWarmup
+from ..core.schedules import LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number, pixel_amount

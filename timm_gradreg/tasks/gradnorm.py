@@ -6,12 +6,12 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .._private import foreach_mul_
-from ..activations import find_kinks
-from ..attacks import pgd_attack
-from ..penalties import Sigma, gradnorm_penalty, penalty_direction, resolve_sigma
-from ..input_grad import at_least_fp32, loss_and_input_gradient, per_sample_loss_sum, scaled_grad
-from ..schedules import LinearWarmup
+from ..core.attacks import pgd_attack
+from ..core.input_grad import at_least_fp32, loss_and_input_gradient, per_sample_loss_sum, scaled_grad
+from ..core.penalties import Sigma, gradnorm_penalty, penalty_direction, resolve_sigma
+from ..core.schedules import LinearWarmup
+from ..models.activations import find_kinks
+from ..utils._private import foreach_mul_
 from ._registry import create_task, register_task
 from .adversarial import ATTACK_EPS, ATTACK_SELECT, ATTACK_STEP_SIZE, ATTACK_STEPS, ATTACK_WARMUP, ATTACK_WARMUP_PER
 from .base import GradRegTask

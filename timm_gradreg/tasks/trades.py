@@ -4,7 +4,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..modes import eval_mode, frozen_parameters
+from ..models.modes import eval_mode, frozen_parameters
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number, pixel_amount

@@ -11,14 +11,14 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from timm import utils
 
-from ..activations import add_swap_args
-from ..parser import ArgumentParser
-from ..plugins import load_plugins
+from ..models.activations import add_swap_args
 from ..recipes import recipe_table
-from ..yaml_config import ConfigError, load_config, parse_with_config
-from .validate import check_eval_metric
 from ..tasks import (all_task_options, check_compile_mode, compile_refusal, get_task_class, list_tasks, pixel_amount,
                      task_kwargs)
+from ..utils.parser import ArgumentParser
+from ..utils.plugins import load_plugins
+from ..utils.yaml_config import ConfigError, load_config, parse_with_config
+from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'check_args', 'ConfigError']
 

@@ -12,11 +12,11 @@ from typing import Any, Dict, Optional, Tuple
 import yaml
 from timm.utils.distributed import world_info_from_env
 
-from ..activations import DEFAULT_SOURCES
-from ..checkpoint import read_swap_record
 from ..data import default_data_root, is_demo_dataset
-from ..device import default_device
+from ..models.activations import DEFAULT_SOURCES
+from ..models.checkpoint import read_swap_record
 from ..tasks import task_kwargs
+from ..utils.device import default_device
 
 __all__ = ['resolve_config', 'resolve_lr', 'config_summary', 'config_yaml', 'batch_for_global', 'global_batch_note',
            'mixup_active', 'criterion_kwargs']

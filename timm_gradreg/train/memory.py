@@ -23,7 +23,7 @@ from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from torch.autograd.graph import saved_tensors_hooks
 
-from ..modes import freeze_batchnorm
+from ..models.modes import freeze_batchnorm
 from ..tasks import create_task
 from .config import batch_for_global, criterion_kwargs, mixup_active
 from .model import create_train_model

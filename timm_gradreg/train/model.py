@@ -8,8 +8,8 @@ import torch.nn as nn
 from timm import utils
 from timm.layers import set_fast_norm
 
-from ..activations import swap_activations
-from ..models import create_model, load_model_checkpoint
+from ..models.activations import swap_activations
+from ..models.loading import create_model, load_model_checkpoint
 
 __all__ = ['create_train_model']
 

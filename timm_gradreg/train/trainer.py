@@ -32,7 +32,6 @@ import torch
 import torch.nn as nn
 import yaml
 from timm import utils
-from torchvision.utils import save_image
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.layers import convert_sync_batchnorm
 from timm.models import safe_model_name
@@ -40,17 +39,17 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
-
 from timm.utils.distributed import init_distributed_device_so
+from torchvision.utils import save_image
 
-from ..checkpoint import AtomicCheckpointSaver
-from ..files import OutputPathError, check_output_path
+from ..core.normalization import PixelSpace
 from ..data import DATA_SOURCES, dataset_num_classes, is_demo_dataset, resolve_dataset
-from ..modes import freeze_batchnorm
 from ..evaluate.interval import format_accuracy
-from ..normalization import PixelSpace
-from ..progress import format_duration
+from ..models.checkpoint import AtomicCheckpointSaver
+from ..models.modes import freeze_batchnorm
 from ..tasks import GradRegTask, create_task
+from ..utils.files import OutputPathError, check_output_path
+from ..utils.progress import format_duration
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
 from .output import RunFolderError, claim_run_folder, release_run_folder

@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm import utils
 
-from .._private import evaluation_sample_limit
-from ..attacks import pgd_attack
-from ..normalization import PixelSpace
+from ..core.attacks import pgd_attack
+from ..core.normalization import PixelSpace
+from ..utils._private import evaluation_sample_limit
 
 __all__ = ['RobustValidationConfig', 'RobustAccuracy', 'CleanAccuracy', 'validate', 'robust_accuracy',
            'check_eval_metric', 'EVAL_METRICS']

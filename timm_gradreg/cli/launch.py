@@ -1,7 +1,7 @@
 """Run an unmodified timm ``train.py`` with a gradreg method in place of its ClassificationTask.
 
     gradreg-launch train.py --data-dir /imagenet --model resnet50 --gradreg gradnorm --swap-activations gelu ...
-    torchrun --nproc_per_node 8 -m timm_gradreg.launch train.py -c args.yaml --gradreg gradnorm ...
+    torchrun --nproc_per_node 8 -m timm_gradreg.cli.launch train.py -c args.yaml --gradreg gradnorm ...
 
 The gradreg options (``timm-train --help``'s gradreg groups: ``--gradreg``, each method's
 options, ``--swap-activations``, ``--bn-eval``, ``--train-in-eval-mode``, ``--adv-val-*``) are taken
@@ -31,15 +31,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import yaml
 
-from .activations import swap_activations
-from .data import DATA_SOURCES, is_demo_dataset, resolve_dataset
-from .modes import freeze_batchnorm
-from .parser import ArgumentParser
-from .tasks import compile_refusal, create_task, get_task_class, task_kwargs
-from .train.args import add_gradreg_args
-from .train.trainer import schedule_position
-from .train.validate import check_eval_metric, robust_accuracy
-from .yaml_config import ConfigError, config_path, load_config
+from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
+from ..models.activations import swap_activations
+from ..models.modes import freeze_batchnorm
+from ..tasks import compile_refusal, create_task, get_task_class, task_kwargs
+from ..train.args import add_gradreg_args
+from ..train.trainer import schedule_position
+from ..train.validate import check_eval_metric, robust_accuracy
+from ..utils.parser import ArgumentParser
+from ..utils.yaml_config import ConfigError, config_path, load_config
 
 __all__ = ['split_gradreg_args', 'GradregTrainScript', 'main']
 

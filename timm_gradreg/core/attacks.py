@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.modes import eval_mode, frozen_parameters
+from ..utils.registry import Registry
 from .input_grad import at_least_fp32
-from .modes import eval_mode, frozen_parameters
 from .normalization import PixelSpace
-from .registry import Registry
 
 __all__ = [
     'ATTACK_LOSSES', 'register_attack_loss', 'get_attack_loss', 'list_attack_losses',

@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from ..utils.registry import Registry
 from .checkpoint import swap_record
-from .registry import Registry
 
 __all__ = ['LoadedCheckpoint', 'CheckpointLayoutError', 'read_checkpoint', 'register_layout', 'list_layouts',
            'model_checkpoint_filter']

@@ -7,8 +7,8 @@ import torch
 from timm.utils import CheckpointSaver
 from timm.utils.model import get_state_dict
 
+from ..utils.files import atomic_save, fsync_dir
 from .activations import DEFAULT_SOURCES
-from .files import atomic_save, fsync_dir
 
 __all__ = ['atomic_save', 'AtomicCheckpointSaver', 'SWAP_KEY', 'swap_record', 'read_swap_record']
 

@@ -13,11 +13,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type, U
 
 import torch
 import torch.nn as nn
-from timm.layers import create_act_layer, get_act_layer
 from timm.layers import activations as timm_acts
+from timm.layers import create_act_layer, get_act_layer
 from torch.overrides import TorchFunctionMode
 
-from ._private import timm_activation_names
+from ..utils._private import timm_activation_names
 
 __all__ = ['SwapReport', 'swap_activations', 'add_swap_args', 'find_functional_activations', 'SOURCE_ACTIVATIONS',
            'DEFAULT_SOURCES', 'list_target_activations', 'find_kinks', 'PIECEWISE_LINEAR']

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.registry import Registry
 from .input_grad import at_least_fp32
-from .registry import Registry
 
 __all__ = [
     'EdgeEnergy', 'gaussian_blur', 'cosine_alignment_loss', 'COSINE_MODES',

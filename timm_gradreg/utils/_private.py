@@ -114,6 +114,7 @@ def evaluation_sample_limit(loader) -> Optional[int]:
 
 def _task_takes_criterion_kwargs() -> bool:
     import inspect
+
     from timm.task import ClassificationTask
     return 'criterion_kwargs' in inspect.signature(ClassificationTask.__init__).parameters
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Set, Tuple
 import yaml
 from timm import utils
 
-from .recipes import RecipeNotFound, find_recipe
+from ..recipes import RecipeNotFound, find_recipe
 from .registry import closest
 
 __all__ = ['ConfigError', 'config_path', 'load_config', 'parse_with_config']

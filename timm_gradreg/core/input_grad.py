@@ -19,8 +19,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ._private import autocast_dtype
-from .double_backward import double_backward_safe
+from ..double_backward import double_backward_safe
+from ..utils._private import autocast_dtype
 
 __all__ = [
     'per_sample_loss_sum', 'fp16_autocast_active', 'resolve_loss_scale', 'scaled_grad',

@@ -9,10 +9,10 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.models import clean_state_dict, load_checkpoint
 
+from ..utils.registry import close_matches
 from .activations import DEFAULT_SOURCES, SwapReport, swap_activations
 from .checkpoint import read_swap_record
 from .layouts import CheckpointLayoutError, LoadedCheckpoint, model_checkpoint_filter, read_checkpoint
-from .registry import close_matches
 
 __all__ = ['check_model_name', 'create_model', 'load_model_checkpoint', 'load_eval_model', 'ModelError']
 
@@ -83,7 +83,7 @@ def load_eval_model(
 
     The architecture, class count, model kwargs, activation swap and data settings come from
     the checkpoint (timm-train, timm, swap-activations, or the paper's official training code:
-    ``timm_gradreg.layouts``); explicit arguments win. ``use_ema`` loads the EMA weights (an
+    ``timm_gradreg.models.layouts``); explicit arguments win. ``use_ema`` loads the EMA weights (an
     error if the checkpoint has none); the official code's checkpoints give their EMA weights
     by default, as the paper evaluates them. Returns (model in eval mode, timm data config).
     """
