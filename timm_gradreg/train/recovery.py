@@ -95,7 +95,8 @@ def _problem(path: str) -> Optional[str]:
     try:
         checkpoint = _load(path)
     except Exception as e:  # truncated zip, not a torch file, unpickling errors: all mean "unreadable"
-        return f'it is not a readable torch checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else "no message"})'
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else 'no message'
+        return f'it is not a readable torch checkpoint: truncated or corrupt (torch: {type(e).__name__}: {reason})'
     if not isinstance(checkpoint, dict) or 'epoch' not in checkpoint or not (
             'state_dict' in checkpoint or 'task_state' in checkpoint):
         keys = ', '.join(map(repr, list(checkpoint)[:8])) if isinstance(checkpoint, dict) else type(checkpoint).__name__
