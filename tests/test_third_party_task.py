@@ -40,7 +40,7 @@ def plugin_env(tmp_path_factory):
     dist = site / 'squeeze_plugin-0.1.dist-info'
     dist.mkdir()
     (dist / 'METADATA').write_text('Metadata-Version: 2.1\nName: squeeze-plugin\nVersion: 0.1\n')
-    (dist / 'entry_points.txt').write_text('[timm_gradreg.utils.plugins]\nsqueeze = squeeze_plugin\n')
+    (dist / 'entry_points.txt').write_text('[timm_gradreg.plugins]\nsqueeze = squeeze_plugin\n')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')]))
     return env
 

@@ -3,8 +3,8 @@
 A plugin is a module whose import calls ``register_task`` (or another ``register_*``). The
 command-line tools import, before building their parsers, every module named by
 
-* the ``timm_gradreg.utils.plugins`` entry-point group of installed packages, e.g. in a plugin's
-  ``pyproject.toml``: ``[project.entry-points."timm_gradreg.utils.plugins"] mytask = "mypkg.mytask"``;
+* the ``timm_gradreg.plugins`` entry-point group of installed packages, e.g. in a plugin's
+  ``pyproject.toml``: ``[project.entry-points."timm_gradreg.plugins"] mytask = "mypkg.mytask"``;
 * the ``TIMM_GRADREG_PLUGINS`` environment variable (comma-separated module names).
 
 Their options then appear in ``timm-train --help``, are accepted as YAML keys and are checked
@@ -18,7 +18,7 @@ from typing import List
 
 __all__ = ['ENTRY_POINT_GROUP', 'ENV_VAR', 'load_plugins', 'PluginError']
 
-ENTRY_POINT_GROUP = 'timm_gradreg.utils.plugins'
+ENTRY_POINT_GROUP = 'timm_gradreg.plugins'
 ENV_VAR = 'TIMM_GRADREG_PLUGINS'
 
 _logger = logging.getLogger(__name__)
