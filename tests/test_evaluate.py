@@ -187,13 +187,16 @@ def test_cli_on_demo_checkpoint_writes_tables_plot_and_report(natural_checkpoint
     assert flags['sweep_robust'].shape == (3, 40) and len(flags['indices']) == 40
 
 
-def test_cli_runs_autoattack_at_each_eps(natural_checkpoint, tmp_path, capsys):
+def test_cli_runs_autoattack_at_each_eps(natural_checkpoint, tmp_path, capsys, caplog):
     ckpt, data = natural_checkpoint
     out = tmp_path / 'eval'
+    caplog.set_level('INFO')
     assert eval_main(['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '6',
                       '--no-sweep', '--autoattack', '--aa-eps', '32/255', '64/255', '--output', str(out),
                       '--no-progress', '--device', 'cpu']) == 0
-    assert 'AutoAttack 32/255' in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert 'AutoAttack 32/255' in printed.out
+    assert 'setting parameters' not in caplog.text  # the backend's own settings line stays quiet
     model = json.load(open(out / 'results.json'))['models'][0]
     runs = model['autoattack_by_eps']
     assert [r['eps'] for r in runs] == [pytest.approx(32 / 255), pytest.approx(64 / 255)]

@@ -8,8 +8,6 @@ n_classes-1 targets) and is never used here.
 The attacks run one at a time on the samples still robust, and the flags are saved
 after each attack, so an interrupted evaluation resumes where it stopped.
 """
-import contextlib
-import io
 import json
 import logging
 import os
@@ -148,11 +146,13 @@ def run_autoattack(
     backend, cls = autoattack_backend()
     device = device or x.device
     model.eval()
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # the backend prints its settings: logged under our name instead
+    backend_logger = logging.getLogger('auto-attack')  # pyautoattack logs its settings there, unprefixed
+    level = backend_logger.level
+    backend_logger.setLevel(logging.WARNING)
+    try:
         attack = _build(backend, cls, model, eps, norm, version, device, seed)
-    for line in printed.getvalue().splitlines():
-        _logger.debug(f'{backend}: {line}')
+    finally:
+        backend_logger.setLevel(level)
     if square_queries is not None:
         attack.square.n_queries = square_queries
     names = list(attacks or attack.attacks_to_run)
