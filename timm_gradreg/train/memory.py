@@ -93,7 +93,9 @@ def saved_tensor_bytes(step: Callable[[], None], exclude: Iterable[torch.Tensor]
     total, peak = [0], [0]
 
     def release(storage: int) -> None:
-        entry = live[storage]
+        entry = live.get(storage)
+        if entry is None:  # its storage was released already (torch may keep a tensor's Python object)
+            return
         entry[0] -= 1
         if entry[0] == 0:
             total[0] -= entry[1]
@@ -108,7 +110,7 @@ def saved_tensor_bytes(step: Callable[[], None], exclude: Iterable[torch.Tensor]
             total[0] += live[storage][1]
             peak[0] = max(peak[0], total[0])
         live[storage][0] += 1
-        weakref.finalize(tensor, release, storage)
+        weakref.finalize(tensor, release, storage).atexit = False  # counting ends with the process
         return tensor
 
     with saved_tensors_hooks(pack, lambda tensor: tensor):
