@@ -5,6 +5,7 @@ Each reference is computed here from scratch in float64 on a pixel-space functio
 with the task's loss value and its parameter gradient.
 """
 import copy
+import re
 
 import pytest
 import torch
@@ -320,6 +321,73 @@ def test_gradnorm_reduced_resolution_penalizes_the_downsampled_images():
     def reference():
         return 0.8 * F.cross_entropy(model(normalize(pixels)), y) + 1.2 * _gradnorm_penalty(model, normalize, small, y)
     _check_against(task, model, normalize(pixels), y, reference)
+
+
+def test_gradnorm_reduced_resolution_on_a_fraction_penalizes_the_chosen_downsampled_images():
+    model, pixels, y, normalize = _setup(batch=8)
+    task = create_task('gradnorm', model, ce_weight=0.8, gn_weight=1.2, warmup_epochs=0, resolution=0.5,
+                       penalty_fraction=0.25, mean=MEAN, std=STD, verbose=False)
+
+    def reference():
+        chosen = torch.randperm(8)[:2]  # the task's draw: same seed, same first random call
+        small = F.interpolate(pixels[chosen], scale_factor=0.5, mode='bilinear', align_corners=False, antialias=True)
+        return (0.8 * F.cross_entropy(model(normalize(pixels)), y)
+                + 1.2 * _gradnorm_penalty(model, normalize, small, y[chosen]))
+    _check_against(task, model, normalize(pixels), y, reference)
+
+
+PLACEMENT_OPTIONS = {'batch': {}, 'fraction': {'penalty_fraction': 0.5}, 'resolution': {'resolution': 0.5},
+                     'every': {'every': 2}}
+
+
+@pytest.mark.parametrize('impl', ['double_backprop', 'fd'])
+@pytest.mark.parametrize('placement', list(PLACEMENT_OPTIONS))
+def test_gradnorm_placements_work_with_each_gradient_and_log_the_same_keys(placement, impl):
+    """Where the penalty is taken and how its gradient is computed are independent: the loss value of each
+    placement is the same by double backprop and by finite differences (FD's extra terms enter with value
+    0), and a step without the penalty (every k-th) returns the keys of one with it, penalty and weight 0."""
+    from timm_gradreg.tasks import PLACEMENTS
+    assert set(PLACEMENT_OPTIONS) - {'every'} == set(PLACEMENTS.names())  # a new placement gets a row here
+    model, pixels, y, normalize = _setup(batch=8)
+    options = dict(ce_weight=0.8, gn_weight=1.2, warmup_epochs=0, mean=MEAN, std=STD, verbose=False)
+    values = {}
+    for name in ('double_backprop', impl):
+        task = create_task('gradnorm', model, impl=name, **options, **PLACEMENT_OPTIONS[placement])
+        torch.manual_seed(3)
+        values[name] = [task(normalize(pixels), y) for _ in range(2)]
+    first, second = values[impl]
+    assert first['loss'].item() == pytest.approx(values['double_backprop'][0]['loss'].item(), rel=1e-10)
+    assert set(first) == set(second) == {'loss', 'output', 'ce', 'penalty', 'weight'}
+    assert first['penalty'].item() > 0 and first['weight'].item() == pytest.approx(1.2 * (2 if placement == 'every' else 1))
+    if placement == 'every':
+        assert second['penalty'].item() == 0 and second['weight'].item() == 0
+        assert second['loss'].item() == pytest.approx(0.8 * F.cross_entropy(model(normalize(pixels)), y).item(),
+                                                      rel=1e-12)
+
+
+def test_gradnorm_every_k_keeps_its_phase_through_the_task_state():
+    model, pixels, y, normalize = _setup()
+    options = dict(ce_weight=0.8, gn_weight=1.2, warmup_epochs=0, every=3, mean=MEAN, std=STD, verbose=False)
+    task = create_task('gradnorm', model, **options)
+    for _ in range(2):
+        task(normalize(pixels), y)
+    resumed = create_task('gradnorm', model, **options)
+    resumed.load_task_state(task.get_task_state())
+    assert resumed(normalize(pixels), y)['weight'].item() == 0  # step 3 of 3: natural, as the original's would be
+    assert resumed(normalize(pixels), y)['weight'].item() == pytest.approx(3 * 1.2)
+    resumed.eval()  # validation: the penalty at its own weight on every call, the phase untouched
+    assert resumed(normalize(pixels), y)['weight'].item() == pytest.approx(1.2)
+    assert resumed.get_task_state()['steps_done'] == 4
+
+
+@pytest.mark.parametrize('options, message', [({'every': 0}, 'every must be an integer >= 1, got 0'),
+                                              ({'penalty_fraction': 1.5}, 'penalty_fraction must be in (0, 1]'),
+                                              ({'resolution': 0.0}, 'resolution must be in (0, 1], got 0.0'),
+                                              ({'impl': 'exact'}, "Unknown GradNorm impl 'exact'; valid: double_backprop, fd")])
+def test_gradnorm_strategy_options_are_checked(options, message):
+    model, *_ = _setup()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_task('gradnorm', model, verbose=False, **options)
 
 
 @pytest.mark.parametrize('options', [['--gradreg', 'trades', '--trades-steps', '2'], ['--gradreg', 'igr'],

@@ -2,6 +2,7 @@
 
 Each method is one module that registers its class with its options
 (``register_task(name, options=[...])``); every front end reads them from the registry.
+``placement`` holds the strategies of where an input-gradient penalty is taken in a step.
 """
 from ._registry import (TaskEntry, all_task_options, create_task, get_task_class, list_tasks, register_task,
                         task_kwargs, task_options, task_parameters)
@@ -10,8 +11,9 @@ from .base import CompileModeError, GradRegTask, check_compile_mode, compile_ref
 from .cure import CURETask
 from .edge import EdgeTask
 from .gradalign import GradAlignTask
-from .gradnorm import GRADNORM_IMPLS, GRADNORM_INPUTS, GradNormTask, gradnorm_fd_agreement
+from .gradnorm import GRADNORM_IMPLS, GRADNORM_INPUTS, GradNormTask, PenaltyGradient, gradnorm_fd_agreement
 from .igr import InputGradientTask
 from .natural import NaturalTask
 from .options import FROM_TASK, Option, fraction, number, pixel_amount, sigma_value
+from .placement import PLACEMENTS, PenaltyPlacement, create_placement
 from .trades import TRADESTask

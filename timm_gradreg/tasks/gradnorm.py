@@ -1,10 +1,9 @@
 """GradNorm training task (paper Eq. 2), by double backprop or by finite differences."""
-import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..core.attacks import pgd_attack
 from ..core.input_grad import at_least_fp32, loss_and_input_gradient, per_sample_loss_sum, scaled_grad
@@ -16,8 +15,9 @@ from ._registry import create_task, register_task
 from .adversarial import ATTACK_EPS, ATTACK_SELECT, ATTACK_STEP_SIZE, ATTACK_STEPS, ATTACK_WARMUP, ATTACK_WARMUP_PER
 from .base import GradRegTask
 from .options import Option, number, pixel_amount, sigma_value
+from .placement import create_placement
 
-__all__ = ['GradNormTask', 'GRADNORM_INPUTS', 'GRADNORM_IMPLS', 'gradnorm_fd_agreement']
+__all__ = ['GradNormTask', 'GRADNORM_INPUTS', 'GRADNORM_IMPLS', 'PenaltyGradient', 'gradnorm_fd_agreement']
 
 
 def _counts(counts: Dict[str, int]) -> str:
@@ -121,9 +121,24 @@ def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tens
     return {'loss': loss, 'output': output.detach(), 'ce': ce, 'penalty': penalty.detach(), 'weight': weight}
 
 
+@dataclass(frozen=True)
+class PenaltyGradient:
+    """How the penalty's parameter gradient is computed: ``step(task, x, target, ce_weight, weight)``, and
+    whether it needs a double backward (then no torch.compile and no fused attention kernels)."""
+    step: Callable[..., Dict[str, torch.Tensor]]
+    double_backprop: bool
+
+
 #: How the penalty's parameter gradient is computed: exact double backprop, or finite differences
 #: of two first-order passes (works with torch.compile and fused attention, less memory).
-GRADNORM_IMPLS: Dict[str, Callable] = {'double_backprop': _double_backprop, 'fd': _finite_difference}
+GRADNORM_IMPLS: Dict[str, PenaltyGradient] = {'double_backprop': PenaltyGradient(_double_backprop, True),
+                                              'fd': PenaltyGradient(_finite_difference, False)}
+
+
+def _penalty_gradient(impl: str) -> PenaltyGradient:
+    if impl not in GRADNORM_IMPLS:
+        raise ValueError(f"Unknown GradNorm impl {impl!r}; valid: {', '.join(GRADNORM_IMPLS)}")
+    return GRADNORM_IMPLS[impl]
 
 
 _OPTIONS = [
@@ -173,7 +188,12 @@ _OPTIONS = [
 
 @register_task('gradnorm', options=_OPTIONS, title='GradNorm (--gradreg gradnorm)')
 class GradNormTask(GradRegTask):
-    """λ_CE·CE + λ_GN·w(t)·(ε/σ)·mean_b ||∇ₓCE_b||_1, trained by double backprop.
+    """λ_CE·CE + λ_GN·w(t)·(ε/σ)·mean_b ||∇ₓCE_b||_1, trained by double backprop or finite differences.
+
+    Two choices are separate strategies: where the penalty is taken (``inputs``: clean or perturbed
+    images; ``penalty_fraction``, ``resolution``, ``every``: a ``PenaltyPlacement`` from
+    ``timm_gradreg.tasks.placement``) and how its parameter gradient is computed (``impl``: a
+    ``PenaltyGradient`` of ``GRADNORM_IMPLS``). Any placement works with either gradient.
 
     The input gradient is per sample (independent of batch size and criterion
     reduction) and differentiable; the penalty's parameter gradient flows through it
@@ -206,15 +226,10 @@ class GradNormTask(GradRegTask):
             double backward, so torch.compile and fused attention kernels work).
         fd_step: h of the finite difference, as a fraction of the ε step (h = 1 would be FGSM
             training) (default 0.1).
-        penalty_fraction: ρ, the penalty on a random ⌈ρ·B⌉ samples of each batch, CE on all B (1). The
-            batch mean of the per-sample penalty is estimated without bias from the subset, so the
-            expected training gradient is unchanged; only its variance grows.
-        every: k, the penalty on every k-th training step only, with weight k·λ_GN (1). The expected
-            gradient over k steps equals the every-step one to first order in the learning rate.
-        resolution: r, the penalty on the images downsampled by r (bilinear, antialiased), CE at full
-            size (1). An L∞ ε perturbation constant on r⁻¹×r⁻¹ blocks is one of the full image, and the
-            L1 norm of the input gradient is preserved by block averaging, so the penalty bounds the
-            first-order loss change under those perturbations; it says nothing of finer ones.
+        penalty_fraction: ρ, the penalty on a random ⌈ρ·B⌉ samples of each batch, CE on all B (1): an
+            unbiased estimate of the batch's penalty (``SampleFraction``).
+        every: k, the penalty on every k-th training step only, weighted k times (1) (``EveryKthStep``).
+        resolution: r, the penalty on the images downsampled by r, CE at full size (1) (``ReducedResolution``).
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
 
     Example:
@@ -222,12 +237,11 @@ class GradNormTask(GradRegTask):
         >>> task.set_epoch(epoch + i / steps); out = task(x, y); out['loss'].backward()
     """
 
-    double_backprop = True
     compile_alternative = "use --gradnorm-impl fd (impl='fd')"
 
     @classmethod
     def needs_double_backprop(cls, impl: str = 'double_backprop', **kwargs) -> bool:
-        return impl != 'fd'
+        return _penalty_gradient(impl).double_backprop
 
     def __init__(
             self,
@@ -258,13 +272,12 @@ class GradNormTask(GradRegTask):
             **kwargs,
     ):
         super().__init__(model, criterion, **kwargs)
-        if impl not in GRADNORM_IMPLS:
-            raise ValueError(f"Unknown GradNorm impl {impl!r}; valid: {', '.join(GRADNORM_IMPLS)}")
         if not 0 < fd_step <= 1:
             raise ValueError(f'fd_step must be in (0, 1] (a fraction of the ε step), got {fd_step}')
         self.impl = impl
+        self.penalty_gradient = _penalty_gradient(impl)
+        self.double_backprop = self.penalty_gradient.double_backprop
         self.fd_step = float(fd_step)
-        self.double_backprop = self.needs_double_backprop(impl)
         if inputs not in GRADNORM_INPUTS:
             raise ValueError(f"Unknown GradNorm inputs {inputs!r}; valid: {', '.join(GRADNORM_INPUTS)}")
         if eps < 0 or ce_weight < 0 or gn_weight < 0:
@@ -289,11 +302,7 @@ class GradNormTask(GradRegTask):
         self.attack_select = attack_select
         if inputs == 'pgd':
             self.uses_schedule = self.uses_schedule or self.attack_warmup.epochs > 0
-        if not 0 < penalty_fraction <= 1 or not 0 < resolution <= 1 or every < 1:
-            raise ValueError(f'need 0 < penalty_fraction <= 1, 0 < resolution <= 1 and every >= 1; got '
-                             f'{penalty_fraction}, {resolution}, {every}')
-        self.penalty_fraction, self.every, self.resolution = float(penalty_fraction), int(every), float(resolution)
-        self.steps_done = 0
+        self.placement = create_placement(penalty_fraction, resolution, every)
         self._warn_where_it_does_not_apply()
 
     def _warn_where_it_does_not_apply(self) -> None:
@@ -327,66 +336,35 @@ class GradNormTask(GradRegTask):
         return self.gn_weight * self.warmup(self.epoch)
 
     def get_task_state(self, module=None, ema: bool = False) -> Dict:
-        return {**super().get_task_state(module, ema), 'steps_done': self.steps_done}
+        return {**super().get_task_state(module, ema), **self.placement.state_dict()}
 
     def load_task_state(self, state, strict: bool = True, module=None, ema: bool = False) -> None:
         super().load_task_state(state, strict, module, ema)
         if state and not ema:
-            self.steps_done = int(state.get('steps_done', 0))
+            self.placement.load_state_dict(state)
 
     def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = GRADNORM_INPUTS[self.inputs](self, input, target)
-        weight = self.penalty_weight()
-        if self.training and torch.is_grad_enabled():
-            penalty_step = self.steps_done % self.every == 0
-            self.steps_done += 1
-            if not penalty_step:
-                result = self._natural(x, target, self.ce_weight)
-            else:
-                result = self._penalized(x, target, weight * self.every)
-        else:
-            result = self._penalized(x, target, weight)
+        training = self.training and torch.is_grad_enabled()
+        result = self.placement(self._penalized, self._natural, x, target, self.ce_weight, self.penalty_weight(),
+                                training)
         result['weight'] = torch.tensor(result['weight'], device=result['loss'].device)
         return result
+
+    def _penalized(self, x: torch.Tensor, target: torch.Tensor, ce_weight: float,
+                   weight: float) -> Dict[str, torch.Tensor]:
+        return self.penalty_gradient.step(self, x, target, ce_weight, weight)
 
     def _natural(self, x: torch.Tensor, target: torch.Tensor, ce_weight: float) -> Dict[str, torch.Tensor]:
         output = self.trainable_module(x)
         ce = self.criterion(output, target)
         return {'loss': ce_weight * ce, 'output': output, 'ce': ce.detach(), 'penalty': torch.zeros_like(ce.detach()),
-                'weight': 0.0}  # the penalty step's keys: logged means are over every step
-
-    def _penalized(self, x: torch.Tensor, target: torch.Tensor, weight: float) -> Dict[str, torch.Tensor]:
-        impl = GRADNORM_IMPLS[self.impl]
-        if self.penalty_fraction == 1 and self.resolution == 1:
-            return impl(self, x, target, self.ce_weight, weight)
-        batch = x.shape[0]
-        count = max(1, math.ceil(self.penalty_fraction * batch))
-        chosen = torch.randperm(batch, device=x.device)[:count]
-        if self.resolution == 1:  # the penalty's pass carries the CE of its own samples, a natural pass the rest's
-            rest = torch.ones(batch, dtype=torch.bool, device=x.device)
-            rest[chosen] = False
-            parts = [(chosen, impl(self, x[chosen], target[chosen], self.ce_weight * count / batch, weight))]
-            if count < batch:
-                parts.append((rest, self._natural(x[rest], target[rest], self.ce_weight * (batch - count) / batch)))
-            first = parts[0][1]['output']
-            output = first.new_empty((batch, *first.shape[1:]))
-            for rows, part in parts:
-                output[rows] = part['output'].detach()
-            return {'loss': sum(part['loss'] for _, part in parts), 'output': output,
-                    'ce': sum(part['ce'] * part['output'].shape[0] for _, part in parts) / batch,
-                    'penalty': parts[0][1]['penalty'], 'weight': weight}
-        small = F.interpolate(x[chosen], scale_factor=self.resolution, mode='bilinear', align_corners=False,
-                              antialias=True)  # linear per channel: commutes with the normalization
-        result = impl(self, small, target[chosen], 0.0, weight)
-        natural = self._natural(x, target, self.ce_weight)
-        return {'loss': natural['loss'] + result['loss'], 'output': natural['output'], 'ce': natural['ce'],
-                'penalty': result['penalty'], 'weight': weight}
+                'weight': 0.0}
 
     def extra_repr(self) -> str:
         return (f'ce_weight={self.ce_weight}, gn_weight={self.gn_weight}, eps={self.eps:.5f}, sigma={self.sigma}, '
                 f'warmup={self.warmup.epochs}, threshold={self.threshold}, channel_weights={self.channel_weights}, '
-                f'inputs={self.inputs!r}, impl={self.impl!r}, penalty_fraction={self.penalty_fraction}, '
-                f'every={self.every}, resolution={self.resolution}, ' + super().extra_repr())
+                f'inputs={self.inputs!r}, impl={self.impl!r}, placement={self.placement!r}, ' + super().extra_repr())
 
 
 def gradnorm_fd_agreement(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fd_step: float = 0.1,
