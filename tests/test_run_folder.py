@@ -54,3 +54,17 @@ def test_a_second_run_does_not_mix_with_the_first(tmp_path, caplog):
     assert len((tmp_path / 'out' / 'run-1' / 'summary.csv').read_text().splitlines()) == 2  # header + epoch 0
     assert 'holds an earlier run: this run writes to' in caplog.text
     assert not os.path.exists(tmp_path / 'out' / 'run-1' / LOCK_NAME)  # released at the end
+
+
+@pytest.mark.parametrize('read_only, why', [(True, 'it is on a read-only file system'),
+                                            (False, 'no permission to write there')])
+def test_an_unwritable_output_is_refused_with_the_reason(read_only, why, tmp_path, monkeypatch):
+    """Root may write anywhere, so the refusal is checked with os.access and statvfs answering as they do
+    for another user's folder and for a read-only mount."""
+    from timm_gradreg.utils.files import OutputPathError, check_output_path
+    flags = os.statvfs(tmp_path).f_flag
+    monkeypatch.setattr(os, 'access', lambda path, mode: False)
+    monkeypatch.setattr(os, 'statvfs', lambda path: type('S', (), {'f_flag': flags | os.ST_RDONLY if read_only
+                                                                    else flags & ~os.ST_RDONLY})())
+    with pytest.raises(OutputPathError, match=f"--output '{tmp_path}/new': cannot write in '{tmp_path}' \\({why}\\)"):
+        check_output_path(str(tmp_path / 'new'))

@@ -38,8 +38,12 @@ def build_digits_folder(root: str, image_size: int = 32, val_fraction: float = 0
         with open(meta_path) as f:
             if json.load(f) == meta:
                 return root
-        raise FileExistsError(f"'{root}' holds a different digits build ({meta_path}); remove it or choose "
-                              '--data-dir elsewhere.')
+        raise ValueError(f"'{root}' holds a different digits build ({meta_path}); remove it or choose "
+                         '--data-dir elsewhere.')
+    if os.path.isdir(root) and os.listdir(root):
+        raise ValueError(f"--data-dir '{root}' holds other files, not the digits demo: with --dataset demo/digits "
+                         "it is the folder the demo is built in. Give a new folder, or train on the images there "
+                         "as an image folder with --dataset ''.")
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:

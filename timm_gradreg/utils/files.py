@@ -24,7 +24,9 @@ def check_output_path(path: str, option: str = '--output') -> None:
     if not os.path.isdir(existing):
         raise OutputPathError(f"{option} '{path}': '{existing}' is a file, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{option} '{path}': no permission to write in '{existing}'.")
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY) if hasattr(os, 'statvfs') else False
+        why = 'it is on a read-only file system' if read_only else 'no permission to write there'
+        raise OutputPathError(f"{option} '{path}': cannot write in '{existing}' ({why}); give a writable folder.")
 
 
 def fsync_dir(directory: str) -> None:
