@@ -358,8 +358,7 @@ class GradNormTask(GradRegTask):
     def _natural(self, x: torch.Tensor, target: torch.Tensor, ce_weight: float) -> Dict[str, torch.Tensor]:
         output = self.trainable_module(x)
         ce = self.criterion(output, target)
-        return {'loss': ce_weight * ce, 'output': output, 'ce': ce.detach(), 'penalty': torch.zeros_like(ce.detach()),
-                'weight': 0.0}
+        return {'loss': ce_weight * ce, 'output': output, 'ce': ce.detach()}
 
     def extra_repr(self) -> str:
         return (f'ce_weight={self.ce_weight}, gn_weight={self.gn_weight}, eps={self.eps:.5f}, sigma={self.sigma}, '

@@ -29,9 +29,6 @@ PLACEMENTS: Registry[type] = Registry('penalty placement')
 class PenaltyPlacement:
     """Where in a step the penalty is taken (the base: the whole batch)."""
 
-    #: Share of a whole-batch penalty's passes that the placement runs (for cost estimates).
-    cost_share = 1.0
-
     def __call__(self, penalized: PenalizedStep, natural: NaturalStep, x: torch.Tensor, target: torch.Tensor,
                  ce_weight: float, weight: float, training: bool = True) -> Result:
         return penalized(x, target, ce_weight, weight)
@@ -81,7 +78,6 @@ class SampleFraction(PenaltyPlacement):
 
     def __init__(self, fraction: float):
         self.fraction = _check_share('penalty_fraction', fraction)
-        self.cost_share = self.fraction
 
     @classmethod
     def from_options(cls, penalty_fraction: float = 1.0, resolution: float = 1.0) -> 'SampleFraction':
@@ -121,7 +117,6 @@ class ReducedResolution(PenaltyPlacement):
     def __init__(self, resolution: float, fraction: float = 1.0):
         self.resolution = _check_share('resolution', resolution)
         self.fraction = _check_share('penalty_fraction', fraction)
-        self.cost_share = self.resolution ** 2 * self.fraction
 
     @classmethod
     def from_options(cls, penalty_fraction: float = 1.0, resolution: float = 1.0) -> 'ReducedResolution':
@@ -153,7 +148,6 @@ class EveryKthStep(PenaltyPlacement):
         if int(every) != every or every < 1:
             raise ValueError(f'every must be an integer >= 1, got {every}')
         self.every, self.inner = int(every), inner
-        self.cost_share = inner.cost_share / self.every
         self.steps_done = 0
 
     def __call__(self, penalized, natural, x, target, ce_weight, weight, training=True):
