@@ -295,6 +295,38 @@ def load_datasets(path: str) -> Dict[str, dict]:
     return {'digits': data}
 
 
+def near_target(scores: Dict[str, List[dict]]) -> List[str]:
+    """AT and the methods whose mean AutoAttack accuracy is within NEAR_POINTS of 90% of AT's."""
+    at = statistics.fmean(r['autoattack'] for r in scores['pgd'])
+    return [n for n, runs in scores.items() if n == 'pgd' or
+            abs(statistics.fmean(r['autoattack'] for r in runs) - TARGET_SHARE * at) <= NEAR_POINTS]
+
+
+def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int], near_seeds: Sequence[int],
+                     samples: int, near_samples: int, work: str) -> Tuple[Dict[str, List[dict]], List[str]]:
+    """The scores of a study in progress, from the evaluations that are there, and the runs still missing.
+
+    A method is scored on the larger sample once as many seeds as the base study's have it there
+    (a mix of sample sizes within a method would weigh its seeds unequally), else on the base sample.
+    The missing runs are the base seeds not evaluated, and the larger sample's runs of AT and of the
+    methods near the target."""
+    def have(name, seed, n):
+        return os.path.exists(os.path.join(eval_folder(work, name, seed, n), 'results.json'))
+    scores: Dict[str, List[dict]] = {}
+    missing: List[str] = []
+    for name in methods:
+        near_done = [s for s in near_seeds if have(name, s, near_samples)] if near_samples > samples else []
+        chosen, n = (near_done, near_samples) if len(near_done) >= len(seeds) else (
+            [s for s in seeds if have(name, s, samples)], samples)
+        missing += [f'{name}-s{s}' for s in seeds if not have(name, s, samples) and s not in chosen]
+        if chosen:
+            scores[name] = [evaluate(bench, name, s, '', work, n, False) for s in chosen]
+    if 'pgd' in scores and (near_samples > samples or set(near_seeds) > set(seeds)):
+        missing += [f'{name}-s{s}-n{near_samples}' for name in near_target(scores) for s in near_seeds
+                    if not have(name, s, near_samples)]
+    return scores, missing
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bench = BENCHMARKS[args.dataset]
@@ -303,21 +335,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     near_samples, near_seeds = max(samples, bench.samples_near), sorted(set(seeds) | set(bench.seeds_near))
     if args.quick:
         seeds, samples, args.cost, args.cost_steps, args.no_near = seeds[:1], args.aa_samples or 16, ['demo'], 1, True
+    if args.no_near:
+        near_samples, near_seeds = samples, list(seeds)
     work = args.work or os.path.join(args.output, 'work', args.dataset)
     scores: Dict[str, List[dict]] = {}
     missing_runs: List[str] = []
-    for name in args.methods:
-        for seed in seeds:
-            if args.evaluated_only and not os.path.exists(os.path.join(eval_folder(work, name, seed, samples),
-                                                                       'results.json')):
-                missing_runs.append(f'{name}-s{seed}')
-                continue
-            scores.setdefault(name, []).append(trained_and_evaluated(bench, name, seed, work, samples, args.quick))
+    if args.evaluated_only:
+        scores, missing_runs = evaluated_scores(bench, args.methods, seeds, near_seeds, samples, near_samples, work)
+    else:
+        for name in args.methods:
+            scores[name] = [trained_and_evaluated(bench, name, seed, work, samples, args.quick) for seed in seeds]
     if not args.no_near and not args.evaluated_only and 'pgd' in scores and (near_samples > samples or set(near_seeds) > set(seeds)):
-        at = statistics.fmean(r['autoattack'] for r in scores['pgd']) if 'pgd' in scores else None
-        near = [n for n, runs in scores.items() if n == 'pgd' or at and
-                abs(statistics.fmean(r['autoattack'] for r in runs) - TARGET_SHARE * at) <= NEAR_POINTS]
-        for name in near:  # the larger sample and more seeds where the target is close
+        for name in near_target(scores):  # the larger sample and more seeds where the target is close
             scores[name] = [trained_and_evaluated(bench, name, seed, work, near_samples, args.quick)
                             for seed in near_seeds]
     costs = {setting: time_steps(setting, args.methods, work, args.cost_steps) for setting in args.cost}

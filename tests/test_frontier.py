@@ -56,3 +56,38 @@ def test_ratio_interval_covers_the_sampling_spread_and_decides_the_target():
     seeds = [{'robust': {i: i % 10 < k for i in range(1000)}} for k in (7, 8, 9)]  # seed spread widens it
     low, high = frontier.ratio_interval(seeds, at)
     assert low < 0.92 and high > 1.08  # the seeds alone span 0.875 to 1.125
+
+
+def _fake_evaluation(work, name, seed, n, robust_share):
+    """An evaluation folder as gradreg-eval leaves it: results.json and the per-image AutoAttack flags."""
+    import torch
+    folder = work / 'eval' / f'{name}-s{seed}-n{n}'
+    folder.mkdir(parents=True)
+    flags = torch.arange(n) % 100 < robust_share
+    (folder / 'results.json').write_text(json.dumps({'models': [{
+        'clean_accuracy': 90.0, 'sweep': {'accuracy': [90.0, 80.0]}, 'num_samples': n,
+        'autoattack': {'robust_accuracy': 100.0 * flags.float().mean().item()}}]}))
+    torch.save({'indices': torch.arange(n), 'aa_robust': flags}, folder / f'flags_{name}.pt')
+
+
+def test_study_in_progress_takes_the_larger_sample_once_it_has_the_seeds_and_names_what_is_missing(tmp_path):
+    frontier = _frontier_module()
+    bench = frontier.BENCHMARKS['fashion_mnist']  # base 3 seeds × 500 images, near 5 seeds × 1000
+    for seed in (0, 1, 2):
+        _fake_evaluation(tmp_path, 'pgd', seed, 500, 70)
+        _fake_evaluation(tmp_path, 'pgd', seed, 1000, 70)
+    for seed in (0, 1):
+        _fake_evaluation(tmp_path, 'gradnorm', seed, 500, 62)  # 0.89 of AT: near the target
+        _fake_evaluation(tmp_path, 'natural', seed, 500, 0)
+    _fake_evaluation(tmp_path, 'gradnorm', 0, 1000, 62)  # one seed at 1000 is not enough to switch
+    scores, missing = frontier.evaluated_scores(bench, ['pgd', 'gradnorm', 'natural'], [0, 1, 2], [0, 1, 2, 3, 4],
+                                                500, 1000, str(tmp_path))
+    assert [r['num_samples'] for r in scores['pgd']] == [1000] * 3
+    assert [r['num_samples'] for r in scores['gradnorm']] == [500] * 2
+    assert scores['gradnorm'][0]['autoattack'] == pytest.approx(62.0)
+    assert sorted(missing) == sorted(['gradnorm-s2', 'natural-s2', 'pgd-s3-n1000', 'pgd-s4-n1000',
+                                      'gradnorm-s1-n1000', 'gradnorm-s2-n1000', 'gradnorm-s3-n1000',
+                                      'gradnorm-s4-n1000'])
+    # the ratio of a 500-image method to AT's 1000-image runs is taken on the 500 images they share
+    low, high = frontier.ratio_interval(scores['gradnorm'], scores['pgd'])
+    assert low < 62 / 70 < high
