@@ -102,6 +102,20 @@ def test_compiled_variants_are_labelled_and_compared_to_eager_fd(tmp_path, capsy
     assert result['compiled_over_eager']['gradnorm-fd'][1] == pytest.approx(sum(speedups) / 2)
 
 
+@pytest.mark.parametrize('name,cycle', [('natural', 1), ('gradnorm', 1), ('gradnorm-every2', 2),
+                                         ('gradnorm-fd-every2', 2), ('gradnorm-every4', 4)])
+def test_a_timed_step_of_an_every_k_method_averages_over_its_k_steps(name, cycle):
+    """A penalty every k-th step costs its mean over k steps: one timed sample alone would alternate
+    between a penalized and a natural step, and the median of such samples is a natural step's."""
+    args = build_parser().parse_args(TINY)
+    runner = steps.StepRunner(name, METHODS[name], make_model(args), args, torch.device('cpu'), compiled=False)
+    assert runner.task.step_cycle == cycle  # from the method's options (every), not the label
+    calls = []
+    original = runner.step
+    runner.step = lambda: (calls.append(1), original())
+    assert runner.timed_step() > 0 and len(calls) == cycle
+
+
 def test_round_order_rotates():
     rotated = steps.rotated
     assert [rotated(['a', 'b', 'c'], r) for r in range(4)] == [

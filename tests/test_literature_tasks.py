@@ -310,6 +310,7 @@ def test_gradnorm_every_k_steps_weighs_the_penalty_k_times():
     assert losses[1] == losses[2] == pytest.approx(0.8 * ce, rel=1e-12)
     assert losses[3] == pytest.approx(losses[0], rel=1e-12)
     assert task.get_task_state()['steps_done'] == 4
+    assert task.step_cycle == 3  # a step's cost is the mean over this many steps
 
 
 def test_gradnorm_reduced_resolution_penalizes_the_downsampled_images():

@@ -47,7 +47,7 @@ class StepRunner:
 
     def timed_step(self) -> float:
         """Seconds per step, averaged over the task's cycle (a penalty every k-th step: k steps)."""
-        cycle = max(int(getattr(self.task, 'every', 1)), 1)
+        cycle = self.task.step_cycle
         start = clock(self.device)
         for _ in range(cycle):
             self.step()

@@ -106,6 +106,12 @@ class GradRegTask(ClassificationTask, abc.ABC):
         self.epoch = float(epoch)
         self._epoch_set = True
 
+    @property
+    def step_cycle(self) -> int:
+        """Training steps after which the task's pattern of step kinds repeats (1: every step alike); a
+        step's cost is the mean over one cycle."""
+        return 1
+
     def _check_schedule(self) -> None:
         if self.uses_schedule and not self._epoch_set and self.training:
             warnings.warn(

@@ -331,6 +331,10 @@ class GradNormTask(GradRegTask):
         """v with ∂penalty/∂g_b = v_b / B: the finite difference's direction."""
         return penalty_direction(grad, self.eps, self.sigma, self.threshold, self.channel_weights)
 
+    @property
+    def step_cycle(self) -> int:
+        return self.placement.cycle
+
     def penalty_weight(self) -> float:
         """λ_GN times the warm-up factor at the current epoch."""
         return self.gn_weight * self.warmup(self.epoch)

@@ -29,6 +29,10 @@ PLACEMENTS: Registry[type] = Registry('penalty placement')
 class PenaltyPlacement:
     """Where in a step the penalty is taken (the base: the whole batch)."""
 
+    #: Training steps after which the pattern of penalized and natural steps repeats: a step's cost
+    #: is measured as the mean over one cycle.
+    cycle: int = 1
+
     def __call__(self, penalized: PenalizedStep, natural: NaturalStep, x: torch.Tensor, target: torch.Tensor,
                  ce_weight: float, weight: float, training: bool = True) -> Result:
         return penalized(x, target, ce_weight, weight)
@@ -149,6 +153,10 @@ class EveryKthStep(PenaltyPlacement):
             raise ValueError(f'every must be an integer >= 1, got {every}')
         self.every, self.inner = int(every), inner
         self.steps_done = 0
+
+    @property
+    def cycle(self) -> int:
+        return self.every * self.inner.cycle
 
     def __call__(self, penalized, natural, x, target, ce_weight, weight, training=True):
         if not training:
