@@ -190,6 +190,30 @@ def ratio_interval(runs: Sequence[dict], reference: Sequence[dict], draws: int =
     return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
+def projected_interval(runs: Sequence[dict], reference: Sequence[dict], seeds: int, images: int,
+                       draws: int = 2000, seed: int = 0) -> Tuple[float, float]:
+    """About where the 95% interval of the ratio to AT would lie with ``seeds`` seeds a side on
+    ``images`` images, the estimate staying where it is: what a larger study could decide.
+
+    The ratio's variance is split into its images' part (a bootstrap over the shared images, the seeds
+    kept) and its seeds' part (the delta method on the per-seed accuracies); each is scaled to the new
+    counts (n / images, k / seeds)."""
+    import numpy as np
+    shared = sorted(set.intersection(*(set(r['robust']) for r in list(runs) + list(reference))))
+    if not shared or len(runs) < 2 or len(reference) < 2:
+        return float('nan'), float('nan')
+    a = np.array([[r['robust'][i] for i in shared] for r in runs], dtype=np.float64)  # [seeds, images]
+    b = np.array([[r['robust'][i] for i in shared] for r in reference], dtype=np.float64)
+    ratio = a.mean() / b.mean()
+    chosen = np.random.default_rng(seed).integers(0, len(shared), size=(draws, len(shared)))
+    image_var = np.var(a[:, chosen].mean(axis=(0, 2)) / b[:, chosen].mean(axis=(0, 2)))
+    per_seed_a, per_seed_b = a.mean(axis=1), b.mean(axis=1)
+    seed_var = ratio ** 2 * (per_seed_a.var(ddof=1) / per_seed_a.mean() ** 2
+                             + per_seed_b.var(ddof=1) / per_seed_b.mean() ** 2) / seeds
+    half = 1.96 * float(np.sqrt(image_var * len(shared) / images + seed_var))
+    return float(ratio - half), float(ratio + half)
+
+
 def verdict(interval: Tuple[float, float]) -> str:
     low, high = interval
     return 'above' if low >= TARGET_SHARE else 'below' if high < TARGET_SHARE else 'across'
@@ -248,6 +272,14 @@ def markdown(datasets: Dict[str, dict]) -> str:
                         + (f"; not decidable (interval across 90%): {', '.join(open_)}" if open_ else ''))
         lines += ['', f"Pareto front (AutoAttack vs {data['cost_setting']} cost): {', '.join(data['pareto']) or '—'}.",
                   '', f"Target, ≥ 90% of AT's AutoAttack at ≤ {TARGET_COST}× its step cost: {decision}.", '']
+        projected = {n: m['ratio_to_at']['projected'] for n, m in data['methods'].items()
+                     if m.get('ratio_to_at', {}).get('projected')}
+        if projected:
+            first = next(iter(projected.values()))
+            lines += [f"Projected at {first['seeds']} seeds × {first['n']} images, the estimates where they are "
+                      "(the images' and the seeds' parts of the variance each scaled to the larger count): "
+                      + '; '.join(f"{n} [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}], {p['verdict']}"
+                                  for n, p in projected.items()) + '.', '']
         if data.get('missing'):
             lines += [f"Methods not run yet: {data['missing']}.", '']
         if data.get('missing_runs'):
@@ -364,6 +396,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             ci = ratio_interval(runs, scores['pgd'])
             mean = entry['autoattack']['mean'] / statistics.fmean(r['autoattack'] for r in scores['pgd'])
             entry['ratio_to_at'] = {'mean': mean, 'ci95': list(ci), 'verdict': verdict(ci)}
+            if verdict(ci) == 'across' and not args.quick:
+                wider = projected_interval(runs, scores['pgd'], len(bench.seeds_near), bench.samples_near)
+                entry['ratio_to_at']['projected'] = {'seeds': len(bench.seeds_near), 'n': bench.samples_near,
+                                                     'ci95': list(wider), 'verdict': verdict(wider)}
         data['methods'][name] = entry
     datasets = load_datasets(os.path.join(args.output, 'frontier.json'))
     if args.update and args.dataset in datasets:

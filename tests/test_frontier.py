@@ -91,3 +91,22 @@ def test_study_in_progress_takes_the_larger_sample_once_it_has_the_seeds_and_nam
     # the ratio of a 500-image method to AT's 1000-image runs is taken on the 500 images they share
     low, high = frontier.ratio_interval(scores['gradnorm'], scores['pgd'])
     assert low < 62 / 70 < high
+
+
+def test_projected_interval_scales_the_image_and_seed_parts_by_hand():
+    frontier = _frontier_module()
+    at = [{'robust': {i: i % 10 < 8 for i in range(1000)}} for _ in range(3)]
+    half = [{'robust': {i: i % 10 < 4 for i in range(1000)}} for _ in range(3)]
+    # seeds alike: only the images' part, which at the same counts is the bootstrap's interval ...
+    low, high = frontier.ratio_interval(half, at)
+    p_low, p_high = frontier.projected_interval(half, at, seeds=3, images=1000)
+    assert p_low + p_high == pytest.approx(1.0) and p_high - p_low == pytest.approx(high - low, rel=0.1)
+    # ... and on four times the images half as wide
+    q_low, q_high = frontier.projected_interval(half, at, seeds=5, images=4000)
+    assert q_high - q_low == pytest.approx((p_high - p_low) / 2, rel=1e-9)
+    # images without end: only the seeds' part, the delta method by hand. Seeds at 70, 80, 90% (mean 80,
+    # variance 0.01, cv² 0.01/0.64) against AT's alike seeds at 80%: ratio 1, half-width 1.96·sqrt(cv²/5)
+    seeds = [{'robust': {i: i % 10 < k for i in range(1000)}} for k in (7, 8, 9)]
+    low, high = frontier.projected_interval(seeds, at, seeds=5, images=10 ** 12)
+    assert (high - low) / 2 == pytest.approx(1.96 * (0.01 / 0.64 / 5) ** 0.5, rel=1e-4)
+    assert frontier.verdict((low, high)) == 'across'
