@@ -283,7 +283,7 @@ def markdown(datasets: Dict[str, dict]) -> str:
         if data.get('missing'):
             lines += [f"Methods not run yet: {data['missing']}.", '']
         if data.get('missing_runs'):
-            lines += [f"Seeds not run yet: {data['missing_runs']}.", '']
+            lines += [f"Runs not done yet (method-seed; -nN: on the larger sample): {data['missing_runs']}.", '']
     return '\n'.join(lines)
 
 
