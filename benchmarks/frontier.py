@@ -167,6 +167,22 @@ def summarize(values: List[float]) -> dict:
             'values': values}
 
 
+def shared_images(*sides: Sequence[dict]) -> List[int]:
+    """The images every run of these sides was attacked on (the seeded subsets are nested)."""
+    return sorted(set.intersection(*(set(r['robust']) for side in sides for r in side)))
+
+
+def robust_accuracy(side: Sequence[dict], images: Sequence[int]) -> float:
+    """Mean AutoAttack accuracy (%) of a side's runs on these images."""
+    return 100.0 * statistics.fmean(statistics.fmean(r['robust'][i] for i in images) for r in side)
+
+
+def paired_ratio(runs: Sequence[dict], reference: Sequence[dict]) -> float:
+    """Mean AutoAttack accuracy over the reference's, both on the images they share."""
+    images = shared_images(runs, reference)
+    return robust_accuracy(runs, images) / robust_accuracy(reference, images) if images else float('nan')
+
+
 def ratio_interval(runs: Sequence[dict], reference: Sequence[dict], draws: int = 2000,
                    seed: int = 0) -> Tuple[float, float]:
     """95% bootstrap interval of mean AutoAttack accuracy / the reference's, over seeds and images.
@@ -174,7 +190,7 @@ def ratio_interval(runs: Sequence[dict], reference: Sequence[dict], draws: int =
     Each draw resamples the images the two share (one draw for both: they were attacked on the same
     images) and each side's seeds."""
     import numpy as np
-    images = sorted(set.intersection(*(set(r['robust']) for r in list(runs) + list(reference))))
+    images = shared_images(runs, reference)
     if not images:
         return float('nan'), float('nan')
     rng = np.random.default_rng(seed)
@@ -199,7 +215,7 @@ def projected_interval(runs: Sequence[dict], reference: Sequence[dict], seeds: i
     kept) and its seeds' part (the delta method on the per-seed accuracies); each is scaled to the new
     counts (n / images, k / seeds)."""
     import numpy as np
-    shared = sorted(set.intersection(*(set(r['robust']) for r in list(runs) + list(reference))))
+    shared = shared_images(runs, reference)
     if not shared or len(runs) < 2 or len(reference) < 2:
         return float('nan'), float('nan')
     a = np.array([[r['robust'][i] for i in shared] for r in runs], dtype=np.float64)  # [seeds, images]
@@ -328,10 +344,12 @@ def load_datasets(path: str) -> Dict[str, dict]:
 
 
 def near_target(scores: Dict[str, List[dict]]) -> List[str]:
-    """AT and the methods whose mean AutoAttack accuracy is within NEAR_POINTS of 90% of AT's."""
-    at = statistics.fmean(r['autoattack'] for r in scores['pgd'])
-    return [n for n, runs in scores.items() if n == 'pgd' or
-            abs(statistics.fmean(r['autoattack'] for r in runs) - TARGET_SHARE * at) <= NEAR_POINTS]
+    """AT and the methods whose mean AutoAttack accuracy is within NEAR_POINTS of 90% of AT's, on the
+    images both were attacked on."""
+    def gap(runs):
+        images = shared_images(runs, scores['pgd'])
+        return robust_accuracy(runs, images) - TARGET_SHARE * robust_accuracy(scores['pgd'], images)
+    return [n for n, runs in scores.items() if n == 'pgd' or abs(gap(runs)) <= NEAR_POINTS]
 
 
 def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int], near_seeds: Sequence[int],
@@ -394,7 +412,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         entry['passes'] = next((c[name]['passes'] for c in costs.values() if name in c), None)
         if 'pgd' in scores:
             ci = ratio_interval(runs, scores['pgd'])
-            mean = entry['autoattack']['mean'] / statistics.fmean(r['autoattack'] for r in scores['pgd'])
+            mean = paired_ratio(runs, scores['pgd'])
             entry['ratio_to_at'] = {'mean': mean, 'ci95': list(ci), 'verdict': verdict(ci)}
             if verdict(ci) == 'across' and not args.quick:
                 wider = projected_interval(runs, scores['pgd'], len(bench.seeds_near), bench.samples_near)

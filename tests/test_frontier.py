@@ -58,12 +58,13 @@ def test_ratio_interval_covers_the_sampling_spread_and_decides_the_target():
     assert low < 0.92 and high > 1.08  # the seeds alone span 0.875 to 1.125
 
 
-def _fake_evaluation(work, name, seed, n, robust_share):
-    """An evaluation folder as gradreg-eval leaves it: results.json and the per-image AutoAttack flags."""
+def _fake_evaluation(work, name, seed, n, robust_share, robust_below=None):
+    """An evaluation folder as gradreg-eval leaves it: results.json and the per-image AutoAttack flags
+    (``robust_share`` % of the images, only among the first ``robust_below`` if given)."""
     import torch
     folder = work / 'eval' / f'{name}-s{seed}-n{n}'
     folder.mkdir(parents=True)
-    flags = torch.arange(n) % 100 < robust_share
+    flags = (torch.arange(n) % 100 < robust_share) & (torch.arange(n) < (robust_below or n))
     (folder / 'results.json').write_text(json.dumps({'models': [{
         'clean_accuracy': 90.0, 'sweep': {'accuracy': [90.0, 80.0]}, 'num_samples': n,
         'autoattack': {'robust_accuracy': 100.0 * flags.float().mean().item()}}]}))
@@ -75,7 +76,7 @@ def test_study_in_progress_takes_the_larger_sample_once_it_has_the_seeds_and_nam
     bench = frontier.BENCHMARKS['fashion_mnist']  # base 3 seeds × 500 images, near 5 seeds × 1000
     for seed in (0, 1, 2):
         _fake_evaluation(tmp_path, 'pgd', seed, 500, 70)
-        _fake_evaluation(tmp_path, 'pgd', seed, 1000, 70)
+        _fake_evaluation(tmp_path, 'pgd', seed, 1000, 70, robust_below=500)  # 70% of the first 500, 35% of all
     for seed in (0, 1):
         _fake_evaluation(tmp_path, 'gradnorm', seed, 500, 62)  # 0.89 of AT: near the target
         _fake_evaluation(tmp_path, 'natural', seed, 500, 0)
@@ -89,6 +90,8 @@ def test_study_in_progress_takes_the_larger_sample_once_it_has_the_seeds_and_nam
                                       'gradnorm-s1-n1000', 'gradnorm-s2-n1000', 'gradnorm-s3-n1000',
                                       'gradnorm-s4-n1000'])
     # the ratio of a 500-image method to AT's 1000-image runs is taken on the 500 images they share
+    assert scores['pgd'][0]['autoattack'] == pytest.approx(35.0)
+    assert frontier.paired_ratio(scores['gradnorm'], scores['pgd']) == pytest.approx(62 / 70)
     low, high = frontier.ratio_interval(scores['gradnorm'], scores['pgd'])
     assert low < 62 / 70 < high
 
