@@ -18,6 +18,7 @@ skips the timing, so two processes can share the training (one thread each) and 
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -414,8 +415,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             ci = ratio_interval(runs, scores['pgd'])
             mean = paired_ratio(runs, scores['pgd'])
             entry['ratio_to_at'] = {'mean': mean, 'ci95': list(ci), 'verdict': verdict(ci)}
-            if verdict(ci) == 'across' and not args.quick:
-                wider = projected_interval(runs, scores['pgd'], len(bench.seeds_near), bench.samples_near)
+            wider = projected_interval(runs, scores['pgd'], len(bench.seeds_near), bench.samples_near)
+            if verdict(ci) == 'across' and not args.quick and not math.isnan(wider[0]):  # needs 2 seeds a side
                 entry['ratio_to_at']['projected'] = {'seeds': len(bench.seeds_near), 'n': bench.samples_near,
                                                      'ci95': list(wider), 'verdict': verdict(wider)}
         data['methods'][name] = entry

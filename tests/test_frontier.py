@@ -113,3 +113,5 @@ def test_projected_interval_scales_the_image_and_seed_parts_by_hand():
     low, high = frontier.projected_interval(seeds, at, seeds=5, images=10 ** 12)
     assert (high - low) / 2 == pytest.approx(1.96 * (0.01 / 0.64 / 5) ** 0.5, rel=1e-4)
     assert frontier.verdict((low, high)) == 'across'
+    # one seed has no seed spread to scale: no projection
+    assert all(v != v for v in frontier.projected_interval(seeds[:1], at, seeds=5, images=1000))
