@@ -263,9 +263,9 @@ def markdown(datasets: Dict[str, dict]) -> str:
         at = data['methods'].get('pgd', {}).get('autoattack', {}).get('mean')
         lines += [f"## {data['title']} (ε {data['eps']})", '',
                   f"AutoAttack standard and PGD-{data['pgd_steps']} on the last checkpoint, on a seeded subset of the "
-                  "test split (n images per method, the same images for every method); mean ± std over seeds; the "
-                  "ratio to PGD-3 AT with its 95% bootstrap interval over seeds and images, and where that interval "
-                  f"lies against {TARGET_SHARE:.0%}; cost: a training step relative to PGD-3 in one interleaved run "
+                  "test split (n images per method; a larger n extends the smaller sample); mean ± std over seeds; "
+                  "the ratio to PGD-3 AT on the images both share, with its 95% bootstrap interval over seeds and "
+                  f"images, and where that interval lies against {TARGET_SHARE:.0%}; cost: a training step relative to PGD-3 in one interleaved run "
                   f"(resnet50-GELU 128 px batch 16, and the demo model), on {data['device']}.", '',
                   f"| method | seeds | n | clean | PGD-{data['pgd_steps']} | AutoAttack | ratio to AT [95%] | vs 90% | "
                   'cost (resnet50) | cost (demo) | passes |',
