@@ -184,6 +184,12 @@ def paired_ratio(runs: Sequence[dict], reference: Sequence[dict]) -> float:
     return robust_accuracy(runs, images) / robust_accuracy(reference, images) if images else float('nan')
 
 
+def robust_flags(side: Sequence[dict], images: Sequence[int]):
+    """Each run's AutoAttack result on these images: a float array [seeds, images] of 1 (robust) and 0."""
+    import numpy as np
+    return np.array([[run['robust'][i] for i in images] for run in side], dtype=np.float64)
+
+
 def ratio_interval(runs: Sequence[dict], reference: Sequence[dict], draws: int = 2000,
                    seed: int = 0) -> Tuple[float, float]:
     """95% bootstrap interval of mean AutoAttack accuracy / the reference's, over seeds and images.
@@ -198,8 +204,7 @@ def ratio_interval(runs: Sequence[dict], reference: Sequence[dict], draws: int =
     chosen = rng.integers(0, len(images), size=(draws, len(images)))
 
     def accuracy(side):
-        flags = np.array([[run['robust'][i] for i in images] for run in side], dtype=np.float64)  # [seeds, images]
-        per_seed = flags[:, chosen].mean(axis=2)  # [seeds, draws]
+        per_seed = robust_flags(side, images)[:, chosen].mean(axis=2)  # [seeds, draws]
         picks = rng.integers(0, len(side), size=(draws, len(side)))
         return per_seed[picks, np.arange(draws)[:, None]].mean(axis=1)
     at = accuracy(reference)
@@ -219,8 +224,7 @@ def projected_interval(runs: Sequence[dict], reference: Sequence[dict], seeds: i
     shared = shared_images(runs, reference)
     if not shared or len(runs) < 2 or len(reference) < 2:
         return float('nan'), float('nan')
-    a = np.array([[r['robust'][i] for i in shared] for r in runs], dtype=np.float64)  # [seeds, images]
-    b = np.array([[r['robust'][i] for i in shared] for r in reference], dtype=np.float64)
+    a, b = robust_flags(runs, shared), robust_flags(reference, shared)  # [seeds, images]
     ratio = a.mean() / b.mean()
     chosen = np.random.default_rng(seed).integers(0, len(shared), size=(draws, len(shared)))
     image_var = np.var(a[:, chosen].mean(axis=(0, 2)) / b[:, chosen].mean(axis=(0, 2)))
@@ -415,8 +419,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             ci = ratio_interval(runs, scores['pgd'])
             mean = paired_ratio(runs, scores['pgd'])
             entry['ratio_to_at'] = {'mean': mean, 'ci95': list(ci), 'verdict': verdict(ci)}
-            wider = projected_interval(runs, scores['pgd'], len(bench.seeds_near), bench.samples_near)
-            if verdict(ci) == 'across' and not args.quick and not math.isnan(wider[0]):  # needs 2 seeds a side
+            wider = (projected_interval(runs, scores['pgd'], len(bench.seeds_near), bench.samples_near)
+                     if verdict(ci) == 'across' and not args.quick else (math.nan, math.nan))
+            if not math.isnan(wider[0]):  # projected where undecided, with 2 seeds a side or more
                 entry['ratio_to_at']['projected'] = {'seeds': len(bench.seeds_near), 'n': bench.samples_near,
                                                      'ci95': list(wider), 'verdict': verdict(wider)}
         data['methods'][name] = entry
