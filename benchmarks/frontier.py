@@ -283,7 +283,7 @@ def markdown(datasets: Dict[str, dict]) -> str:
             costs = [f"{m[c]:.2f}" if m.get(c) is not None else '—' for c in ('cost_ratio', 'cost_ratio_demo')]
             lines.append(f"| {method} | {len(m['autoattack']['values'])} | {m['autoattack'].get('n', '—')} | "
                          f"{ms('clean')} | {ms('pgd50')} | {ms('autoattack')} | {share} | {ratio.get('verdict', '—')} "
-                         f"| {costs[0]} | {costs[1]} | {m.get('passes', '—')} |")
+                         f"| {costs[0]} | {costs[1]} | {m.get('passes') or '—'} |")
         met = [n for n, v in data.get('target', {}).items() if v == 'above']
         open_ = [n for n, v in data.get('target', {}).items() if v == 'across']
         if not any(m.get('ratio_to_at') for m in data['methods'].values()):
