@@ -176,8 +176,8 @@ _OPTIONS = [
     Option('--gn-every', 'every', number(1, integer=True),
            help='take the penalty every k-th step only, weighted k times; other steps are natural training', metavar='K'),
     Option('--gn-resolution', 'resolution', number(0, 1, low_open=True),
-           help='take the penalty on the images downsampled by this factor (CE at full size): its passes cost '
-                'about its square; convolutional models', metavar='R'),
+           help='take the penalty on the images downsampled by this factor and run at that size (CE at full '
+                'size): its passes cost about its square; convolutional models', metavar='R'),
     Option('--fd-step', 'fd_step', number(0, 1, low_open=True),
            help='finite-difference step as a fraction of the ε step; 1 would be FGSM training',
            metavar='H'),

@@ -110,12 +110,15 @@ class SampleFraction(PenaltyPlacement):
 
 @PLACEMENTS.register('resolution')
 class ReducedResolution(PenaltyPlacement):
-    """The penalty on the images downsampled by r (bilinear, antialiased), CE at full size.
+    """The penalty on the images downsampled by r (bilinear, antialiased) and run through the network at
+    that size; CE at full size.
 
-    An L∞ ε perturbation constant on r⁻¹×r⁻¹ blocks is one of the full image, and block averaging
-    preserves the L1 norm of the input gradient, so the penalty bounds the first-order loss change under
-    those perturbations; it says nothing of finer ones. With ``fraction`` < 1 only a random subset is
-    downsampled and penalized. The passes cost about r² of full-size ones (convolutional models).
+    The passes cost about r² of full-size ones (convolutional models), which is the point. What the
+    penalty flattens is the loss of the network applied to the small image, a different function from
+    the network at full size: the first-order bound of GradNorm holds for that small-image function
+    only, and whether a flat loss at one scale carries over to another is an empirical question
+    (docs/cost_robustness.md measures it). With ``fraction`` < 1 only a random subset is downsampled
+    and penalized.
     """
 
     def __init__(self, resolution: float, fraction: float = 1.0):
