@@ -274,7 +274,8 @@ def markdown(datasets: Dict[str, dict]) -> str:
                   f"| method | seeds | n | clean | PGD-{data['pgd_steps']} | AutoAttack | ratio to AT [95%] | vs 90% | "
                   'cost (resnet50) | cost (demo) | passes |',
                   '|---|---|---|---|---|---|---|---|---|---|---|']
-        for method, m in sorted(data['methods'].items(), key=lambda kv: kv[1].get(key) or 0):
+        for method, m in sorted(data['methods'].items(),  # untimed methods last
+                                key=lambda kv: kv[1][key] if kv[1].get(key) is not None else math.inf):
             def ms(k):
                 return f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}"
             ratio = m.get('ratio_to_at') or {}
