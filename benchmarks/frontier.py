@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seeds', nargs='+', type=int, default=None, help='(default: the benchmark\'s)')
     parser.add_argument('--output', default=os.path.join(ROOT, 'docs', 'frontier'))
     parser.add_argument('--work', default=None, help='runs and evaluations (default: OUTPUT/work/DATASET)')
-    parser.add_argument('--aa-samples', type=int, default=None, help='AutoAttack/PGD samples (default: the benchmark\'s)')
+    parser.add_argument('--aa-samples', type=int, default=None,
+                        help="AutoAttack/PGD samples (default: the benchmark's)")
     parser.add_argument('--cost', nargs='*', default=list(COST_SETTINGS), choices=list(COST_SETTINGS),
                         help='step-cost settings to time (none: skip timing)')
     parser.add_argument('--cost-steps', type=int, default=5, help='timed rounds per method (5)')
@@ -103,9 +104,9 @@ def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str
     checkpoint = os.path.join(folder, 'last.pth.tar')
     if os.path.exists(checkpoint) and os.path.exists(os.path.join(folder, 'done')):
         return checkpoint
-    cmd = [sys.executable, '-m', 'timm_gradreg.cli.train', '-c', bench.recipes[method.recipe], *options, '--seed', str(seed),
-           '--output', os.path.join(work, 'runs'), '--experiment', experiment, '--eval-metric', 'top1',
-           '--adv-val-steps', '0', '--workers', '0', '--checkpoint-hist', '1']
+    cmd = [sys.executable, '-m', 'timm_gradreg.cli.train', '-c', bench.recipes[method.recipe], *options,
+           '--seed', str(seed), '--output', os.path.join(work, 'runs'), '--experiment', experiment,
+           '--eval-metric', 'top1', '--adv-val-steps', '0', '--workers', '0', '--checkpoint-hist', '1']
     if quick:
         cmd += ['--epochs', '2', '--warmup-epochs', '0', '--gn-warmup-epochs', '0', '--attack-warmup-epochs', '0']
     if os.path.isdir(folder):  # an interrupted attempt: start over (timm-train would take a new folder)
@@ -269,7 +270,8 @@ def markdown(datasets: Dict[str, dict]) -> str:
                   f"AutoAttack standard and PGD-{data['pgd_steps']} on the last checkpoint, on a seeded subset of the "
                   "test split (n images per method; a larger n extends the smaller sample); mean ± std over seeds; "
                   "the ratio to PGD-3 AT on the images both share, with its 95% bootstrap interval over seeds and "
-                  f"images, and where that interval lies against {TARGET_SHARE:.0%}; cost: a training step relative to PGD-3 in one interleaved run "
+                  f"images, and where that interval lies against {TARGET_SHARE:.0%}; cost: a training step "
+                  "relative to PGD-3 in one interleaved run "
                   f"(resnet50-GELU 128 px batch 16, and the demo model), on {data['device']}.", '',
                   f"| method | seeds | n | clean | PGD-{data['pgd_steps']} | AutoAttack | ratio to AT [95%] | vs 90% | "
                   'cost (resnet50) | cost (demo) | passes |',
@@ -283,8 +285,8 @@ def markdown(datasets: Dict[str, dict]) -> str:
                      (f"{m['autoattack']['mean'] / at:.2f}" if at else '—'))
             costs = [f"{m[c]:.2f}" if m.get(c) is not None else '—' for c in ('cost_ratio', 'cost_ratio_demo')]
             lines.append(f"| {method} | {len(m['autoattack']['values'])} | {m['autoattack'].get('n', '—')} | "
-                         f"{ms('clean')} | {ms('pgd50')} | {ms('autoattack')} | {share} | {ratio.get('verdict', '—')} "
-                         f"| {costs[0]} | {costs[1]} | {m.get('passes') or '—'} |")
+                         f"{ms('clean')} | {ms('pgd50')} | {ms('autoattack')} | {share} | "
+                         f"{ratio.get('verdict', '—')} | {costs[0]} | {costs[1]} | {m.get('passes') or '—'} |")
         met = [n for n, v in data.get('target', {}).items() if v == 'above']
         open_ = [n for n, v in data.get('target', {}).items() if v == 'across']
         if not any(m.get('ratio_to_at') for m in data['methods'].values()):
@@ -292,7 +294,8 @@ def markdown(datasets: Dict[str, dict]) -> str:
         else:
             decision = ((f"met by {', '.join(met)}" if met else 'no method meets it with its whole interval above 90%')
                         + (f"; not decidable (interval across 90%): {', '.join(open_)}" if open_ else ''))
-        lines += ['', f"Pareto front (AutoAttack vs {data['cost_setting']} cost): {', '.join(data['pareto']) or '—'}.",
+        front = ', '.join(data['pareto']) or '—'
+        lines += ['', f"Pareto front (AutoAttack vs {data['cost_setting']} cost): {front}.",
                   '', f"Target, ≥ 90% of AT's AutoAttack at ≤ {TARGET_COST}× its step cost: {decision}.", '']
         projected = {n: m['ratio_to_at']['projected'] for n, m in data['methods'].items()
                      if m.get('ratio_to_at', {}).get('projected')}
@@ -383,6 +386,27 @@ def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[i
     return scores, missing
 
 
+def method_entry(name: str, runs: List[dict], reference: Optional[List[dict]], costs: Dict[str, dict],
+                 bench: Benchmark, quick: bool) -> dict:
+    """One method's row: scores over seeds, step costs, and its ratio to AT with the verdict against 90%
+    (projected to the larger study where the interval is across)."""
+    entry = {key: summarize([r[key] for r in runs]) for key in ('clean', 'pgd50', 'autoattack')}
+    entry['autoattack']['n'] = runs[0]['num_samples']
+    for setting, key in (('resnet50', 'cost_ratio'), ('demo', 'cost_ratio_demo')):
+        entry[key] = costs[setting].get(name, {}).get('ratio') if setting in costs else None
+    entry['passes'] = next((c[name]['passes'] for c in costs.values() if name in c), None)
+    if reference is None:
+        return entry
+    ci = ratio_interval(runs, reference)
+    entry['ratio_to_at'] = {'mean': paired_ratio(runs, reference), 'ci95': list(ci), 'verdict': verdict(ci)}
+    if verdict(ci) == 'across' and not quick:
+        wider = projected_interval(runs, reference, len(bench.seeds_near), bench.samples_near)
+        if not math.isnan(wider[0]):  # nan with fewer than 2 seeds a side
+            entry['ratio_to_at']['projected'] = {'seeds': len(bench.seeds_near), 'n': bench.samples_near,
+                                                 'ci95': list(wider), 'verdict': verdict(wider)}
+    return entry
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bench = BENCHMARKS[args.dataset]
@@ -401,7 +425,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         for name in args.methods:
             scores[name] = [trained_and_evaluated(bench, name, seed, work, samples, args.quick) for seed in seeds]
-    if not args.no_near and not args.evaluated_only and 'pgd' in scores and (near_samples > samples or set(near_seeds) > set(seeds)):
+    wants_near = near_samples > samples or set(near_seeds) > set(seeds)
+    if not args.no_near and not args.evaluated_only and 'pgd' in scores and wants_near:
         for name in near_target(scores):  # the larger sample and more seeds where the target is close
             scores[name] = [trained_and_evaluated(bench, name, seed, work, near_samples, args.quick)
                             for seed in near_seeds]
@@ -411,21 +436,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             'device': f"{os.cpu_count()}-core CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             'methods': {}}
     for name, runs in scores.items():
-        entry = {key: summarize([r[key] for r in runs]) for key in ('clean', 'pgd50', 'autoattack')}
-        entry['autoattack']['n'] = runs[0]['num_samples']
-        for setting, key in (('resnet50', 'cost_ratio'), ('demo', 'cost_ratio_demo')):
-            entry[key] = costs[setting].get(name, {}).get('ratio') if setting in costs else None
-        entry['passes'] = next((c[name]['passes'] for c in costs.values() if name in c), None)
-        if 'pgd' in scores:
-            ci = ratio_interval(runs, scores['pgd'])
-            mean = paired_ratio(runs, scores['pgd'])
-            entry['ratio_to_at'] = {'mean': mean, 'ci95': list(ci), 'verdict': verdict(ci)}
-            wider = (projected_interval(runs, scores['pgd'], len(bench.seeds_near), bench.samples_near)
-                     if verdict(ci) == 'across' and not args.quick else (math.nan, math.nan))
-            if not math.isnan(wider[0]):  # projected where undecided, with 2 seeds a side or more
-                entry['ratio_to_at']['projected'] = {'seeds': len(bench.seeds_near), 'n': bench.samples_near,
-                                                     'ci95': list(wider), 'verdict': verdict(wider)}
-        data['methods'][name] = entry
+        data['methods'][name] = method_entry(name, runs, scores.get('pgd'), costs, bench, args.quick)
     datasets = load_datasets(os.path.join(args.output, 'frontier.json'))
     if args.update and args.dataset in datasets:
         kept = datasets[args.dataset]['methods']
