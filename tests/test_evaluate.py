@@ -256,3 +256,20 @@ def test_a_rerun_keeps_the_finished_sweep_and_says_so(natural_checkpoint, tmp_pa
     assert json.load(open(tmp_path / 'eval' / 'results.json'))['models'][0]['sweep'] == first
     monkeypatch.undo()
     assert eval_main([*argv[:12], '3', *argv[13:]]) == 0  # other settings: swept again, not reused
+
+
+def test_the_sample_is_set_beside_the_whole_split_unless_asked_not_to(natural_checkpoint, tmp_path):
+    ckpt, data = natural_checkpoint
+    argv = ['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '8', '--eps', '0',
+            '--steps', '1', '--no-progress', '--device', 'cpu']
+    assert eval_main([*argv, '--output', str(tmp_path / 'with')]) == 0
+    split = json.load(open(tmp_path / 'with' / 'results.json'))['models'][0]['split']
+    model, cfg = load_eval_model(ckpt)  # the count, made here from the model and every image of the split
+    pixel_model = normalized_model(model, cfg['mean'], cfg['std']).eval()
+    dataset = create_pixel_dataset('demo/digits', data, 'validation', cfg)
+    x, y = load_batches(create_pixel_loader(dataset, list(range(len(dataset))), 500)[0], torch.device('cpu'))
+    with torch.no_grad():
+        expected = 100.0 * (pixel_model(x).argmax(-1) == y).float().mean().item()
+    assert split['num_samples'] == len(dataset) == 359 and split['clean_accuracy'] == pytest.approx(expected)
+    assert eval_main([*argv, '--no-split-accuracy', '--output', str(tmp_path / 'without')]) == 0
+    assert 'split' not in json.load(open(tmp_path / 'without' / 'results.json'))['models'][0]

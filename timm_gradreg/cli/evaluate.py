@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dry-run', action='store_true', help='print the resolved options as YAML and exit')
     add_model_args(parser)
     add_data_args(parser)
+    parser.add_argument('--no-split-accuracy', action='store_true',
+                        help='with --num-samples: skip the clean pass over the whole split that the summary sets '
+                             'beside the sample (one forward pass per image: minutes for ImageNet on a CPU)')
     group = parser.add_argument_group('PGD sweep')
     group.add_argument('--eps', type=pixel_amount, nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
                        help='ε values of the curve (default: 0..32/255, 16 points)')
@@ -160,7 +163,7 @@ def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source
         with torch.no_grad():
             correct = spec.model(x).argmax(-1) == y
         result['clean_accuracy'] = 100.0 * gather_rows(mine, correct)[1][0].float().mean().item()
-    if len(indices) < len(dataset) and world == 1:  # how the sample compares with the whole split
+    if len(indices) < len(dataset) and world == 1 and not args.no_split_accuracy:  # the sample beside the split
         result['split'] = {'num_samples': len(dataset),
                            'clean_accuracy': _clean_accuracy(spec.model, dataset, args, device)}
     return result, flags
