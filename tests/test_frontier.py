@@ -115,3 +115,16 @@ def test_projected_interval_scales_the_image_and_seed_parts_by_hand():
     assert frontier.verdict((low, high)) == 'across'
     # one seed has no seed spread to scale: no projection
     assert all(v != v for v in frontier.projected_interval(seeds[:1], at, seeds=5, images=1000))
+
+
+def test_a_panel_without_at_or_timings_plots_without_a_legend_warning(tmp_path):
+    pytest.importorskip('matplotlib')
+    import warnings
+    frontier = _frontier_module()
+    scores = {'mean': 72.0, 'std': 0.0, 'values': [72.0]}
+    data = {'title': 'one method', 'eps': 0.1, 'pareto': [],
+            'methods': {'trades': {'autoattack': scores, 'cost_ratio': None, 'cost_ratio_demo': None}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        frontier.plot({'fashion_mnist': data}, str(tmp_path / 'one.png'))
+    assert (tmp_path / 'one.png').stat().st_size > 0
