@@ -153,11 +153,13 @@ def evaluate(bench: Benchmark, name: str, seed: int, checkpoint: str, work: str,
 
 
 def time_steps(setting: str, methods: List[str], work: str, steps: int) -> Dict[str, dict]:
+    """Each method's step time relative to PGD-3, all in one interleaved run (kept in WORK/cost_SETTING.json);
+    on CPU the warm-up goes on, up to 6 rounds, until no step faults in fresh pages."""
     path = os.path.join(work, f'cost_{setting}.json')
     if not os.path.exists(path):
         bench = sorted(set(methods) | {REFERENCE})
         cmd = [sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), *COST_SETTINGS[setting],
-               '--methods', *bench, '--steps', str(steps), '--warmup', '1', '--max-warmup', '3', '--no-memory',
+               '--methods', *bench, '--steps', str(steps), '--warmup', '1', '--max-warmup', '6', '--no-memory',
                '--no-fd-check', '--output', path]
         run(cmd, os.path.join(work, f'cost_{setting}.log'))
     rows = {r['method']: r for r in json.load(open(path))['rows'] if not r.get('compiled')}
