@@ -63,6 +63,8 @@ COST_SETTINGS = {
     'demo': ['--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '64', '--num-classes', '10'],
 }
 TARGET_SHARE, TARGET_COST, NEAR_POINTS = 0.9, 0.5, 5.0
+#: untimed rounds at most before timing on CPU, until no step faults in fresh pages
+MAX_WARMUP_ROUNDS = 6
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,13 +156,13 @@ def evaluate(bench: Benchmark, name: str, seed: int, checkpoint: str, work: str,
 
 def time_steps(setting: str, methods: List[str], work: str, steps: int) -> Dict[str, dict]:
     """Each method's step time relative to PGD-3, all in one interleaved run (kept in WORK/cost_SETTING.json);
-    on CPU the warm-up goes on, up to 6 rounds, until no step faults in fresh pages."""
+    on CPU the warm-up goes on, up to MAX_WARMUP_ROUNDS, until no step faults in fresh pages."""
     path = os.path.join(work, f'cost_{setting}.json')
     if not os.path.exists(path):
         bench = sorted(set(methods) | {REFERENCE})
         cmd = [sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), *COST_SETTINGS[setting],
-               '--methods', *bench, '--steps', str(steps), '--warmup', '1', '--max-warmup', '6', '--no-memory',
-               '--no-fd-check', '--output', path]
+               '--methods', *bench, '--steps', str(steps), '--warmup', '1', '--max-warmup', str(MAX_WARMUP_ROUNDS),
+               '--no-memory', '--no-fd-check', '--output', path]
         run(cmd, os.path.join(work, f'cost_{setting}.log'))
     rows = {r['method']: r for r in json.load(open(path))['rows'] if not r.get('compiled')}
     return {m: {'ratio': rows[m]['ratio'], 'passes': rows[m]['passes']} for m in methods if m in rows}
@@ -364,6 +366,11 @@ def near_target(scores: Dict[str, List[dict]]) -> List[str]:
     return [n for n, runs in scores.items() if n == 'pgd' or abs(gap(runs)) <= NEAR_POINTS]
 
 
+def wants_larger_sample(seeds: Sequence[int], near_seeds: Sequence[int], samples: int, near_samples: int) -> bool:
+    """Whether the study near the target goes past the base one: more images, or more seeds."""
+    return near_samples > samples or set(near_seeds) > set(seeds)
+
+
 def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int], near_seeds: Sequence[int],
                      samples: int, near_samples: int, work: str) -> Tuple[Dict[str, List[dict]], List[str]]:
     """The scores of a study in progress, from the evaluations that are there, and the runs still missing.
@@ -383,7 +390,7 @@ def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[i
         missing += [f'{name}-s{s}' for s in seeds if not have(name, s, samples) and s not in chosen]
         if chosen:
             scores[name] = [evaluate(bench, name, s, '', work, n, False) for s in chosen]
-    if 'pgd' in scores and (near_samples > samples or set(near_seeds) > set(seeds)):
+    if 'pgd' in scores and wants_larger_sample(seeds, near_seeds, samples, near_samples):
         missing += [f'{name}-s{s}-n{near_samples}' for name in near_target(scores) for s in near_seeds
                     if not have(name, s, near_samples)]
     return scores, missing
@@ -428,7 +435,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         for name in args.methods:
             scores[name] = [trained_and_evaluated(bench, name, seed, work, samples, args.quick) for seed in seeds]
-    wants_near = near_samples > samples or set(near_seeds) > set(seeds)
+    wants_near = wants_larger_sample(seeds, near_seeds, samples, near_samples)
     if not args.no_near and not args.evaluated_only and 'pgd' in scores and wants_near:
         for name in near_target(scores):  # the larger sample and more seeds where the target is close
             scores[name] = [trained_and_evaluated(bench, name, seed, work, near_samples, args.quick)
