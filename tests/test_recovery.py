@@ -42,7 +42,7 @@ def _stop_during_epoch_1(proc, signum):
     return ''.join(lines)
 
 
-@pytest.mark.parametrize('signum,exit_code', [(signal.SIGTERM, 0), (signal.SIGUSR1, 0)])
+@pytest.mark.parametrize('signum,exit_code', [(signal.SIGTERM, 75), (signal.SIGUSR1, 75)])
 def test_signal_saves_a_recovery_checkpoint_and_resume_reproduces_the_run(folder, tmp_path, signum, exit_code):
     full = _timm_train(tiny_train_argv(folder, tmp_path, 'full', *COMMON))
     assert full.wait(timeout=300) == 0, full.stdout.read()[-2000:]
@@ -60,6 +60,8 @@ def test_signal_saves_a_recovery_checkpoint_and_resume_reproduces_the_run(folder
     resumed = _timm_train(tiny_train_argv(folder, tmp_path, 'split', *COMMON, '--resume', path))
     resumed_out = resumed.stdout.read()
     assert resumed.wait(timeout=300) == 0, resumed_out[-2000:]
+    assert not os.path.exists(path), 'the recovery checkpoint stays after the resumed run is past it'
+    assert f"Removed the recovery checkpoint '{path}'" in resumed_out
     a = torch.load(tmp_path / 'full' / 'last.pth.tar', weights_only=False)
     b = torch.load(tmp_path / 'split' / 'last.pth.tar', weights_only=False)
     assert a['epoch'] == b['epoch'] == 2
@@ -138,3 +140,33 @@ def test_resume_of_a_truncated_or_foreign_file_names_it_and_the_newest_valid_one
     torch.save({'conv.weight': torch.zeros(2)}, foreign)
     assert main(argv + ['--resume', str(foreign)]) == 2
     assert 'it is not a training checkpoint' in capsys.readouterr().err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB file system (tmpfs), where the system lets this process mount one."""
+    mount = tmp_path / 'disk'
+    mount.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount)], capture_output=True).returncode:
+        pytest.skip('cannot mount a tmpfs here (needs root); the disk-full row of test_errors covers the message')
+    yield mount
+    subprocess.run(['umount', str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so_in_one_line(folder, small_disk):
+    first = _timm_train(tiny_train_argv(folder, small_disk, 'run', '--epochs', '2', '--stop-epoch', '1', '-b', '4'))
+    assert first.wait(timeout=300) == 0, first.stdout.read()[-2000:]
+    last = small_disk / 'run' / 'last.pth.tar'
+    saved = last.read_bytes()
+    filler = small_disk / 'filler'
+    with open(filler, 'wb') as f:  # leave less room than one more checkpoint needs
+        f.write(b'\0' * max(0, os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize - len(saved) // 2))
+    resumed = _timm_train(tiny_train_argv(folder, small_disk, 'run', '--epochs', '2', '-b', '4', '--resume', str(last)))
+    out = resumed.stdout.read()
+    assert resumed.wait(timeout=300) == 1, out[-2000:]
+    assert 'Traceback' not in out
+    error = [line for line in out.splitlines() if 'error' in line.lower()]
+    assert len(error) == 1 and 'could not save the checkpoint of epoch 1' in error[0], out[-2000:]
+    assert 'No space left on device' in error[0] and 'last.pth.tar' in error[0]
+    assert last.read_bytes() == saved  # the last checkpoint is the one of epoch 0, whole
+    assert not [p for p in os.listdir(small_disk / 'run') if p.endswith('.tmp') or p.startswith('tmp')]

@@ -177,3 +177,25 @@ def test_stock_options_timm_train_does_not_run_are_refused_by_name(capsys, flag,
     message = _error(capsys, [flag] + ([value] if value else []))
     assert f'{flag}' in message and ('gradreg-launch' in message or 'not part of' in message)
     assert 'unrecognized arguments' not in message
+
+
+def test_help_shows_the_gradreg_options_first(capsys):
+    from timm_gradreg.cli.train import main
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith('Gradient regularization (gradreg)'))
+    timm_group = next(i for i, line in enumerate(lines) if line.startswith('Dataset parameters'))
+    assert first < 30 < timm_group, (first, timm_group)
+
+
+@pytest.mark.parametrize('method,recipe,experiment', [('gradnorm', 'demo/digits_gradnorm', 'digits_gradnorm'),
+                                                      ('trades', 'demo/digits_natural', 'digits_trades')])
+def test_the_demo_set_without_a_config_takes_the_demo_recipe(method, recipe, experiment, caplog):
+    from timm_gradreg.train import parse_args
+    with caplog.at_level('INFO'):
+        args, _ = parse_args(['--gradreg', method, '--dataset', 'demo/digits', '--epochs', '3'])
+    assert args.config == recipe and args.model == 'test_resnet' and args.input_size == [3, 32, 32]
+    assert args.opt == 'adamw' and args.gradreg == method and args.epochs == 3  # flags still win
+    assert args.experiment == experiment
+    assert f'the settings of recipe {recipe} apply' in caplog.text

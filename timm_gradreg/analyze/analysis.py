@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..core.attacks import pgd_attack, pgd_step_size
+from ..core.budget import check_attack_budget, check_attack_count, check_attack_radius
 from ..utils.progress import Progress, count_forwards
 from .edge_correlation import edge_correlation_table
 from .geometry import curvature_table, hessian_spectral_norm, local_linearity_error, path_profile
@@ -27,6 +28,12 @@ class AnalysisConfig:
     linearity_draws: int = 8
     edge_sigma: float = 1.0
     seed: int = 0
+
+    def __post_init__(self):
+        check_attack_budget(eps=self.eps, steps=self.pgd_steps)
+        check_attack_radius(self.linearity_eps, 'linearity ε')
+        for name in ('path_steps', 'power_iters', 'path_power_iters', 'linearity_draws'):
+            check_attack_count(getattr(self, name), name.replace('_', ' '))
 
 
 def _pgd(model, x, y, eps, steps):

@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional
 from ..analyze import AnalysisConfig, analyze_model, channel_histograms, gradient_grid, gradnorm_histograms, path_figure
 from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, select_indices, write_json
 from ..models.loading import ModelError
-from ..tasks import pixel_amount
+from ..tasks import attack_count, attack_radius, number
 from ..utils.parser import ArgumentParser
 from .common import add_data_args, add_model_args, init_device, resolve_models
-from .console import setup_console_logging
+from .console import command, setup_console_logging
 
 _logger = logging.getLogger('timm_gradreg.analyze')
 
@@ -35,16 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     add_data_args(parser, default_samples=64)
     group = parser.add_argument_group('Analysis')
-    group.add_argument('--eps', type=pixel_amount, default=4 / 255, metavar='EPS',
+    group.add_argument('--eps', type=attack_radius, default=4 / 255, metavar='EPS',
                        help='PGD radius for Table 1 and the perturbation images (4/255)')
-    group.add_argument('--pgd-steps', type=int, default=10, help='PGD steps of Table 1 (10)')
-    group.add_argument('--power-iters', type=int, default=20, help='power iterations for ||H||₂ (20)')
-    group.add_argument('--linearity-eps', type=pixel_amount, default=None, metavar='EPS',
+    group.add_argument('--pgd-steps', type=attack_count, default=10, help='PGD steps of Table 1 (10)')
+    group.add_argument('--power-iters', type=number(1, integer=True), default=20, help='power iterations for ||H||₂ (20)')
+    group.add_argument('--linearity-eps', type=attack_radius, default=None, metavar='EPS',
                        help='η range of the local linearity error (default: --eps)')
-    group.add_argument('--linearity-draws', type=int, default=8, help='random (α, η₁, η₂) per image (8)')
-    group.add_argument('--path-points', type=int, default=11, help='points along the PGD-5 direction (11)')
-    group.add_argument('--path-power-iters', type=int, default=10, help='power iterations per path point (10)')
-    group.add_argument('--grid-images', type=int, default=8, help='images in the gradient grid figure (8)')
+    group.add_argument('--linearity-draws', type=number(1, integer=True), default=8, help='random (α, η₁, η₂) per image (8)')
+    group.add_argument('--path-points', type=number(2, integer=True), default=11, help='points along the PGD-5 direction (11)')
+    group.add_argument('--path-power-iters', type=number(1, integer=True), default=10, help='power iterations per path point (10)')
+    group.add_argument('--grid-images', type=number(1, integer=True), default=8, help='images in the gradient grid figure (8)')
     return parser
 
 
@@ -110,6 +110,7 @@ def _markdown(results: Dict[str, Dict[str, Any]], config: AnalysisConfig, n: int
     return '\n'.join(lines)
 
 
+@command('gradreg-analyze')
 def main(argv: Optional[List[str]] = None) -> int:
     setup_console_logging()
     parser = build_parser()

@@ -11,7 +11,9 @@ from timm import utils
 from ..core.normalization import normalized_model
 from ..models.activations import add_swap_args
 from ..models.loading import load_eval_model
+from ..tasks import number
 from ..utils.device import default_device
+from ..utils.threads import set_cpu_threads
 
 __all__ = ['add_model_args', 'add_data_args', 'resolve_models', 'init_device', 'gather_rows', 'ModelSpec']
 
@@ -39,7 +41,7 @@ def add_data_args(parser: argparse.ArgumentParser, default_samples: Optional[int
     group.add_argument('--dataset', default='', metavar='NAME',
                        help='timm dataset name ("" for an image folder, torch/cifar10, demo/digits, ...)')
     group.add_argument('--split', default='validation', metavar='NAME', help='split to evaluate (validation)')
-    group.add_argument('--num-samples', type=int, default=default_samples, metavar='N',
+    group.add_argument('--num-samples', type=number(1, integer=True), default=default_samples, metavar='N',
                        help='fixed seeded subset of the split (RobustBench uses 5000 ImageNet images) '
                             f'(default: {default_samples or "all"})')
     group.add_argument('--subset', default='seeded', choices=('seeded', 'official'),
@@ -52,9 +54,11 @@ def add_data_args(parser: argparse.ArgumentParser, default_samples: Optional[int
     group.add_argument('--interpolation', default='', help='override the resize interpolation')
     group.add_argument('--mean', type=float, nargs='+', default=None, help='override the normalization mean')
     group.add_argument('--std', type=float, nargs='+', default=None, help='override the normalization std')
-    group.add_argument('-b', '--batch-size', type=int, default=100, metavar='N', help='batch size (100)')
+    group.add_argument('-b', '--batch-size', type=number(1, integer=True), default=100, metavar='N', help='batch size (100)')
     group.add_argument('-j', '--workers', type=int, default=2, metavar='N', help='data loading workers (2)')
     group.add_argument('--device', default=None, help='device (default: cuda if available, else cpu)')
+    group.add_argument('--threads', type=number(1, integer=True), default=None, metavar='N',
+                       help='CPU threads of a CPU run (default: the cores no other process is busy on)')
     group.add_argument('--output', default='', metavar='DIR', help='output folder')
     group.add_argument('--seed', type=int, default=0, help='seed of the attacks\' random starts (0)')
     group.add_argument('--no-progress', action='store_true',
@@ -108,7 +112,10 @@ def resolve_models(args: argparse.Namespace, device: torch.device) -> List[Model
 def init_device(args: argparse.Namespace) -> torch.device:
     """Device and (under torchrun) the process group, via timm."""
     args.device = default_device(args.device)
-    return utils.init_distributed_device(args)
+    device = utils.init_distributed_device(args)
+    if device.type == 'cpu':
+        set_cpu_threads(args.threads)
+    return device
 
 
 def gather_rows(indices: List[int], *tensors: torch.Tensor) -> Tuple[List[int], List[torch.Tensor]]:

@@ -21,12 +21,12 @@ from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create
                         run_autoattack, run_sanity_checks, select_indices, write_json, write_sweep_csv)
 from ..evaluate.interval import format_accuracy, wilson_interval
 from ..models.loading import ModelError, load_eval_model
-from ..tasks import pixel_amount
+from ..tasks import attack_count, attack_radius, number, pixel_amount
 from ..utils.files import OutputPathError, atomic_save, check_output_path
 from ..utils.parser import ArgumentParser
 from ..utils.yaml_config import parse_with_config
 from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
-from .console import setup_console_logging
+from .console import command, setup_console_logging
 
 _logger = logging.getLogger('timm_gradreg.eval')
 
@@ -51,30 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('PGD sweep')
     group.add_argument('--eps', type=pixel_amount, nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
                        help='ε values of the curve (default: 0..32/255, 16 points)')
-    group.add_argument('--steps', type=int, default=100, help='PGD steps per attack (default: 100)')
-    group.add_argument('--restarts', type=int, default=1, help='random restarts per loss (default: 1)')
+    group.add_argument('--steps', type=attack_count, default=100, help='PGD steps per attack (default: 100)')
+    group.add_argument('--restarts', type=attack_count, default=1, help='random restarts per loss (default: 1)')
     group.add_argument('--losses', nargs='+', default=['ce', 'dlr'], choices=('ce', 'dlr', 'margin'),
                        help='attack losses; each one is run, worst case kept (default: ce dlr)')
-    group.add_argument('--step-size-factor', type=float, default=PGD_STEP_FACTOR,
+    group.add_argument('--step-size-factor', type=number(0, low_open=True), default=PGD_STEP_FACTOR,
                        help=f'step = factor·ε/steps (default: {PGD_STEP_FACTOR})')
     group.add_argument('--no-sweep', action='store_true', help='skip the PGD sweep')
     group = parser.add_argument_group('AutoAttack')
     group.add_argument('--autoattack', action='store_true', help="run AutoAttack (needs 'pyautoattack')")
-    group.add_argument('--aa-eps', type=pixel_amount, nargs='+', default=[4 / 255], metavar='EPS',
+    group.add_argument('--aa-eps', type=attack_radius, nargs='+', default=[4 / 255], metavar='EPS',
                        help='AutoAttack ε, one run per value (default: 4/255)')
     group.add_argument('--aa-version', default='standard', choices=('standard', 'plus', 'rand'),
                        help="AutoAttack version (default: standard)")
-    group.add_argument('--aa-batch-size', type=int, default=None, help='AutoAttack batch size (--batch-size)')
+    group.add_argument('--aa-batch-size', type=number(1, integer=True), default=None, help='AutoAttack batch size (--batch-size)')
     group = parser.add_argument_group('Gradient-masking checklist')
     group.add_argument('--sanity', action='store_true', help='run the checklist of Carlini et al. (2019)')
-    group.add_argument('--sanity-eps', type=pixel_amount, default=None, metavar='EPS',
+    group.add_argument('--sanity-eps', type=attack_radius, default=None, metavar='EPS',
                        help='ε of the checks (default: the largest --aa-eps)')
-    group.add_argument('--sanity-samples', type=int, default=200, metavar='N', help='samples for the checks (200)')
-    group.add_argument('--sanity-steps', type=int, default=20, help='PGD steps of the checks (20; doubled once)')
+    group.add_argument('--sanity-samples', type=attack_count, default=200, metavar='N', help='samples for the checks (200)')
+    group.add_argument('--sanity-steps', type=attack_count, default=20, help='PGD steps of the checks (20; doubled once)')
     group.add_argument('--sanity-checks', nargs='+', default=None, choices=list_checks(), metavar='NAME',
                        help=f"subset of checks (default: all: {', '.join(list_checks())})")
-    group.add_argument('--square-queries', type=int, default=1000, help='Square attack queries for the check')
-    group.add_argument('--tolerance', type=float, default=1.0, help='accuracy tolerance of the checks, in points, at least 2 samples\' worth (1.0)')
+    group.add_argument('--square-queries', type=attack_count, default=1000, help='Square attack queries for the check')
+    group.add_argument('--tolerance', type=number(0, low_open=True), default=1.0, help='accuracy tolerance of the checks, in points, at least 2 samples\' worth (1.0)')
     group.add_argument('--source-checkpoint', default='', metavar='PATH',
                        help='another model whose PGD examples are transferred (transfer check)')
     group.add_argument('--source-model', default=None, metavar='NAME', help='model name of --source-checkpoint')
@@ -197,6 +197,8 @@ def _print_summary(models: List[Dict[str, Any]]) -> None:
         print('  ' + ' | '.join(parts))
 
 
+@command('gradreg-eval', 'rerun the same command with the same --output to resume (finished PGD sweeps and '
+                         "AutoAttack's finished attacks are kept)")
 def main(argv: Optional[List[str]] = None) -> int:
     setup_console_logging()
     parser = build_parser()
@@ -206,6 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not (args.autoattack or args.sanity) and args.no_sweep:
         parser.error('nothing to do: --no-sweep without --autoattack or --sanity')
+    if not args.no_sweep and not any(eps > 0 for eps in args.eps):
+        parser.error(f"--eps {' '.join(f'{e:g}' for e in args.eps)}: the PGD sweep attacks nothing; give at least one "
+                     'ε > 0 (0 is the clean point), or --no-sweep')
     created = bool(args.output) and not os.path.exists(args.output)
     if args.output:
         try:

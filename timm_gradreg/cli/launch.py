@@ -21,6 +21,7 @@ imported as a module (its ``if __name__ == '__main__'`` does not run) and driven
 It works with the train.py of timm 1.0.27 and later (the task API it drives).
 """
 import argparse
+import ast
 import functools
 import importlib.util
 import inspect
@@ -35,13 +36,19 @@ from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from ..models.activations import swap_activations
 from ..models.modes import freeze_batchnorm
 from ..tasks import compile_refusal, create_task, get_task_class, task_kwargs
-from ..train.args import add_gradreg_args
+from ..train.args import add_gradreg_args, check_method_options
 from ..train.trainer import schedule_position
 from ..train.validate import check_eval_metric, robust_accuracy
 from ..utils.parser import ArgumentParser
-from ..utils.yaml_config import ConfigError, config_path, load_config
+from ..utils.threads import set_cpu_threads
+from ..utils.yaml_config import ConfigError, config_path, flags_given, load_config
+from .console import command
 
 __all__ = ['split_gradreg_args', 'GradregTrainScript', 'main']
+
+
+#: Top-level names of timm's train.py that the launcher rebinds or calls.
+TRAIN_SCRIPT_NAMES = ('main', '_parse_args', 'train_one_epoch', 'validate', 'ClassificationTask', 'resolve_data_config')
 
 
 class LaunchError(RuntimeError):
@@ -64,6 +71,7 @@ def split_gradreg_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[st
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument('-c', '--config', default='')
     config_args, _ = config.parse_known_args(argv)
+    defaults: Dict[str, Any] = {}
     if config_args.config:
         dests = {a.dest for a in parser._actions}
         try:
@@ -74,6 +82,10 @@ def split_gradreg_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[st
         parser.set_defaults(**defaults)
         argv = _with_config(argv, path)
     args, rest = parser.parse_known_args(argv)
+    try:
+        check_method_options(args.gradreg, flags_given(parser, argv), defaults.get('gradreg'), set(defaults))
+    except ValueError as e:
+        raise LaunchError(str(e)) from None
     return args, rest
 
 
@@ -136,16 +148,34 @@ class GradregTrainScript:
         self._rebind()
 
     def _import(self):
+        self._check_source()
         sys.path.insert(0, os.path.dirname(self.path))  # as `python train.py` would
         spec = importlib.util.spec_from_file_location('gradreg_train_script', self.path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        for name in ('main', '_parse_args', 'train_one_epoch', 'validate', 'ClassificationTask',
-                     'resolve_data_config'):
-            if not hasattr(module, name):
-                raise LaunchError(f"'{self.path}' does not look like timm's train.py (it has no {name}); "
-                                  'gradreg-launch drives the train.py of timm >= 1.0.27')
         return module
+
+    def _check_source(self) -> None:
+        """Refuse, before running a line of it, a file that does not define the names of timm's train.py."""
+        try:
+            with open(self.path, 'rb') as f:
+                tree = ast.parse(f.read(), filename=self.path)
+        except (SyntaxError, ValueError, UnicodeDecodeError) as e:
+            raise LaunchError(f"'{self.path}' is not a Python script ({type(e).__name__}: {e}); gradreg-launch "
+                              "drives timm's train.py") from None
+        defined = set()
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                defined.update((alias.asname or alias.name).split('.')[0] for alias in node.names)
+            elif isinstance(node, ast.Assign):
+                defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        missing = [name for name in TRAIN_SCRIPT_NAMES if name not in defined]
+        if missing:
+            raise LaunchError(f"'{self.path}' does not look like timm's train.py (it defines no "
+                              f"{', '.join(missing)}); gradreg-launch drives the train.py of timm >= 1.0.27, "
+                              'unedited, and runs nothing else')
 
     def _rebind(self) -> None:
         m = self.module
@@ -167,6 +197,8 @@ class GradregTrainScript:
             if getattr(args, 'device', None) == 'cuda' and not torch.cuda.is_available():
                 print('gradreg-launch: no CUDA device here; train.py runs with --device cpu', file=sys.stderr)
                 args.device = 'cpu'
+            if str(getattr(args, 'device', 'cpu')).startswith('cpu'):
+                set_cpu_threads(self.options.threads)
             self._check(args)
             vars(args).update(vars(self.options))
             self.args = args
@@ -273,6 +305,8 @@ class GradregTrainScript:
             sys.argv = saved
 
 
+@command('gradreg-launch', "train.py wrote no recovery point: continue from its last epoch with --resume "
+                           'last.pth.tar')
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):

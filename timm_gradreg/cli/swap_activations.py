@@ -1,4 +1,5 @@
-"""swap-activations: turn a timm model's ReLUs into a smooth activation and save it for fine-tuning."""
+"""swap-activations: turn a timm model's ReLUs into a smooth activation, check it, and save it (``--output``)
+for fine-tuning."""
 import argparse
 import os
 import sys
@@ -10,7 +11,7 @@ from ..models.activations import DEFAULT_SOURCES, SOURCE_ACTIVATIONS, list_targe
 from ..models.checkpoint import SWAP_KEY, atomic_save
 from ..models.loading import ModelError, create_model, load_model_checkpoint
 from ..utils.parser import ArgumentParser
-from .console import setup_console_logging
+from .console import command, setup_console_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,14 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
                         help="input size for the forward check (model's pretrained_cfg default)")
     parser.add_argument('--output', default='', metavar='PATH',
-                        help='where to write the swapped checkpoint (default: ./MODEL-ACT.pth.tar)')
+                        help='where to write the swapped checkpoint (default: write nothing, only report the swap)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing --output file')
     parser.add_argument('--verbose', action='store_true', help='list every replaced module')
     return parser
 
 
+@command('swap-activations')
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_console_logging()
+    if args.output and os.path.exists(args.output) and not args.overwrite:
+        parser.error(f"--output '{args.output}' exists: give another path, or --overwrite to replace it")
     sources = list(args.source) + (['leaky_relu'] if args.leaky and 'leaky_relu' not in args.source else [])
     try:
         kwargs = {'num_classes': args.num_classes} if args.num_classes is not None else {}
@@ -72,7 +78,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print('swap-activations: error: the swapped model produced non-finite outputs', file=sys.stderr)
         return 1
 
-    output = args.output or f'{args.model}-{report.act}.pth.tar'
+    if not args.output:
+        print(f'nothing written: --output FILE saves the swapped checkpoint, e.g. --output '
+              f'{args.model}-{report.act}.pth.tar')
+        return 0
+    output = args.output
     record = report.as_dict()
     atomic_save({'arch': args.model, 'state_dict': model.state_dict(), SWAP_KEY: record,
                  'num_classes': model.num_classes if hasattr(model, 'num_classes') else None}, output)

@@ -6,7 +6,8 @@ from ..models.loading import ModelError
 from ..train import (Trainer, TrainingError, TrainingInterrupted, config_yaml, global_batch_note, parse_args,
                      resolve_config)
 from ..train.memory import default_gpu_memory, memory_advice, predict_memory
-from .console import setup_console_logging
+from ..utils.exit_codes import ExitCode
+from .console import command, setup_console_logging
 
 
 def dry_run_notes(cfg) -> List[str]:
@@ -22,6 +23,7 @@ def dry_run_notes(cfg) -> List[str]:
     return notes
 
 
+@command('timm-train')
 def main(argv: Optional[List[str]] = None) -> int:
     setup_console_logging()
     args, args_text = parse_args(argv)
@@ -42,13 +44,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if trainer is not None:
             trainer.discard_unused_output()
         print('timm-train: interrupted before training started; nothing was saved.', file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except (TrainingError, ModelError) as e:
         if trainer is not None:
             trainer.discard_unused_output()
         print(f'timm-train: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+        return ExitCode.REFUSED
+    return ExitCode.FINISHED
 
 
 if __name__ == '__main__':

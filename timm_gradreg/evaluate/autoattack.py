@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..core.budget import check_attack_budget
 from ..utils.files import write_json
 from ..utils.progress import Progress, count_forwards
 
@@ -143,6 +144,7 @@ def run_autoattack(
         show_progress: A progress display per model forward pass (attacks run in chunks of
             ``batch_size``, exactly the batches AutoAttack would form, so results are unchanged).
     """
+    check_attack_budget(eps=eps, queries=square_queries)
     backend, cls = autoattack_backend()
     device = device or x.device
     model.eval()

@@ -13,7 +13,7 @@ import torch
 from timm.data import create_dataset, create_transform
 from torch.utils.data import DataLoader, Subset
 
-from ..data import resolve_dataset
+from ..data import name_skipped_files, resolve_dataset
 
 __all__ = ['subset_indices', 'official_imagenet_indices', 'select_indices', 'SUBSETS', 'OFFICIAL_VAL_LIST',
            'create_pixel_dataset', 'create_pixel_loader', 'load_batches']
@@ -98,7 +98,7 @@ def create_pixel_dataset(dataset: str, data_dir: Optional[str], split: str, data
         data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
         mean=(0.0,) * channels, std=(1.0,) * channels, crop_pct=data_config['crop_pct'],
         crop_mode=data_config.get('crop_mode', 'center'))
-    return ds
+    return name_skipped_files(ds)
 
 
 def create_pixel_loader(

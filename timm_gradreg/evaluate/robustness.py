@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..core.attacks import PGD_STEP_FACTOR, pgd_attack
+from ..core.budget import AttackBudgetError, check_attack_budget
 from ..utils.progress import Progress, count_forwards
 
 __all__ = ['DEFAULT_SWEEP_EPS', 'PGDSweepConfig', 'SweepResult', 'worst_case_correct', 'pgd_sweep']
@@ -32,8 +33,18 @@ class PGDSweepConfig:
     losses: Sequence[str] = ('ce', 'dlr')
     step_size_factor: float = PGD_STEP_FACTOR
 
+    def __post_init__(self):
+        check_attack_budget(steps=self.steps, restarts=self.restarts)
+        if not self.step_size_factor > 0:
+            raise AttackBudgetError(f'step size factor {self.step_size_factor:g} cannot attack: give a value > 0')
+        if any(not 0 <= e <= 1 for e in self.eps) or not any(e > 0 for e in self.eps):
+            raise AttackBudgetError(f"ε list {[float(e) for e in self.eps]} attacks nothing: give values in [0, 1] "
+                                    'pixel units, at least one of them > 0 (0 is the clean point)')
+        if not self.losses:
+            raise AttackBudgetError('no attack loss: give at least one of ce, dlr, margin')
+
     def step_size(self, eps: float) -> float:
-        return self.step_size_factor * eps / max(self.steps, 1)
+        return self.step_size_factor * eps / self.steps
 
 
 @dataclass
@@ -75,8 +86,9 @@ def worst_case_correct(
         still_correct: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Boolean [B]: correct under every attack (each loss × restart). Pixel-space model and inputs."""
+    check_attack_budget(steps=steps, restarts=restarts)
     correct = _correct(model, x, y) if still_correct is None else still_correct.clone()
-    if eps <= 0 or steps <= 0:
+    if eps <= 0:  # the clean point of a sweep
         return correct
     for loss in losses:
         for _ in range(restarts):
@@ -128,5 +140,5 @@ def pgd_sweep(
 
 def _forwards_per_batch(eps: Sequence[float], config: PGDSweepConfig, num_losses: int) -> int:
     """Model forward passes for one batch: the clean pass, then per ε > 0 each attack's steps and its check."""
-    attacked = sum(1 for e in eps if e > 0) if config.steps > 0 else 0
+    attacked = sum(1 for e in eps if e > 0)
     return 1 + attacked * num_losses * config.restarts * (config.steps + 1)

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.attacks import fgsm_attack, pgd_attack, pgd_step_size
+from ..core.budget import check_attack_budget
 from ..utils.progress import Progress, count_forwards
 from ..utils.registry import Registry
 
@@ -50,6 +51,7 @@ class SanityContext:
     seed: int = 0
 
     def __post_init__(self):
+        check_attack_budget(eps=self.eps, steps=self.steps, queries=self.square_queries)
         # two samples' worth at least: a one-sample change on a small set is not evidence of masking
         self.tolerance = max(self.tolerance, 200.0 / max(self.x.shape[0], 1))
 

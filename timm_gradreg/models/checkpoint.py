@@ -7,7 +7,7 @@ import torch
 from timm.utils import CheckpointSaver
 from timm.utils.model import get_state_dict
 
-from ..utils.files import atomic_save, fsync_dir
+from ..utils.files import OutputWriteError, atomic_save, fsync_dir
 from .activations import DEFAULT_SOURCES
 
 __all__ = ['atomic_save', 'AtomicCheckpointSaver', 'SWAP_KEY', 'swap_record', 'read_swap_record']
@@ -54,7 +54,15 @@ class AtomicCheckpointSaver(CheckpointSaver):
         return state
 
     def _save(self, save_path, epoch, metric=None):
-        atomic_save(self.checkpoint_state(epoch, metric), save_path)
+        try:
+            atomic_save(self.checkpoint_state(epoch, metric), save_path)
+        except OutputWriteError as e:
+            folder = os.path.dirname(os.path.abspath(save_path))
+            kept = sorted(f for f in os.listdir(folder) if f.endswith('.pth.tar') and
+                          os.path.join(folder, f) != os.path.abspath(save_path))
+            intact = f"the checkpoints already there are intact ({', '.join(kept)})" if kept else 'nothing was saved'
+            raise OutputWriteError(f"could not save the checkpoint of epoch {epoch} in '{folder}'", e.reason,
+                                   f'{intact}. Free space there or give another --output.') from None
 
     def _replace(self, src, dst):
         os.replace(src, dst)

@@ -14,6 +14,6 @@ from .gradalign import GradAlignTask
 from .gradnorm import GRADNORM_IMPLS, GRADNORM_INPUTS, GradNormTask, PenaltyGradient, gradnorm_fd_agreement
 from .igr import InputGradientTask
 from .natural import NaturalTask
-from .options import FROM_TASK, Option, fraction, number, pixel_amount, sigma_value
+from .options import FROM_TASK, Option, attack_count, attack_radius, fraction, number, pixel_amount, sigma_value
 from .placement import PLACEMENTS, PenaltyPlacement, create_placement
 from .trades import TRADESTask

@@ -5,22 +5,23 @@ from typing import Dict, Optional
 import torch
 
 from ..core.attacks import ITERATE_SELECTIONS, fgsm_attack, pgd_attack
+from ..core.budget import check_attack_budget
 from ..core.schedules import SCHEDULE_UNITS, LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
-from .options import Option, number, pixel_amount
+from .options import Option, attack_count, attack_radius, number
 
 __all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS', 'ATTACK_SELECT',
            'ATTACK_WARMUP', 'ATTACK_WARMUP_PER']
 
 _GROUP = 'Training attack (pgd, fgsm; gradnorm --gn-inputs pgd)'
 #: The training attack's options, shared by the adversarial tasks and GradNorm's PGD inputs.
-ATTACK_EPS = Option('--attack-eps', 'eps', pixel_amount, 4 / 255, 'training attack radius in pixels',
+ATTACK_EPS = Option('--attack-eps', 'eps', attack_radius, 4 / 255, 'training attack radius in pixels',
                     metavar='EPS', group=_GROUP)
-ATTACK_STEP_SIZE = Option('--attack-step-size', 'step_size', pixel_amount, None,
+ATTACK_STEP_SIZE = Option('--attack-step-size', 'step_size', attack_radius, None,
                           'training attack step in pixels (default: 8/255/3 for pgd, 1.25·eps for fgsm)',
                           metavar='STEP', group=_GROUP)
-ATTACK_STEPS = Option('--attack-steps', 'steps', number(1, integer=True), 3, 'PGD training steps',
+ATTACK_STEPS = Option('--attack-steps', 'steps', attack_count, 3, 'PGD training steps',
                       metavar='N', group=_GROUP)
 ATTACK_WARMUP = Option('--attack-warmup-epochs', 'warmup_epochs', number(0), 5.0,
                        'epochs over which the attack step rises linearly from 0; ε is fixed from the start',
@@ -51,8 +52,7 @@ class AdversarialTask(GradRegTask):
     def __init__(self, model, criterion=None, *, eps: float = 4 / 255, random_start: bool = True,
                  warmup_epochs: float = 5.0, warmup_per: str = 'epoch', select: str = 'last', **kwargs):
         super().__init__(model, criterion, **kwargs)
-        if eps < 0:
-            raise ValueError(f'eps must be >= 0, got {eps}')
+        check_attack_budget(eps=eps)
         if select not in ITERATE_SELECTIONS:
             raise ValueError(f"Unknown iterate selection {select!r}; valid: {', '.join(ITERATE_SELECTIONS)}")
         self.select = select
@@ -100,8 +100,7 @@ class PGDTask(AdversarialTask):
     def __init__(self, model, criterion=None, *, eps: float = 4 / 255, step_size: float = 8 / 255 / 3,
                  steps: int = 3, **kwargs):
         super().__init__(model, criterion, eps=eps, **kwargs)
-        if step_size < 0 or steps < 1:
-            raise ValueError(f'need step_size >= 0 and steps >= 1, got {step_size}, {steps}')
+        check_attack_budget(step_size=step_size, steps=steps)
         self.step_size = float(step_size)
         self.steps = int(steps)
 
@@ -134,8 +133,7 @@ class FGSMTask(AdversarialTask):
         super().__init__(model, criterion, eps=eps, **kwargs)
         if step_size is None:
             step_size = 1.25 * eps if self.random_start else eps
-        if step_size < 0:
-            raise ValueError(f'step_size must be >= 0, got {step_size}')
+        check_attack_budget(step_size=step_size)
         self.step_size = float(step_size)
 
     def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:

@@ -3,10 +3,11 @@ from typing import Dict, Optional
 
 import torch
 
+from ..core.budget import check_attack_budget
 from ..core.schedules import LinearWarmup
 from ._registry import register_task
 from .base import GradRegTask
-from .options import Option, number, pixel_amount
+from .options import Option, attack_radius, number
 
 __all__ = ['GradAlignTask', 'gradalign_weight']
 
@@ -23,9 +24,9 @@ _OPTIONS = [
     Option('--gradalign-weight', 'weight', number(0),
            help="λ of the alignment term (default: the authors' λ(ε) = 0.02·10^(ε·255/8), 0.2 at 8/255)",
            metavar='W', group=_GROUP),
-    Option('--gradalign-eps', 'eps', pixel_amount, help='L∞ radius in pixels of FGSM and of η',
+    Option('--gradalign-eps', 'eps', attack_radius, help='L∞ radius in pixels of FGSM and of η',
            metavar='EPS', group=_GROUP),
-    Option('--gradalign-step-size', 'step_size', pixel_amount,
+    Option('--gradalign-step-size', 'step_size', attack_radius,
            help="FGSM step in pixels (default: the authors' 1.25·ε, clipped to the ε-ball)", metavar='STEP',
            group=_GROUP),
     Option('--gradalign-random-start', 'random_start', bool, False,
@@ -63,8 +64,9 @@ class GradAlignTask(GradRegTask):
                  step_size: Optional[float] = None, random_start: bool = False, warmup_epochs: float = 0.0,
                  **kwargs):
         super().__init__(model, criterion, **kwargs)
-        if eps < 0 or (weight is not None and weight < 0):
-            raise ValueError(f'need weight >= 0 and eps >= 0, got {weight}, {eps}')
+        if weight is not None and weight < 0:
+            raise ValueError(f'need weight >= 0, got {weight}')
+        check_attack_budget(eps=eps, step_size=step_size)
         self.eps = float(eps)
         self.weight = gradalign_weight(self.eps) if weight is None else float(weight)
         self.step_size = float(step_size) if step_size is not None else 1.25 * self.eps

@@ -14,7 +14,7 @@ from ..utils._private import foreach_mul_
 from ._registry import create_task, register_task
 from .adversarial import ATTACK_EPS, ATTACK_SELECT, ATTACK_STEP_SIZE, ATTACK_STEPS, ATTACK_WARMUP, ATTACK_WARMUP_PER
 from .base import GradRegTask
-from .options import Option, number, pixel_amount, sigma_value
+from .options import Option, attack_radius, number, pixel_amount, sigma_value
 from .placement import create_placement
 
 __all__ = ['GradNormTask', 'GRADNORM_INPUTS', 'GRADNORM_IMPLS', 'PenaltyGradient', 'gradnorm_fd_agreement']
@@ -146,7 +146,7 @@ _OPTIONS = [
            metavar='W'),
     Option('--gn-weight', 'gn_weight', number(0), help='GradNorm λ_GN (paper: Swin-B 1.2, ResNet-50 0.5)',
            metavar='W'),
-    Option('--gn-eps', 'eps', pixel_amount, help='GradNorm ε: L∞ radius of its first-order attack model',
+    Option('--gn-eps', 'eps', attack_radius, help='GradNorm ε: L∞ radius of its first-order attack model',
            metavar='EPS'),
     Option('--gn-sigma', 'sigma', sigma_value,
            help="GradNorm σ: one scalar (paper 0.225) or 'channel' for the data std per channel (exact)",

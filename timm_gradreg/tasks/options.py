@@ -16,8 +16,10 @@ import inspect
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-__all__ = ['Option', 'fraction', 'number', 'sigma_value', 'FROM_TASK', 'options_to_kwargs', 'resolve_default',
-           'unique_options']
+from ..core.budget import AttackBudgetError, check_attack_count, check_attack_radius
+
+__all__ = ['Option', 'fraction', 'number', 'pixel_amount', 'attack_radius', 'attack_count', 'sigma_value', 'FROM_TASK',
+           'options_to_kwargs', 'resolve_default', 'unique_options']
 
 
 class _FromTask:
@@ -72,6 +74,35 @@ def pixel_amount(value: Any) -> float:
 
 
 pixel_amount.__name__ = 'pixel amount in [0, 1]'
+
+
+def _shown(value: Any, amount: float) -> str:
+    return f'{value}' if '/' not in str(value) else f'{value} = {amount:g}'
+
+
+def attack_radius(value: Any) -> float:
+    """An attack's ε or step in pixel units, in (0, 1]: a radius of 0 cannot attack (``core.budget``)."""
+    amount = pixel_amount(value)  # outside [0, 1]: the pixel-range message
+    try:
+        return check_attack_radius(amount, 'value')
+    except AttackBudgetError:
+        raise argparse.ArgumentTypeError(f'{_shown(value, amount)} cannot attack: give a value in (0, 1] pixel units, '
+                                         'e.g. 4/255') from None
+
+
+attack_radius.__name__ = 'attack radius in (0, 1]'
+
+
+def attack_count(value: Any) -> int:
+    """An attack's steps, restarts or queries: a whole number >= 1 (fewer attack nothing, ``core.budget``)."""
+    try:
+        amount = fraction(value)
+        return check_attack_count(int(amount) if amount == int(amount) else amount, 'value')
+    except (AttackBudgetError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f'{value} cannot attack: give a whole number >= 1') from None
+
+
+attack_count.__name__ = 'whole number >= 1'
 
 
 def number(low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False,

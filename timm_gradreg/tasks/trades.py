@@ -4,20 +4,21 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ..core.budget import check_attack_budget
 from ..models.modes import eval_mode, frozen_parameters
 from ._registry import register_task
 from .base import GradRegTask
-from .options import Option, number, pixel_amount
+from .options import Option, attack_count, attack_radius, number
 
 __all__ = ['TRADESTask']
 
 _GROUP = 'TRADES (--gradreg trades)'
 _OPTIONS = [
     Option('--trades-beta', 'beta', number(0), help='β of the boundary term (paper: 6)', metavar='B', group=_GROUP),
-    Option('--trades-eps', 'eps', pixel_amount, help='L∞ radius in pixels', metavar='EPS', group=_GROUP),
-    Option('--trades-step-size', 'step_size', pixel_amount,
+    Option('--trades-eps', 'eps', attack_radius, help='L∞ radius in pixels', metavar='EPS', group=_GROUP),
+    Option('--trades-step-size', 'step_size', attack_radius,
            help='attack step in pixels (default: the paper\'s 0.007/0.031 of ε)', metavar='STEP', group=_GROUP),
-    Option('--trades-steps', 'steps', number(1, integer=True), help='attack steps (paper: 10)', metavar='N',
+    Option('--trades-steps', 'steps', attack_count, help='attack steps (paper: 10)', metavar='N',
            group=_GROUP),
 ]
 
@@ -49,8 +50,9 @@ class TRADESTask(GradRegTask):
     def __init__(self, model, criterion=None, *, beta: float = 6.0, eps: float = 4 / 255,
                  step_size: Optional[float] = None, steps: int = 10, **kwargs):
         super().__init__(model, criterion, **kwargs)
-        if beta < 0 or eps < 0 or steps < 1:
-            raise ValueError(f'need beta >= 0, eps >= 0, steps >= 1; got {beta}, {eps}, {steps}')
+        if beta < 0:
+            raise ValueError(f'need beta >= 0, got {beta}')
+        check_attack_budget(eps=eps, step_size=step_size, steps=steps)
         self.beta, self.eps, self.steps = float(beta), float(eps), int(steps)
         self.step_size = float(step_size) if step_size is not None else self.eps * 0.007 / 0.031
 

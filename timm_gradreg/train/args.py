@@ -7,17 +7,19 @@ valid key, and each value is converted and checked as its command-line flag woul
 import argparse
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from timm import utils
 
 from ..models.activations import add_swap_args
-from ..recipes import recipe_table
-from ..tasks import (all_task_options, check_compile_mode, compile_refusal, get_task_class, list_tasks, pixel_amount,
-                     task_kwargs)
+from ..data import is_demo_dataset
+from ..recipes import list_recipes, recipe_table
+from ..tasks import (all_task_options, attack_count, attack_radius, check_compile_mode, compile_refusal, get_task_class,
+                     list_tasks, number, task_kwargs, task_options)
 from ..utils.parser import ArgumentParser
 from ..utils.plugins import load_plugins
-from ..utils.yaml_config import ConfigError, load_config, parse_with_config
+from ..utils.yaml_config import ConfigError, config_keys, flags_given, load_config, parse_with_config
 from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'check_args', 'ConfigError']
@@ -39,7 +41,7 @@ class _ListRecipes(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     """The full timm-train parser (timm train.py names and defaults, plus gradreg options, plugins' included)."""
     parser = ArgumentParser(
-        prog='timm-train',
+        prog='timm-train', usage='timm-train [-c FILE] [--gradreg METHOD] [method options] [timm train.py options]',
         description='timm training with input-gradient regularizers (GradNorm, edge alignment) and adversarial '
                     'training baselines. Same arguments and YAML configs as timm\'s train.py, plus the "gradreg" '
                     'group. Numbers like epsilons accept fractions, e.g. --gn-eps 4/255.',
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                              'name of a packaged recipe, e.g. demo/digits_gradnorm (a local file wins)')
     parser.add_argument('--list-recipes', action=_ListRecipes,
                         help='list the packaged recipes with the paper result each reproduces, and exit')
+
+    add_gradreg_args(parser)  # first in --help: the options this tool adds to timm's
 
     group = parser.add_argument_group('Dataset parameters')
     parser.add_argument('data', nargs='?', metavar='DIR', const=None,
@@ -363,7 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help='Best metric: top1, top5, loss or advtop1 (robust top-1) (default: top1)')
 
     _add_stock_only_args(parser)
-    add_gradreg_args(parser)
     return parser
 
 
@@ -428,13 +431,16 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--train-in-eval-mode', action=argparse.BooleanOptionalAction, default=False,
                        help='train with the whole model in eval mode, as the paper\'s runs ("training done in evaluation '
                             'mode"): BatchNorm frozen and dropout / drop-path off')
-    group.add_argument('--adv-val-steps', type=int, default=10, metavar='N',
+    group.add_argument('--adv-val-steps', type=number(0, integer=True), default=10, metavar='N',
                        help='PGD steps for robust validation, 0 to disable (default: 10)')
-    group.add_argument('--adv-val-eps', type=pixel_amount, default=4 / 255, metavar='EPS',
+    group.add_argument('--adv-val-eps', type=attack_radius, default=4 / 255, metavar='EPS',
                        help='robust validation radius (default: 4/255)')
-    group.add_argument('--adv-val-step-size', type=pixel_amount, default=1 / 255, metavar='STEP',
+    group.add_argument('--adv-val-step-size', type=attack_radius, default=1 / 255, metavar='STEP',
                        help='robust validation step (default: 1/255)')
-    group.add_argument('--adv-val-samples', type=int, default=None, metavar='N',
+    group.add_argument('--threads', type=number(1, integer=True), default=None, metavar='N',
+                       help='CPU threads of a CPU run (default: the cores no other process is busy on; '
+                            'OMP_NUM_THREADS, which torchrun sets to 1, also counts)')
+    group.add_argument('--adv-val-samples', type=attack_count, default=None, metavar='N',
                        help='attack only the first N validation samples per process (default: all)')
     groups: Dict[str, Any] = {}
     for title, option, default in all_task_options():
@@ -447,12 +453,71 @@ def parse_args(argv: Optional[Sequence[str]] = None,
                parser: Optional[argparse.ArgumentParser] = None) -> Tuple[argparse.Namespace, str]:
     """Parse ``argv`` (YAML defaults from -c/--config, then flags); returns (args, args as YAML text)."""
     parser = parser or build_parser()
+    argv = with_demo_recipe(list(sys.argv[1:] if argv is None else argv))
     args, args_text = parse_with_config(parser, argv)
     try:
         check_args(args)
+        config = config_keys(args.config) if args.config else {}
+        check_method_options(args.gradreg, flags_given(parser, argv),
+                             config.get('gradreg', parser.get_default('gradreg')), set(config))
     except ValueError as e:
         parser.error(str(e))
     return args, args_text
+
+
+def with_demo_recipe(argv: List[str]) -> List[str]:
+    """``argv`` with ``-c`` the demo's recipe when it trains on an embedded demo set without a config.
+
+    timm's defaults (resnet50 at 160 px, SGD, ReLU) do not learn the 32-px demo: the demo's own recipe for
+    the method (``demo/digits_gradnorm``), or its natural recipe with the method switched, gives the
+    settings; every flag still wins. Says so in one line.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default='')
+    pre.add_argument('--dataset', default='')
+    pre.add_argument('--gradreg', default='natural')
+    pre.add_argument('--experiment', default='')
+    known, _ = pre.parse_known_args(argv)
+    if known.config or not is_demo_dataset(known.dataset):
+        return argv
+    recipes = {recipe.name for recipe in list_recipes()}
+    recipe = f'{known.dataset}_{known.gradreg}'
+    extra: List[str] = []
+    if recipe not in recipes:
+        recipe = f'{known.dataset}_natural'
+        if recipe not in recipes:
+            return argv
+        if not known.experiment:
+            extra = ['--experiment', f'{known.dataset.split("/")[-1]}_{known.gradreg}']
+    _logger.info(f'--dataset {known.dataset} without -c: the settings of recipe {recipe} apply (timm-train -c '
+                 f'{recipe}); flags still win.')
+    return ['-c', recipe, *extra, *argv]
+
+
+def _method_owners() -> Dict[str, List[str]]:
+    """Each task option's dest -> the methods that read it."""
+    owners: Dict[str, List[str]] = {}
+    for name in list_tasks():
+        for option in task_options(name):
+            owners.setdefault(option.dest, []).append(name)
+    return owners
+
+
+def check_method_options(method: str, flags: Set[str], config_method: Optional[str] = None,
+                         config: Set[str] = frozenset()) -> None:
+    """Refuse an option of another method, which the run would silently ignore: a command-line flag is
+    checked against ``method``, a key of the ``-c`` YAML against the YAML's own ``gradreg``
+    (``config_method``), so a recipe's options stay valid when the command line switches method."""
+    owners = _method_owners()
+    for given, against, config_key in ((flags, method, False), (config - flags, config_method or method, True)):
+        for dest in sorted(given):
+            methods = owners.get(dest)
+            if methods is None or against in methods:
+                continue
+            name = f"config key '{dest}'" if config_key else f"--{dest.replace('_', '-')}"
+            raise ValueError(f"{name} is an option of --gradreg {' / '.join(methods)}, and this run trains "
+                             f'--gradreg {against}, which would ignore it: drop it, or train '
+                             + (f'--gradreg {methods[0]}.' if len(methods) == 1 else 'one of those methods.'))
 
 
 # --- option combinations and task options ------------------------------------------------------

@@ -15,13 +15,15 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from ..utils.exit_codes import signal_exit_code
+
 __all__ = ['RESUME_KEY', 'TrainingInterrupted', 'StopSignals', 'get_rng_state', 'set_rng_state',
            'check_resume_checkpoint', 'CheckpointFileError']
 
 #: Checkpoint key of a recovery point: {'epoch', 'updates' done in that epoch, 'rng' states}.
 RESUME_KEY = 'gradreg_resume'
-#: Signals that stop a run at the next step boundary; the exit code the command-line tool returns for each.
-STOP_SIGNALS = {signal.SIGTERM: 0, signal.SIGINT: 130, **({signal.SIGUSR1: 0} if hasattr(signal, 'SIGUSR1') else {})}
+#: Signals that stop a run at the next step boundary (the exit code of each: ``utils.exit_codes``).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *((signal.SIGUSR1,) if hasattr(signal, 'SIGUSR1') else ()))
 
 
 class TrainingInterrupted(Exception):
@@ -29,7 +31,7 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, epoch: int, update_idx: int, updates_per_epoch: int, path: Optional[str]):
         self.signum, self.epoch, self.update_idx, self.path = signum, epoch, update_idx, path
-        self.exit_code = STOP_SIGNALS.get(signum, 1)
+        self.exit_code = signal_exit_code(signum)
         where = f'epoch {epoch}, step {update_idx + 1}/{updates_per_epoch}'
         saved = f"saved '{path}'" if path else 'the primary process saved the recovery checkpoint'
         super().__init__(f'stopped by {signal.Signals(signum).name} after {where}: {saved}. Continue with the same '

@@ -43,13 +43,14 @@ from timm.utils.distributed import init_distributed_device_so
 from torchvision.utils import save_image
 
 from ..core.normalization import PixelSpace
-from ..data import DATA_SOURCES, dataset_num_classes, is_demo_dataset, resolve_dataset
+from ..data import DATA_SOURCES, dataset_num_classes, is_demo_dataset, name_skipped_files, resolve_dataset
 from ..evaluate.interval import format_accuracy
 from ..models.checkpoint import AtomicCheckpointSaver
 from ..models.modes import freeze_batchnorm
 from ..tasks import GradRegTask, create_task
 from ..utils.files import OutputPathError, check_output_path
 from ..utils.progress import format_duration
+from ..utils.threads import set_cpu_threads
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
 from .output import RunFolderError, claim_run_folder, release_run_folder
@@ -97,6 +98,7 @@ class Trainer:
         self.signals = StopSignals()
         self.consecutive_skips = 0
         self.resume_point = None
+        self.resumed_recovery: Optional[str] = None  # the recovery checkpoint resumed from, removed once past it
         self._validation_time = 0.0
         self._first_update_time = 0.0
         self.output_dir: Optional[str] = None
@@ -149,6 +151,8 @@ class Trainer:
                                 f'for {cfg.world_size}')
         self.rank, self.local_rank, self.distributed = info['global_rank'], info['local_rank'], info['distributed']
         device = torch.device(info['device'])
+        if device.type == 'cpu':
+            set_cpu_threads(cfg.threads, log=self.is_primary)
         if self.distributed:
             _logger.info(f'Training in distributed mode, process {self.rank} of {cfg.world_size}, device {device}.')
         else:
@@ -162,6 +166,9 @@ class Trainer:
             self.log('AMP not enabled. Training in float32.')
             return suppress, None
         amp_dtype = torch.bfloat16 if cfg.amp_dtype == 'bfloat16' else torch.float16
+        if amp_dtype == torch.float16 and self.device.type == 'cpu' and self.is_primary:
+            _logger.warning('--amp on a CPU autocasts to float16, which most CPUs have no arithmetic for and run '
+                            'slower than float32: --amp-dtype bfloat16 is the CPU mixed precision.')
         autocast = partial(torch.autocast, device_type=self.device.type, dtype=amp_dtype)
         scaler = NativeScaler(device=self.device.type) if amp_dtype == torch.float16 else None
         self.log(f'Using native torch AMP ({cfg.amp_dtype}).')
@@ -206,7 +213,7 @@ class Trainer:
         except (RuntimeError, FileNotFoundError) as e:  # e.g. timm's "Found 0 images in subfolders of ..."
             raise TrainingError(f"no usable data in --data-dir '{cfg.data_dir}' (dataset "
                                 f"'{cfg.dataset or 'image folder'}'): {e}".replace('\n', ' ')) from None
-        return dataset_train, dataset_eval
+        return name_skipped_files(dataset_train), dataset_eval and name_skipped_files(dataset_eval)
 
     def check_classes(self, dataset_train, num_classes: int) -> None:
         """Refuse data with fewer than two classes, or a head with fewer outputs than the data has classes."""
@@ -347,6 +354,7 @@ class Trainer:
             except CheckpointFileError as e:
                 raise TrainingError(str(e)) from None
             self.resume_point = checkpoint.get(RESUME_KEY)
+            self.resumed_recovery = cfg.resume if self.resume_point is not None else None
             try:
                 resume_epoch = resume_task_checkpoint(
                     self.task, cfg.resume, optimizer=None if cfg.no_resume_opt else self.optimizer,
@@ -595,6 +603,18 @@ class Trainer:
             self.saver.extra_state = {}
         return self.saver.curr_recovery_file
 
+    def remove_resumed_recovery(self) -> None:
+        """Once a checkpoint past it is saved, delete the recovery checkpoint this run resumed from (it is in
+        the run's folder and nothing would resume from it again)."""
+        resumed, self.resumed_recovery = self.resumed_recovery, None
+        if not resumed or self.saver is None or not os.path.isfile(resumed):
+            return
+        folder = os.path.dirname(os.path.abspath(resumed))
+        if folder == os.path.abspath(self.output_dir) and \
+                os.path.basename(resumed).startswith(self.saver.recovery_prefix):
+            os.remove(resumed)
+            self.log(f"Removed the recovery checkpoint '{resumed}': the run is past it.")
+
     def _interrupted(self, epoch: int, update_idx: int, last_batch: bool) -> bool:
         """At a step boundary after SIGTERM / SIGUSR1 / Ctrl-C (on any process): save and stop."""
         signum = self.stop_signal
@@ -717,6 +737,7 @@ class Trainer:
             latest = (eval_metrics or train_metrics)[self.eval_metric]
             if self.saver is not None:
                 best_metric, best_epoch = self.saver.save_checkpoint(epoch, metric=latest)
+                self.remove_resumed_recovery()
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step(epoch + 1, latest)
             record = {'epoch': epoch, 'train': dict(train_metrics)}

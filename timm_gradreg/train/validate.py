@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm import utils
 
 from ..core.attacks import pgd_attack
+from ..core.budget import AttackBudgetError, check_attack_budget, check_attack_count
 from ..core.normalization import PixelSpace
 from ..utils._private import evaluation_sample_limit
 
@@ -42,9 +43,18 @@ class RobustValidationConfig:
     step_size: float = 1 / 255
     max_samples: Optional[int] = None
 
+    def __post_init__(self):
+        if self.steps < 0:
+            raise AttackBudgetError(f'robust validation steps {self.steps}: give a whole number >= 1, or 0 to turn '
+                                    'robust validation off')
+        if self.steps:
+            check_attack_budget(eps=self.eps, step_size=self.step_size)
+        if self.max_samples is not None:
+            check_attack_count(self.max_samples, 'attacked samples')
+
     @property
     def enabled(self) -> bool:
-        return self.steps > 0 and self.eps > 0
+        return self.steps > 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> 'RobustValidationConfig':

@@ -14,7 +14,7 @@ from timm import utils
 from ..recipes import RecipeNotFound, find_recipe
 from .registry import closest
 
-__all__ = ['ConfigError', 'config_path', 'load_config', 'parse_with_config']
+__all__ = ['ConfigError', 'config_path', 'load_config', 'parse_with_config', 'flags_given', 'config_keys']
 
 
 class ConfigError(ValueError):
@@ -52,7 +52,9 @@ def _convert(action: argparse.Action, key: str, value: Any) -> Any:
                 fail(f'{e}' if isinstance(e, argparse.ArgumentTypeError) else
                      f'expected {getattr(action.type, "__name__", "a value")}, got {v!r}')
         if action.choices is not None and v not in action.choices:
-            fail(f"{v!r} is not one of {', '.join(map(str, action.choices))}")
+            close = closest(str(v), [str(c) for c in action.choices])
+            fail(f"{v!r} is not one of {', '.join(map(str, action.choices))}"
+                 + (f"; did you mean '{close}'?" if close else ''))
         return v
 
     if action.nargs in ('+', '*') or isinstance(action.nargs, int):
@@ -106,6 +108,27 @@ def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[s
             raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
         defaults[key] = _convert(actions[key], raw_key, value)
     return defaults
+
+
+class _Unset:
+    """Namespace value of an option the command line did not give (argparse sets defaults only on missing names)."""
+
+
+def flags_given(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Set[str]:
+    """The dests the command line ``argv`` sets itself (not through defaults or the ``-c`` YAML)."""
+    unset = _Unset()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('-c', '--config', default='', type=str)
+    _, remaining = config_parser.parse_known_args(argv)
+    parsed, _ = parser.parse_known_args(remaining, namespace=namespace)
+    return {dest for dest, value in vars(parsed).items() if value is not unset}
+
+
+def config_keys(path: str) -> Dict[str, Any]:
+    """The raw keys and values of a YAML config already checked by ``load_config`` (dashes as underscores)."""
+    with open(config_path(path)) as f:
+        return {str(k).replace('-', '_'): v for k, v in (yaml.safe_load(f) or {}).items()}
 
 
 def parse_with_config(parser: argparse.ArgumentParser,
