@@ -260,8 +260,8 @@ def test_a_rerun_keeps_the_finished_sweep_and_says_so(natural_checkpoint, tmp_pa
 
 def test_the_sample_is_set_beside_the_whole_split_unless_asked_not_to(natural_checkpoint, tmp_path):
     ckpt, data = natural_checkpoint
-    argv = ['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '8', '--eps', '0',
-            '--steps', '1', '--no-progress', '--device', 'cpu']
+    argv = ['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '8', '--eps',
+            '8/255', '--steps', '1', '--no-progress', '--device', 'cpu']
     assert eval_main([*argv, '--output', str(tmp_path / 'with')]) == 0
     split = json.load(open(tmp_path / 'with' / 'results.json'))['models'][0]['split']
     model, cfg = load_eval_model(ckpt)  # the count, made here from the model and every image of the split

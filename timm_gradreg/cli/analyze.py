@@ -38,13 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--eps', type=attack_radius, default=4 / 255, metavar='EPS',
                        help='PGD radius for Table 1 and the perturbation images (4/255)')
     group.add_argument('--pgd-steps', type=attack_count, default=10, help='PGD steps of Table 1 (10)')
-    group.add_argument('--power-iters', type=number(1, integer=True), default=20, help='power iterations for ||H||₂ (20)')
+    group.add_argument('--power-iters', type=number(1, integer=True), default=20,
+                       help='power iterations for ||H||₂ (20)')
     group.add_argument('--linearity-eps', type=attack_radius, default=None, metavar='EPS',
                        help='η range of the local linearity error (default: --eps)')
-    group.add_argument('--linearity-draws', type=number(1, integer=True), default=8, help='random (α, η₁, η₂) per image (8)')
-    group.add_argument('--path-points', type=number(2, integer=True), default=11, help='points along the PGD-5 direction (11)')
-    group.add_argument('--path-power-iters', type=number(1, integer=True), default=10, help='power iterations per path point (10)')
-    group.add_argument('--grid-images', type=number(1, integer=True), default=8, help='images in the gradient grid figure (8)')
+    group.add_argument('--linearity-draws', type=number(1, integer=True), default=8,
+                       help='random (α, η₁, η₂) per image (8)')
+    group.add_argument('--path-points', type=number(2, integer=True), default=11,
+                       help='points along the PGD-5 direction (11)')
+    group.add_argument('--path-power-iters', type=number(1, integer=True), default=10,
+                       help='power iterations per path point (10)')
+    group.add_argument('--grid-images', type=number(1, integer=True), default=8,
+                       help='images in the gradient grid figure (8)')
     return parser
 
 

@@ -54,7 +54,8 @@ def add_data_args(parser: argparse.ArgumentParser, default_samples: Optional[int
     group.add_argument('--interpolation', default='', help='override the resize interpolation')
     group.add_argument('--mean', type=float, nargs='+', default=None, help='override the normalization mean')
     group.add_argument('--std', type=float, nargs='+', default=None, help='override the normalization std')
-    group.add_argument('-b', '--batch-size', type=number(1, integer=True), default=100, metavar='N', help='batch size (100)')
+    group.add_argument('-b', '--batch-size', type=number(1, integer=True), default=100, metavar='N',
+                       help='batch size (100)')
     group.add_argument('-j', '--workers', type=int, default=2, metavar='N', help='data loading workers (2)')
     group.add_argument('--device', default=None, help='device (default: cuda if available, else cpu)')
     group.add_argument('--threads', type=number(1, integer=True), default=None, metavar='N',

@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Callable
 
+import torch
 from timm.utils.log import FormatterNoInfo
 
 from ..utils.exit_codes import ExitCode
@@ -62,11 +63,12 @@ def _raise_preempted(signum, frame) -> None:
 def command(prog: str, preempted_note: str = 'nothing was saved; rerun the same command') -> Callable:
     """Decorate a tool's ``main``: the exit-code convention of ``utils.exit_codes`` for what it does not
     handle itself. A write that finds no room is one line and exit 1; SIGTERM / SIGUSR1 is one line with
-    ``preempted_note`` and exit 75; other exceptions (bugs) keep their traceback."""
+    ``preempted_note`` and exit 75; other exceptions (bugs) keep their traceback. torch's CPU threads,
+    which the tool may set, are as before when it returns (a tool called from Python, a notebook)."""
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def wrapped(*args, **kwargs) -> int:
-            previous = {}
+            previous, threads = {}, torch.get_num_threads()
             if threading.current_thread() is threading.main_thread():
                 for signum in _PREEMPTION_SIGNALS:
                     previous[signum] = signal.signal(signum, _raise_preempted)
@@ -84,5 +86,6 @@ def command(prog: str, preempted_note: str = 'nothing was saved; rerun the same 
             finally:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
+                torch.set_num_threads(threads)
         return wrapped
     return decorate

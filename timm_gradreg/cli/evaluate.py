@@ -64,17 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help='AutoAttack ε, one run per value (default: 4/255)')
     group.add_argument('--aa-version', default='standard', choices=('standard', 'plus', 'rand'),
                        help="AutoAttack version (default: standard)")
-    group.add_argument('--aa-batch-size', type=number(1, integer=True), default=None, help='AutoAttack batch size (--batch-size)')
+    group.add_argument('--aa-batch-size', type=number(1, integer=True), default=None,
+                       help='AutoAttack batch size (--batch-size)')
     group = parser.add_argument_group('Gradient-masking checklist')
     group.add_argument('--sanity', action='store_true', help='run the checklist of Carlini et al. (2019)')
     group.add_argument('--sanity-eps', type=attack_radius, default=None, metavar='EPS',
                        help='ε of the checks (default: the largest --aa-eps)')
-    group.add_argument('--sanity-samples', type=attack_count, default=200, metavar='N', help='samples for the checks (200)')
-    group.add_argument('--sanity-steps', type=attack_count, default=20, help='PGD steps of the checks (20; doubled once)')
+    group.add_argument('--sanity-samples', type=attack_count, default=200, metavar='N',
+                       help='samples for the checks (200)')
+    group.add_argument('--sanity-steps', type=attack_count, default=20,
+                       help='PGD steps of the checks (20; doubled once)')
     group.add_argument('--sanity-checks', nargs='+', default=None, choices=list_checks(), metavar='NAME',
                        help=f"subset of checks (default: all: {', '.join(list_checks())})")
-    group.add_argument('--square-queries', type=attack_count, default=1000, help='Square attack queries for the check')
-    group.add_argument('--tolerance', type=number(0, low_open=True), default=1.0, help='accuracy tolerance of the checks, in points, at least 2 samples\' worth (1.0)')
+    group.add_argument('--square-queries', type=attack_count, default=1000,
+                       help='Square attack queries for the check')
+    group.add_argument('--tolerance', type=number(0, low_open=True), default=1.0,
+                       help='accuracy tolerance of the checks, in points, at least 2 samples\' worth (1.0)')
     group.add_argument('--source-checkpoint', default='', metavar='PATH',
                        help='another model whose PGD examples are transferred (transfer check)')
     group.add_argument('--source-model', default=None, metavar='NAME', help='model name of --source-checkpoint')

@@ -7,6 +7,8 @@ from ..train import (Trainer, TrainingError, TrainingInterrupted, config_yaml, g
                      resolve_config)
 from ..train.memory import default_gpu_memory, memory_advice, predict_memory
 from ..utils.exit_codes import ExitCode
+from ..utils.device import default_device
+from ..utils.threads import set_cpu_threads
 from .console import command, setup_console_logging
 
 
@@ -35,6 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     trainer = None
     try:
+        if default_device(args.device) == 'cpu':
+            set_cpu_threads(args.threads)
         trainer = Trainer(args, args_text)
         trainer.fit()
     except TrainingInterrupted as e:

@@ -20,7 +20,7 @@ functions computed, and their first and second derivatives, are unchanged.
 from .activation import SMOOTH_ACTIVATIONS
 from .conv import affine_batch_norm, batch_norm_scale_shift, conv2d_fast_double_backward
 from .kernels import CompiledKernel
-from .mode import DOUBLE_BACKWARD_OPS, double_backward_safe
+from .mode import DOUBLE_BACKWARD_OPS, ReentrantCheckpointError, double_backward_safe
 
-__all__ = ['double_backward_safe', 'DOUBLE_BACKWARD_OPS', 'CompiledKernel', 'SMOOTH_ACTIVATIONS',
-           'affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward']
+__all__ = ['double_backward_safe', 'DOUBLE_BACKWARD_OPS', 'ReentrantCheckpointError', 'CompiledKernel',
+           'SMOOTH_ACTIVATIONS', 'affine_batch_norm', 'batch_norm_scale_shift', 'conv2d_fast_double_backward']

@@ -50,7 +50,6 @@ from ..models.modes import freeze_batchnorm
 from ..tasks import GradRegTask, create_task
 from ..utils.files import OutputPathError, check_output_path
 from ..utils.progress import format_duration
-from ..utils.threads import set_cpu_threads
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
 from .output import RunFolderError, claim_run_folder, release_run_folder
@@ -151,8 +150,6 @@ class Trainer:
                                 f'for {cfg.world_size}')
         self.rank, self.local_rank, self.distributed = info['global_rank'], info['local_rank'], info['distributed']
         device = torch.device(info['device'])
-        if device.type == 'cpu':
-            set_cpu_threads(cfg.threads, log=self.is_primary)
         if self.distributed:
             _logger.info(f'Training in distributed mode, process {self.rank} of {cfg.world_size}, device {device}.')
         else:
