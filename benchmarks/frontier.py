@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the cost package beside this script
 from cost.methods import METHODS as ALL_METHODS, REFERENCE, BenchMethod  # noqa: E402
+from timm_gradreg.tasks import task_options  # noqa: E402
+from timm_gradreg.train import parse_args  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,11 @@ def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str
     cmd = [sys.executable, '-m', 'timm_gradreg.cli.train', '-c', bench.recipes[method.recipe], *options,
            '--seed', str(seed), '--output', os.path.join(work, 'runs'), '--experiment', experiment,
            '--eval-metric', 'top1', '--adv-val-steps', '0', '--workers', '0', '--checkpoint-hist', '1']
-    if quick:
-        cmd += ['--epochs', '2', '--warmup-epochs', '0', '--gn-warmup-epochs', '0', '--attack-warmup-epochs', '0']
+    if quick:  # two epochs, no warm-up (the method's own warm-up options only: others would be refused)
+        gradreg = parse_args(['-c', bench.recipes[method.recipe], *options])[0].gradreg
+        own = {option.flag for option in task_options(gradreg)}
+        cmd += ['--epochs', '2', '--warmup-epochs', '0']
+        cmd += [arg for flag in ('--gn-warmup-epochs', '--attack-warmup-epochs') if flag in own for arg in (flag, '0')]
     if os.path.isdir(folder):  # an interrupted attempt: start over (timm-train would take a new folder)
         shutil.rmtree(folder)
     os.makedirs(os.path.join(work, 'runs'), exist_ok=True)
