@@ -63,12 +63,20 @@ def _eval_preempted(folder, tmp):
 
 
 def _with_corrupt_image(folder, tmp):
-    """A copy of ``folder`` with one training image cut short (a PNG that fails to decode)."""
+    """A copy of ``folder`` with one training image cut short: a PNG whose pixels fail to decode (PIL's message
+    does not name the file), where this timm skips decode errors (later than 1.0.27); else one that fails to open."""
     import shutil
+
+    from timm.data import ImageDataset
     copy = tmp / 'corrupt'
     shutil.copytree(folder, copy)
     path = copy / 'train' / '0' / '0.png'
     path.write_bytes(path.read_bytes()[:60])
+    dataset = ImageDataset(str(copy / 'train'))
+    try:
+        dataset[dataset.filenames(absolute=True).index(str(path))]
+    except OSError:  # this timm decodes outside its skip: an image that does not open is what it skips
+        path.write_bytes(b'not an image')
     return str(copy)
 
 
