@@ -157,6 +157,8 @@ CASES = {
     "another method's option in the config": (lambda f, t: train_main(['-c', _file(t, 'c.yaml', 'gradreg: natural\n'
                                                                                    'gn_weight: 2\n')]),
                                               "config key 'gn_weight' is an option of --gradreg gradnorm"),
+    'nesterov without momentum': (lambda f, t: _train(f, t, '--opt', 'sgd', '--momentum', '0'),
+                                  '--opt sgd with these settings: Nesterov momentum requires a momentum'),
     'threads 0': (lambda f, t: _train(f, t, '--threads', '0'), 'argument --threads: must be >= 1'),
     'float16 autocast on a CPU': (lambda f, t: _train(f, t, '--amp'), '--amp-dtype bfloat16 is the CPU mixed precision',
                                   0),

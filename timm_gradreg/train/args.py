@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--grad-checkpointing', action='store_true', default=False,
                        help='Enable gradient checkpointing through model blocks/stages')
     group.add_argument('--fast-norm', default=False, action='store_true', help='enable experimental fast-norm')
-    group.add_argument('--model-dtype', default=None, type=str, choices=('float32', 'float16', 'bfloat16'),
-                       help='Model dtype override (non-AMP) (default: float32); float32 only with double-backprop '
-                            'methods')
+    group.add_argument('--model-dtype', default=None, type=str, choices=('float32', 'float64', 'float16', 'bfloat16'),
+                       help='Model dtype override (non-AMP) (default: float32); not float16/bfloat16 with '
+                            'double-backprop methods (float64 for reference runs)')
     group.add_argument('--torchscript', dest='torchscript', action='store_true',
                        help='torch.jit.script the full model (not with double-backprop methods)')
     group.add_argument('--fuser', default='', type=str, help="Select jit fuser. One of ('', 'te', 'old', 'nvfuser')")
@@ -546,7 +546,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--torchscript cannot be used with --gradreg {args.gradreg}: a scripted model runs no '
                          'Python-level ops, and double backprop needs the rewritten ones. Use --torchcompile with a '
                          'first-order method, or drop --torchscript.')
-    if double_backprop and args.model_dtype not in (None, 'float32'):
+    if double_backprop and args.model_dtype in ('float16', 'bfloat16'):
         raise ValueError(f'--model-dtype {args.model_dtype} cannot be used with --gradreg {args.gradreg}: per-pixel '
                          'input gradients underflow in low-precision weights. Use --amp --amp-dtype bfloat16.')
     if args.model_dtype not in (None, 'float32') and args.amp:

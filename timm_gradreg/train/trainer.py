@@ -276,7 +276,12 @@ class Trainer:
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
-        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=cfg), **cfg.opt_kwargs)
+        try:
+            optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=cfg), **cfg.opt_kwargs)
+        except ValueError as e:  # torch's and timm's checks of the optimizer's settings
+            raise TrainingError(f'--opt {cfg.opt} with these settings: {e} (timm\'s sgd is Nesterov SGD; '
+                                '--opt momentum is plain SGD).' if 'Nesterov' in str(e) else
+                                f'--opt {cfg.opt} with these settings: {e}') from None
         self.log(f'Created {type(optimizer).__name__} ({cfg.opt}) optimizer, lr {cfg.lr}, '
                  f'weight decay {cfg.weight_decay}')
         return optimizer
@@ -319,6 +324,10 @@ class Trainer:
         except OutputPathError as e:
             raise TrainingError(str(e)) from None
         self.device = self.init_device()
+        if self.distributed and cfg.sync_bn and self.device.type != 'cuda':
+            raise TrainingError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only; these "
+                                f'processes run on {self.device.type}): drop it, so each process keeps its own '
+                                'BatchNorm statistics, or freeze BatchNorm with --bn-eval.')
         utils.random_seed(cfg.seed, self.rank)
         self.log(f'Learning rate {cfg.lr:g} for a global batch of {cfg.global_batch_size} ({cfg.world_size} '
                  f'process(es) x {cfg.batch_size} x {cfg.grad_accum_steps} accumulation steps).')

@@ -1,0 +1,114 @@
+"""Distributed data parallel takes the step a single process takes on the same global batch, in float64.
+
+Gradient penalties under DDP are a known source of silently wrong gradients (an all-reduce inside
+``create_graph``, or two backward passes per step). Each family of tasks (double backprop, finite
+differences, attack-based, TRADES) takes one SGD step (lr 1, no momentum, no weight decay) on 8 images:
+one process with batch 8, and 2 gloo processes under torchrun with batch 4 each. The parameter
+gradient is read back from the step, g = θ₀ − θ₁, and the two must agree to 1e-9 relative, with
+BatchNorm frozen, with SyncBatchNorm, and with gradient accumulation.
+
+Random draws depend on how a batch is split, so the attack starts from the clean image and TRADES's
+start noise is drawn from each image's own pixels (a plugin task, below); everything else is the
+shipped code.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import timm
+import torch
+
+from helpers import tiny_train_argv, write_image_folder
+
+#: TRADES with its start noise a function of each image (the same however the batch is split across processes).
+PLUGIN = textwrap.dedent('''
+    import torch
+    from timm_gradreg.tasks import TRADESTask, register_task, task_options
+
+
+    @register_task('trades_pixel_noise', options=task_options('trades'))
+    class PixelNoiseTRADES(TRADESTask):
+        def perturb(self, input):
+            real_randn_like = torch.randn_like
+            torch.randn_like = lambda x: torch.sin(1e4 * x)
+            try:
+                return super().perturb(input)
+            finally:
+                torch.randn_like = real_randn_like
+''')
+
+FAMILIES = {
+    'double backprop': ['--gradreg', 'gradnorm', '--gn-warmup-epochs', '0', '--gn-weight', '2'],
+    'finite differences': ['--gradreg', 'gradnorm', '--gradnorm-impl', 'fd', '--gn-warmup-epochs', '0',
+                           '--gn-weight', '2'],
+    'attack-based': ['--gradreg', 'pgd', '--no-attack-random-start', '--attack-warmup-epochs', '0',
+                     '--attack-eps', '8/255', '--attack-step-size', '4/255', '--attack-steps', '2'],
+    'TRADES': ['--gradreg', 'trades_pixel_noise', '--trades-eps', '8/255', '--trades-steps', '2'],
+}
+BATCHNORM = {'frozen': ['--bn-eval'], 'accumulated': ['--bn-eval', '--grad-accum-steps', '2'],
+             **({'sync': ['--sync-bn']} if torch.cuda.device_count() >= 2 else {})}  # torch's SyncBatchNorm: CUDA only
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('ddp')
+    data = write_image_folder(root / 'data', classes=4, train_per_class=2, val_per_class=1)
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', num_classes=4, act_layer='gelu')
+    start = root / 'start.pth.tar'
+    torch.save({'state_dict': model.state_dict()}, start)
+    (root / 'plugin').mkdir()
+    (root / 'plugin' / 'pixel_noise_trades.py').write_text(PLUGIN)
+    env = dict(os.environ, OMP_NUM_THREADS='1', TIMM_GRADREG_PLUGINS='pixel_noise_trades',
+               PYTHONPATH=os.pathsep.join([str(root / 'plugin'), os.environ.get('PYTHONPATH', '')]))
+    return data, start, env
+
+
+def _timm_train(argv, processes, env):
+    launcher = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(processes)] if processes > 1 \
+        else []
+    return subprocess.run([sys.executable, *launcher, '-m', 'timm_gradreg.cli.train', *argv], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def _step(data, start, env, output, processes, batchnorm, family):
+    """θ₀ − θ₁ of one SGD step with learning rate 1 on the 8 training images, per parameter."""
+    accum = 2 if '--grad-accum-steps' in BATCHNORM[batchnorm] else 1
+    argv = tiny_train_argv(data, output, 'run', '--epochs', '1', '--val-split', '', '--eval-metric', 'loss',
+                           '--opt', 'momentum', '--momentum', '0', '--weight-decay', '0', '--lr', '1', '--sched', 'step',
+                           '--model-dtype', 'float64', '--initial-checkpoint', str(start), '--seed', '0',
+                           *FAMILIES[family], *[a for a in BATCHNORM[batchnorm] if a != '--bn-eval'])
+    argv[argv.index('-b') + 1] = str(8 // processes // accum)
+    if '--bn-eval' not in BATCHNORM[batchnorm]:
+        argv.remove('--bn-eval')  # tiny_train_argv freezes BatchNorm by default
+    run = _timm_train(argv, processes, env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert ('distributed mode' in run.stderr) == (processes > 1)
+    after = torch.load(os.path.join(output, 'run', 'last.pth.tar'), weights_only=False)['state_dict']
+    before = torch.load(start, weights_only=False)['state_dict']
+    return {k: before[k].double() - after[k] for k, v in before.items() if v.is_floating_point()
+            and 'running' not in k}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason='SyncBatchNorm runs on these GPUs')
+def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_line(setup, tmp_path):
+    data, start, env = setup
+    run = _timm_train(tiny_train_argv(data, tmp_path, 'run', '--epochs', '1', '--sync-bn', '--no-bn-eval',
+                                      '--device', 'cpu'), 2, env)
+    errors = [line for line in run.stderr.splitlines() if 'timm-train: error:' in line]
+    assert run.returncode != 0 and errors, run.stderr[-3000:]
+    assert all('--sync-bn needs CUDA devices' in line for line in errors), run.stderr[-3000:]
+
+
+@pytest.mark.parametrize('batchnorm', list(BATCHNORM))
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_two_processes_take_the_step_of_one(setup, tmp_path, family, batchnorm):
+    data, start, env = setup
+    one = _step(data, start, env, tmp_path / 'one', 1, batchnorm, family)
+    two = _step(data, start, env, tmp_path / 'two', 2, batchnorm, family)
+    g1 = torch.cat([one[k].flatten() for k in one])
+    g2 = torch.cat([two[k].flatten() for k in one])
+    assert g1.norm() > 0
+    assert ((g2 - g1).norm() / g1.norm()).item() <= 1e-9
