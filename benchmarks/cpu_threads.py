@@ -76,11 +76,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         job.terminate()
                         job.join()
     idle = statistics.median(times['idle machine'])
-    print(f'demo/digits_gradnorm, {args.epochs} epoch(s) per run, {args.rounds} round(s), {cores} cores; median '
-          'seconds of the training epochs (default threads: --threads not given):')
+    print(f'demo/digits_gradnorm, {args.epochs} epoch(s) per run, {args.rounds} round(s), {cores} cores; seconds of '
+          'the training epochs, median [min, max] of the rounds (default threads: --threads not given):')
     for name, values in times.items():
         seconds = statistics.median(values)
-        print(f'  {name:<58} {seconds:8.1f} s   {seconds / idle:6.2f}x idle')
+        print(f'  {name:<58} {seconds:6.1f} s [{min(values):.1f}, {max(values):.1f}]   {seconds / idle:5.2f}x idle')
     return 0
 
 
