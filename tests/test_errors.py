@@ -168,7 +168,7 @@ CASES = {
                                    "exists: give another path, or --overwrite"),
     'corrupt image': (lambda f, t: _train(_with_corrupt_image(f, t), t, '--adv-val-steps', '0', '--eval-metric',
                                           'top1'),
-                      "File: '", 0),
+                      "(file '", 0),
     'misspelt method': (lambda f, t: _train(f, t, '--gradreg', 'gradnrom'), "did you mean 'gradnorm'?"),
     'misspelt method in the config': (lambda f, t: train_main(['-c', _file(t, 'c.yaml', 'gradreg: gradnrom\n')]),
                                       "did you mean 'gradnorm'?"),

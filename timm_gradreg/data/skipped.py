@@ -37,7 +37,7 @@ class _NameSkippedFile(logging.Filter):
                 name = dataset.filename(int(match.group(1)), absolute=True)
             except Exception:  # a reader without file names: leave timm's message as it is
                 return True
-            record.msg = f"{record.msg} File: '{name}'."
+            record.msg = f"{record.msg} (file '{name}')"
         return True
 
 
