@@ -36,7 +36,7 @@ from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from ..models.activations import swap_activations
 from ..models.modes import freeze_batchnorm
 from ..tasks import compile_refusal, create_task, get_task_class, task_kwargs
-from ..train.args import add_gradreg_args, check_method_options
+from ..train.args import add_gradreg_args, add_threads_arg, check_method_options
 from ..train.trainer import schedule_position
 from ..train.validate import check_eval_metric, robust_accuracy
 from ..utils.parser import ArgumentParser
@@ -58,6 +58,7 @@ class LaunchError(RuntimeError):
 def _gradreg_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog='gradreg-launch', add_help=False)
     add_gradreg_args(parser)
+    add_threads_arg(parser)
     return parser
 
 

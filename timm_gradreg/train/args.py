@@ -22,7 +22,7 @@ from ..utils.plugins import load_plugins
 from ..utils.yaml_config import ConfigError, config_keys, flags_given, load_config, parse_with_config
 from .validate import check_eval_metric
 
-__all__ = ['build_parser', 'add_gradreg_args', 'parse_args', 'load_config', 'check_args', 'ConfigError']
+__all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='list the packaged recipes with the paper result each reproduces, and exit')
 
     add_gradreg_args(parser)  # first in --help: the options this tool adds to timm's
+    add_threads_arg(parser)
 
     group = parser.add_argument_group('Dataset parameters')
     parser.add_argument('data', nargs='?', metavar='DIR', const=None,
@@ -437,9 +438,6 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
                        help='robust validation radius (default: 4/255)')
     group.add_argument('--adv-val-step-size', type=attack_radius, default=1 / 255, metavar='STEP',
                        help='robust validation step (default: 1/255)')
-    group.add_argument('--threads', type=number(1, integer=True), default=None, metavar='N',
-                       help='CPU threads of a CPU run (default: the cores no other process is busy on; '
-                            'OMP_NUM_THREADS, which torchrun sets to 1, also counts)')
     group.add_argument('--adv-val-samples', type=attack_count, default=None, metavar='N',
                        help='attack only the first N validation samples per process (default: all)')
     groups: Dict[str, Any] = {}
@@ -447,6 +445,13 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
         if title not in groups:
             groups[title] = parser.add_argument_group(title)
         groups[title].add_argument(option.flag, **option.argparse_kwargs(default))
+
+
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: the tools' CPU threads (``utils.threads``), which timm's train.py does not have."""
+    parser.add_argument('--threads', type=number(1, integer=True), default=None, metavar='N',
+                        help='CPU threads of a CPU run (default: the cores no other process is busy on; '
+                             'OMP_NUM_THREADS, which torchrun sets to 1, also counts)')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
