@@ -5,7 +5,8 @@ Gradient penalties under DDP are a known source of silently wrong gradients (an 
 differences, attack-based, TRADES) takes one SGD step (lr 1, no momentum, no weight decay) on 8 images:
 one process with batch 8, and 2 gloo processes under torchrun with batch 4 each. The parameter
 gradient is read back from the step, g = θ₀ − θ₁, and the two must agree to 1e-9 relative, with
-BatchNorm frozen, with SyncBatchNorm, and with gradient accumulation.
+BatchNorm frozen, with gradient accumulation, and (on 2 GPUs) with SyncBatchNorm; each process's DDP
+all-reduces every gradient exactly once per step (one backward reached it).
 
 Random draws depend on how a batch is split, so the attack starts from the clean image and TRADES's
 start noise is drawn from each image's own pixels (a plugin task, below); everything else is the
@@ -39,6 +40,28 @@ PLUGIN = textwrap.dedent('''
                 torch.randn_like = real_randn_like
 ''')
 
+#: Counts DDP's gradient all-reduces: one per bucket per backward that reaches DDP (a penalty taken by a second
+#: backward through DDP, or create_graph through its hooks, would show as more).
+COUNTER = textwrap.dedent('''
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    _init = DistributedDataParallel.__init__
+
+
+    def _counting_init(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+
+        def hook(state, bucket):
+            print(f'ddp all-reduce of {bucket.buffer().numel()} values', flush=True)
+            return allreduce_hook(None, bucket)
+        self.register_comm_hook(None, hook)
+
+
+    DistributedDataParallel.__init__ = _counting_init
+''')
+
 FAMILIES = {
     'double backprop': ['--gradreg', 'gradnorm', '--gn-warmup-epochs', '0', '--gn-weight', '2'],
     'finite differences': ['--gradreg', 'gradnorm', '--gradnorm-impl', 'fd', '--gn-warmup-epochs', '0',
@@ -61,9 +84,17 @@ def setup(tmp_path_factory):
     torch.save({'state_dict': model.state_dict()}, start)
     (root / 'plugin').mkdir()
     (root / 'plugin' / 'pixel_noise_trades.py').write_text(PLUGIN)
-    env = dict(os.environ, OMP_NUM_THREADS='1', TIMM_GRADREG_PLUGINS='pixel_noise_trades',
+    (root / 'plugin' / 'count_ddp_allreduce.py').write_text(COUNTER)
+    env = dict(os.environ, OMP_NUM_THREADS='1', TIMM_GRADREG_PLUGINS='pixel_noise_trades,count_ddp_allreduce',
                PYTHONPATH=os.pathsep.join([str(root / 'plugin'), os.environ.get('PYTHONPATH', '')]))
     return data, start, env
+
+
+def _trainable() -> int:
+    """Values of the trainable parameters of the test model (what DDP all-reduces once per backward)."""
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', num_classes=4, act_layer='gelu')
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _timm_train(argv, processes, env):
@@ -86,6 +117,9 @@ def _step(data, start, env, output, processes, batchnorm, family):
     run = _timm_train(argv, processes, env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert ('distributed mode' in run.stderr) == (processes > 1)
+    reduced = [int(line.split()[3]) for line in run.stdout.splitlines() if line.startswith('ddp all-reduce of')]
+    if processes > 1:  # one backward reached DDP in the step: each process all-reduced every gradient once
+        assert sum(reduced) == processes * _trainable(), reduced
     after = torch.load(os.path.join(output, 'run', 'last.pth.tar'), weights_only=False)['state_dict']
     before = torch.load(start, weights_only=False)['state_dict']
     return {k: before[k].double() - after[k] for k, v in before.items() if v.is_floating_point()
