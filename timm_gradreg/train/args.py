@@ -22,7 +22,8 @@ from ..utils.plugins import load_plugins
 from ..utils.yaml_config import ConfigError, config_keys, flags_given, load_config, parse_with_config
 from .validate import check_eval_metric
 
-__all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args', 'ConfigError']
+__all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args',
+           'check_method_options', 'with_demo_recipe', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
 
