@@ -1,0 +1,306 @@
+"""Every registered task against timm train.py's step options: trains with the right update, or is refused.
+
+    python benchmarks/compat_matrix.py                        # writes docs/compatibility.md (minutes on a CPU)
+    python benchmarks/compat_matrix.py --tasks gradnorm --options amp-bf16 channels-last
+
+Each cell is one SGD step (no momentum, no weight decay, a learning rate of 1e4 so that the update
+dominates the weights and reads back without rounding) of timm-train's own Trainer on 8 images, so
+(θ₀ − θ₁)/lr is the step's gradient (or, where the option changes the
+update itself — clipping, layer decay — the update). It is compared with the same step run in
+float64 eager mode without the option when the option only changes how the step is computed
+(precision, memory layout, checkpointing, compilation, accumulation), and with it when the option
+defines the loss or the update (mixup, smoothing, BCE, clipping, layer decay). Random draws of the
+tasks (noise, random starts) are taken into contiguous float32 tensors in every run, so all see the same
+numbers whatever the dtype or memory format. A
+combination the front end refuses is shown with its one line.
+
+Tolerances on the relative L2 error of the update: 1e-5 for the float32 options. Two kinds of floor
+are measured in the same run and take its place where they are higher. A column's floor is the task's
+own plain float32 step against float64, where that already exceeds 1e-5 (finite differences cancel
+digits; an attack's sign steps flip where its gradient is near zero, as TRADES's first step at
+x + 0.001·noise is); a row's floor is the natural task's step under a mixed precision, which changes
+every step, a plain cross-entropy step included. A cell passes within 4× the higher floor (its
+extra passes, the input gradient or the attack's iterations, each round once more through the
+network): a dropped GradScaler, an underflowed float16 input gradient or a penalty lost to autocast
+changes the step by a large share of itself and lands far above it. Under float16 the harness lowers
+the GradScaler's starting scale as its own back-off does after a skipped step, so the cell is the
+first step training applies.
+"""
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.overrides import TorchFunctionMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from timm_gradreg import list_tasks  # noqa: E402
+from timm_gradreg.train import Trainer, TrainingError, parse_args  # noqa: E402
+
+FLOAT32_TOLERANCE = 1e-5
+#: a mixed-precision cell passes within this many times the natural task's error in its row
+FLOOR_FACTOR = 4.0
+#: the step's learning rate: large, so that θ₁ is the update and reading it back (θ₀ − θ₁)/LR loses no digits
+LR = 1e4
+
+
+@dataclass(frozen=True)
+class CompatOption:
+    """A timm train.py option of the matrix: its flags, whether the float64 reference keeps them (they define
+    the loss or the update) and the tolerance of its cells."""
+    name: str
+    flags: Tuple[str, ...]
+    defines_step: bool = False
+    mixed_precision: bool = False
+    note: str = ''
+    defines_step_for: Tuple[str, ...] = ()  # tasks whose loss the option changes (kept in their reference)
+
+
+#: tasks whose loss couples the images of a batch: accumulation and DDP take it per micro-batch, as the official
+#: multi-GPU runs do
+BATCH_COUPLED = ('edge', 'igr')
+
+OPTIONS: Dict[str, CompatOption] = {o.name: o for o in [
+    CompatOption('float32', (), note='the plain step'),
+    CompatOption('amp-fp16', ('--amp', '--amp-dtype', 'float16'), mixed_precision=True,
+                 note='autocast float16 with GradScaler'),
+    CompatOption('amp-bf16', ('--amp', '--amp-dtype', 'bfloat16'), mixed_precision=True, note='autocast bfloat16'),
+    CompatOption('channels-last', ('--channels-last',)),
+    CompatOption('grad-checkpointing', ('--grad-checkpointing',)),
+    CompatOption('torchcompile', ('--torchcompile', 'inductor')),
+    CompatOption('grad-accum-2', ('--grad-accum-steps', '2', '-b', '4'), defines_step_for=BATCH_COUPLED,
+                 note='2 batches of 4 against 1 of 8; for ' + ', '.join(BATCH_COUPLED) + ', whose loss is defined on '
+                      'the batch (edge: the official batch-RMS cosine; igr: the authors\' gradient of the batch-mean '
+                      'CE), against the float64 step of the same 2 batches of 4, as DDP computes them per process'),
+    CompatOption('model-ema', ('--model-ema', '--model-ema-decay', '0.9')),
+    CompatOption('mixup', ('--mixup', '0.8'), defines_step=True),
+    CompatOption('cutmix', ('--cutmix', '1.0'), defines_step=True),
+    CompatOption('smoothing', ('--smoothing', '0.1'), defines_step=True),
+    CompatOption('bce-loss', ('--bce-loss',), defines_step=True),
+    CompatOption('jsd-loss', ('--jsd-loss', '--aug-splits', '3')),
+    CompatOption('clip-agc', ('--clip-grad', '0.05', '--clip-mode', 'agc'), defines_step=True),
+    CompatOption('fast-norm', ('--fast-norm',)),
+    CompatOption('layer-decay', ('--layer-decay', '0.75'), defines_step=True),
+    CompatOption('sync-bn', ('--sync-bn', '--no-bn-eval'), defines_step=True,
+                 note='one process: plain BatchNorm in train mode; 2 processes: tests/test_distributed_gradients.py'),
+]}
+
+#: task variants of the matrix: (label, --gradreg and its deterministic settings)
+TASKS: Dict[str, Tuple[str, ...]] = {
+    **{name: ('--gradreg', name) for name in list_tasks()},
+    'gradnorm-fd': ('--gradreg', 'gradnorm', '--gradnorm-impl', 'fd'),
+}
+_WARMUPS = {'gradnorm': ('--gn-warmup-epochs', '0'), 'pgd': ('--attack-warmup-epochs', '0'),
+            'fgsm': ('--attack-warmup-epochs', '0')}
+
+
+class _SameDraws(TorchFunctionMode):
+    """Random draws that do not depend on the tensor's dtype or memory format: each is taken into a contiguous
+    float32 tensor and copied, so a float64 or channels-last run sees the plain float32 run's numbers."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.randn_like, torch.rand_like):
+            x = args[0]
+            return func(torch.empty(x.shape, dtype=torch.float32, device=x.device), **kwargs).to(x.dtype)
+        if func in (torch.Tensor.uniform_, torch.Tensor.normal_):
+            draw = func(torch.empty(args[0].shape, dtype=torch.float32, device=args[0].device), *args[1:], **kwargs)
+            return args[0].copy_(draw)
+        return func(*args, **kwargs)
+
+
+@dataclass
+class Cell:
+    """One task × option: the relative error of the update against the reference, or the refusal line."""
+    task: str
+    option: str
+    error: Optional[float] = None
+    tolerance: Optional[float] = None
+    refused: str = ''
+    floor: bool = False  # the cell is the floor of its row or column
+
+    @property
+    def works(self) -> bool:
+        return not self.refused and self.error is not None and self.tolerance is not None and \
+            self.error <= self.tolerance
+
+    def markdown(self) -> str:
+        if self.refused:
+            return 'refused¹'
+        if self.floor:
+            return f'floor {self.error:.1e}'
+        return f"{'✓' if self.works else '✗'} {self.error:.1e}"
+
+
+def write_images(folder: str, count: int = 8, classes: int = 4, size: int = 32) -> str:
+    """An image folder of ``count`` seeded noise images in ``classes`` class folders (train split only)."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        path = os.path.join(folder, 'train', str(i % classes))
+        os.makedirs(path, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(os.path.join(path, f'{i}.png'))
+    return folder
+
+
+def _base_argv(data: str, start: str, output: str, model: str) -> List[str]:
+    return ['--data-dir', data, '--model', model, '--model-kwargs', 'act_layer=gelu', '--num-classes', '4',
+            '--input-size', '3', '32', '32', '--crop-pct', '1.0', '--no-aug', '-b', '8', '--epochs', '1',
+            '--opt', 'momentum', '--momentum', '0', '--weight-decay', '0', '--lr', str(LR), '--sched', 'step',
+            '--warmup-epochs', '0', '--smoothing', '0', '--workers', '0', '--device', 'cpu', '--val-split', '',
+            '--eval-metric', 'loss', '--bn-eval', '--seed', '0', '--initial-checkpoint', start, '--output', output,
+            '--experiment', 'run', '--log-interval', '100', '--threads', str(torch.get_num_threads())]
+
+
+def _update(argv: Sequence[str]) -> Tuple[Optional[Dict[str, torch.Tensor]], str]:
+    """θ₀ − θ₁ of one step of timm-train's Trainer (float64), or the line with which the front end refuses it."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args, text = parse_args(list(argv))
+    except SystemExit:
+        return None, next((l for l in err.getvalue().splitlines() if 'error:' in l), err.getvalue().strip())
+    before = torch.load(args.initial_checkpoint, weights_only=False)['state_dict']
+    scale = 2.0 ** 16  # torch's GradScaler starts there and halves after each step that overflows
+    while True:
+        try:
+            with _SameDraws():
+                trainer = Trainer(args, text).setup()
+                if trainer.loss_scaler is not None:
+                    trainer.loss_scaler._scaler._init_scale = scale
+                trainer.fit()
+        except (TrainingError, RuntimeError) as e:
+            return None, f'timm-train: error: {e}'.splitlines()[0]
+        module = trainer.task.get_trainable_module()
+        after = getattr(module, '_orig_mod', module).state_dict()  # a compiled module keeps the model there
+        update = {k: (before[k].double() - after[k].double()) / LR for k in before if before[k].is_floating_point()
+                  and 'running' not in k and 'num_batches' not in k}
+        skipped = all(v.abs().max() == 0 for v in update.values())
+        if not (skipped and trainer.loss_scaler is not None and scale > 1.0):
+            return update, ''
+        scale /= 2  # the step GradScaler skips, as training skips its first steps until the scale fits
+
+
+def _relative_error(update: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]) -> float:
+    a = torch.cat([update[k].flatten() for k in reference])
+    b = torch.cat([reference[k].flatten() for k in reference])
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def measure_cell(task: str, option: CompatOption, work: str, model: str = 'test_resnet') -> Cell:
+    """One cell of the matrix (see the module docstring)."""
+    data = os.path.join(work, 'data')
+    if not os.path.isdir(data):
+        write_images(data)
+    start = os.path.join(work, f'{model}.pth.tar')
+    if not os.path.exists(start):
+        import timm
+        torch.manual_seed(0)
+        torch.save({'state_dict': timm.create_model(model, num_classes=4, act_layer='gelu').state_dict()}, start)
+    gradreg = TASKS[task]
+    method = dict(zip(gradreg[::2], gradreg[1::2]))['--gradreg']
+    common = [*gradreg, *_WARMUPS.get(method, ()), *(('--no-attack-random-start',) if method in ('pgd', 'fgsm')
+                                                     else ())]
+    argv = _base_argv(data, start, tempfile.mkdtemp(dir=work), model) + common
+    update, refused = _update(argv + list(option.flags))
+    if refused:
+        return Cell(task, option.name, refused=refused)
+    kept = list(option.flags) if option.defines_step or method in option.defines_step_for else []
+    reference, refused = _update(_base_argv(data, start, tempfile.mkdtemp(dir=work), model) + common + kept +
+                                 ['--model-dtype', 'float64'])
+    if refused:
+        return Cell(task, option.name, refused=f'(the float64 reference) {refused}')
+    return Cell(task, option.name, error=_relative_error(update, reference))
+
+
+def set_floor_tolerances(cells: List[Cell]) -> None:
+    """Each cell's tolerance (module docstring): 1e-5, or FLOOR_FACTOR × the floor of its row (the natural task
+    under that mixed precision) or of its column (the task's own plain float32 step, where that is above 1e-5)."""
+    rows = {c.option: c.error for c in cells if c.task == 'natural' and OPTIONS[c.option].mixed_precision
+            and c.error is not None}
+    columns = {c.task: c.error for c in cells if c.option == 'float32' and c.error is not None
+               and c.error > FLOAT32_TOLERANCE}
+    for c in cells:
+        if c.error is None:
+            continue
+        if (c.task == 'natural' and c.option in rows) or (c.option == 'float32' and c.task in columns):
+            c.tolerance, c.floor = c.error, True
+            continue
+        floors = [FLOOR_FACTOR * f for f in (rows.get(c.option), columns.get(c.task)) if f is not None]
+        if OPTIONS[c.option].mixed_precision and c.option not in rows:
+            continue  # no floor measured for this row: no verdict
+        c.tolerance = max([FLOAT32_TOLERANCE, *floors])
+
+
+def format_matrix(cells: List[Cell]) -> str:
+    """docs/compatibility.md: the table (task columns, option rows) and every refusal line."""
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    options = list(dict.fromkeys(c.option for c in cells))
+    by_key = {(c.task, c.option): c for c in cells}
+    lines = ['# Compatibility: tasks × timm train.py step options', '',
+             'Generated by `python benchmarks/compat_matrix.py` (one SGD step of timm-train\'s Trainer per cell, on a',
+             'CPU; method and tolerances in the script\'s docstring). A cell is the relative L2 error of the step\'s',
+             'parameter update against a float64 eager reference of the same loss: ✓ within the tolerance of its',
+             'row, ✗ above it; "refused" cells are refused before the first step with the line below the table.', '',
+             '| option (tolerance) | ' + ' | '.join(tasks) + ' |', '|---|' + '---|' * len(tasks)]
+    for option in options:
+        row = [by_key[(t, option)].markdown() if (t, option) in by_key else '' for t in tasks]
+        floor = by_key.get(('natural', option))
+        tolerance = (f'{FLOOR_FACTOR:g}× natural\'s {floor.error:.1e}' if OPTIONS[option].mixed_precision and floor
+                     and floor.error is not None else f'{FLOAT32_TOLERANCE:.0e} or {FLOOR_FACTOR:g}× the column\'s floor')
+        lines.append(f'| `{option}` ({tolerance}) | ' + ' | '.join(row) + ' |')
+    refusals: Dict[Tuple[str, str], List[str]] = {}
+    for c in cells:
+        if c.refused:
+            refusals.setdefault((c.option, c.refused), []).append(c.task)
+    if refusals:
+        lines += ['', '¹ Refusals, each as timm-train prints it:', '']
+        for (option, line), refused_tasks in refusals.items():
+            which = 'every task' if len(refused_tasks) == len(tasks) else ', '.join(refused_tasks)
+            lines.append(f'- `{option}`, {which}: {line}')
+    notes = [f'- `{o.name}` = `{" ".join(o.flags) or "(none)"}`' + (f': {o.note}' if o.note else '')
+             for o in OPTIONS.values() if o.name in options]
+    lines += ['', 'The options:', '', *notes, '']
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS))
+    parser.add_argument('--options', nargs='+', default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument('--output', default=os.path.join(ROOT, 'docs', 'compatibility.md'))
+    parser.add_argument('--record', default=os.path.join(ROOT, 'results', 'compatibility.json'))
+    args = parser.parse_args(argv)
+    logging.getLogger().setLevel(logging.ERROR)
+    cells = []
+    with tempfile.TemporaryDirectory() as work:
+        for option in args.options:
+            for task in args.tasks:
+                cell = measure_cell(task, OPTIONS[option], work)
+                cells.append(cell)
+                shown = f'{cell.error:.1e}' if cell.error is not None else 'refused'
+                print(f'{task:>12} × {option:<18} {shown:<10} {cell.refused}', flush=True)
+    set_floor_tolerances(cells)
+    text = format_matrix(cells)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, 'w') as f:
+        f.write(text)
+    os.makedirs(os.path.dirname(args.record), exist_ok=True)
+    with open(args.record, 'w') as f:
+        json.dump({'torch': torch.__version__, 'cells': [c.__dict__ for c in cells]}, f, indent=1)
+    print(f'wrote {args.output} and {args.record}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
