@@ -49,3 +49,16 @@ def test_a_busy_core_is_left_out(monkeypatch):
     cores = len(os.sched_getaffinity(0))
     assert threads <= max(1, cores - 1), (threads, why)
     assert 'busy with other processes' in why
+
+
+def test_the_published_timing_is_its_record_rendered():
+    """docs/training.md's CPU-thread table is results/cpu_threads.json as the benchmark renders it."""
+    import json
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, 'benchmarks'))
+    from cpu_threads import format_table
+    with open(os.path.join(root, 'results', 'cpu_threads.json')) as f:
+        table = format_table(json.load(f))
+    with open(os.path.join(root, 'docs', 'training.md')) as f:
+        assert table in f.read()

@@ -62,22 +62,23 @@ def fraction(value: Any) -> float:
         raise argparse.ArgumentTypeError(f"expected a number or a fraction like 4/255, got '{value}'") from None
 
 
+def _shown(value: Any, amount: float) -> str:
+    """A value as the user wrote it, with its decimal value where it was a fraction ('8/255 = 0.0313725')."""
+    return f'{value}' if '/' not in str(value) else f'{value} = {amount:g}'
+
+
 def pixel_amount(value: Any) -> float:
     """An ε or a step size in pixel units (images span [0, 1]): a number in [0, 1], usually written as a
     fraction of 255 ('4/255')."""
     amount = fraction(value)
     if not 0 <= amount <= 1:
-        shown = f'{value}' if '/' not in str(value) else f'{value} = {amount:g}'
+        shown = _shown(value, amount)
         raise argparse.ArgumentTypeError(f'{shown} is outside [0, 1], the pixel range of images: give ε and step '
                                          'sizes in pixel units, e.g. in the fraction form 2/255')
     return amount
 
 
 pixel_amount.__name__ = 'pixel amount in [0, 1]'
-
-
-def _shown(value: Any, amount: float) -> str:
-    return f'{value}' if '/' not in str(value) else f'{value} = {amount:g}'
 
 
 def attack_radius(value: Any) -> float:
