@@ -43,7 +43,8 @@ PLUGIN = textwrap.dedent('''
 #: Counts DDP's gradient all-reduces: one per bucket per backward that reaches DDP (a penalty taken by a second
 #: backward through DDP, or create_graph through its hooks, would show as more).
 COUNTER = textwrap.dedent('''
-    import torch
+    import os
+
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
@@ -52,9 +53,11 @@ COUNTER = textwrap.dedent('''
 
     def _counting_init(self, *args, **kwargs):
         _init(self, *args, **kwargs)
+        log = os.path.join(os.environ['DDP_COUNT_DIR'], f"rank{os.environ.get('RANK', '0')}.txt")
 
         def hook(state, bucket):
-            print(f'ddp all-reduce of {bucket.buffer().numel()} values', flush=True)
+            with open(log, 'a') as f:  # a file per process: their stdout lines may interleave
+                f.write(f'{bucket.buffer().numel()}\\n')
             return allreduce_hook(None, bucket)
         self.register_comm_hook(None, hook)
 
@@ -114,12 +117,15 @@ def _step(data, start, env, output, processes, batchnorm, family):
     argv[argv.index('-b') + 1] = str(8 // processes // accum)
     if '--bn-eval' not in BATCHNORM[batchnorm]:
         argv.remove('--bn-eval')  # tiny_train_argv freezes BatchNorm by default
-    run = _timm_train(argv, processes, env)
+    counts = os.path.join(output, 'allreduce')
+    os.makedirs(counts)
+    run = _timm_train(argv, processes, dict(env, DDP_COUNT_DIR=counts))
     assert run.returncode == 0, run.stderr[-3000:]
     assert ('distributed mode' in run.stderr) == (processes > 1)
-    reduced = [int(line.split()[3]) for line in run.stdout.splitlines() if line.startswith('ddp all-reduce of')]
     if processes > 1:  # one backward reached DDP in the step: each process all-reduced every gradient once
-        assert sum(reduced) == processes * _trainable(), reduced
+        for rank in range(processes):
+            with open(os.path.join(counts, f'rank{rank}.txt')) as f:
+                assert sum(int(line) for line in f) == _trainable(), rank
     after = torch.load(os.path.join(output, 'run', 'last.pth.tar'), weights_only=False)['state_dict']
     before = torch.load(start, weights_only=False)['state_dict']
     return {k: before[k].double() - after[k] for k, v in before.items() if v.is_floating_point()
