@@ -8,6 +8,19 @@ from PIL import Image
 
 from timm_gradreg.recipes import RECIPE_DIR
 
+#: timm's own train.py, unmodified, by revision (../shared/timm-train beside the project; a user's checkout has none)
+STOCK_TRAIN_PY_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
+                                                   'shared', 'timm-train'))
+STOCK_TRAIN_PY_FILES = {'v1.0.27': os.path.join(STOCK_TRAIN_PY_DIR, 'train-v1.0.27.py'),
+                        'main': os.path.join(STOCK_TRAIN_PY_DIR, 'train-main-aa4b5850.py')}
+
+
+def stock_train_py() -> str:
+    """The train.py that goes with the installed timm: v1.0.27's file (tags 1.0.27, 1.0.28) or main's (1.0.29+)."""
+    import timm
+    from packaging.version import Version
+    return STOCK_TRAIN_PY_FILES['main' if Version(timm.__version__) >= Version('1.0.29.dev0') else 'v1.0.27']
+
 
 def write_image_folder(root, classes: int = 4, train_per_class: int = 6, val_per_class: int = 3,
                        size: int = 32) -> str:

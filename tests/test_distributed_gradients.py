@@ -21,7 +21,7 @@ import pytest
 import timm
 import torch
 
-from helpers import tiny_train_argv, write_image_folder
+from helpers import STOCK_TRAIN_PY_DIR, stock_train_py, tiny_train_argv, write_image_folder
 
 #: TRADES with its start noise a function of each image (the same however the batch is split across processes).
 PLUGIN = textwrap.dedent('''
@@ -100,14 +100,19 @@ def _trainable() -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _timm_train(argv, processes, env):
+#: How a step is run: timm-train, or gradreg-launch driving timm's own train.py (../shared/timm-train).
+PROGRAMS = {'timm-train': ['-m', 'timm_gradreg.cli.train'],
+            'gradreg-launch': ['-m', 'timm_gradreg.cli.launch', stock_train_py()]}
+
+
+def _timm_train(argv, processes, env, program='timm-train'):
     launcher = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(processes)] if processes > 1 \
         else []
-    return subprocess.run([sys.executable, *launcher, '-m', 'timm_gradreg.cli.train', *argv], capture_output=True,
+    return subprocess.run([sys.executable, *launcher, *PROGRAMS[program], *argv], capture_output=True,
                           text=True, env=env, timeout=600)
 
 
-def _step(data, start, env, output, processes, batchnorm, family):
+def _step(data, start, env, output, processes, batchnorm, family, program='timm-train'):
     """θ₀ − θ₁ of one SGD step with learning rate 1 on the 8 training images, per parameter."""
     accum = 2 if '--grad-accum-steps' in BATCHNORM[batchnorm] else 1
     argv = tiny_train_argv(data, output, 'run', '--epochs', '1', '--val-split', '', '--eval-metric', 'loss',
@@ -119,35 +124,43 @@ def _step(data, start, env, output, processes, batchnorm, family):
         argv.remove('--bn-eval')  # tiny_train_argv freezes BatchNorm by default
     counts = os.path.join(output, 'allreduce')
     os.makedirs(counts)
-    run = _timm_train(argv, processes, dict(env, DDP_COUNT_DIR=counts))
+    run = _timm_train(argv, processes, dict(env, DDP_COUNT_DIR=counts), program)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert ('distributed mode' in run.stderr) == (processes > 1)
+    assert ('distributed mode' in run.stderr.lower()) == (processes > 1)
     if processes > 1:  # one backward reached DDP in the step: each process all-reduced every gradient once
         for rank in range(processes):
             with open(os.path.join(counts, f'rank{rank}.txt')) as f:
                 assert sum(int(line) for line in f) == _trainable(), rank
     after = torch.load(os.path.join(output, 'run', 'last.pth.tar'), weights_only=False)['state_dict']
+    assert all(v.dtype == torch.float64 for v in after.values() if v.is_floating_point())
     before = torch.load(start, weights_only=False)['state_dict']
     return {k: before[k].double() - after[k] for k, v in before.items() if v.is_floating_point()
             and 'running' not in k}
 
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason='SyncBatchNorm runs on these GPUs')
-def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_line(setup, tmp_path):
+@pytest.mark.parametrize('program', [
+    'timm-train', pytest.param('gradreg-launch', marks=pytest.mark.skipif(
+        not os.path.isfile(stock_train_py()), reason=f"timm's train.py is not in {STOCK_TRAIN_PY_DIR}"))])
+def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_line(setup, tmp_path, program):
     data, start, env = setup
     run = _timm_train(tiny_train_argv(data, tmp_path, 'run', '--epochs', '1', '--sync-bn', '--no-bn-eval',
-                                      '--device', 'cpu'), 2, env)
-    errors = [line for line in run.stderr.splitlines() if 'timm-train: error:' in line]
+                                      '--device', 'cpu'), 2, env,
+                      program)
+    errors = [line for line in run.stderr.splitlines() if f'{program}: error:' in line]
     assert run.returncode != 0 and errors, run.stderr[-3000:]
     assert all('--sync-bn needs CUDA devices' in line for line in errors), run.stderr[-3000:]
 
 
+@pytest.mark.parametrize('program', [
+    'timm-train', pytest.param('gradreg-launch', marks=pytest.mark.skipif(
+        not os.path.isfile(stock_train_py()), reason=f"timm's train.py is not in {STOCK_TRAIN_PY_DIR}"))])
 @pytest.mark.parametrize('batchnorm', list(BATCHNORM))
 @pytest.mark.parametrize('family', list(FAMILIES))
-def test_two_processes_take_the_step_of_one(setup, tmp_path, family, batchnorm):
+def test_two_processes_take_the_step_of_one(setup, tmp_path, family, batchnorm, program):
     data, start, env = setup
-    one = _step(data, start, env, tmp_path / 'one', 1, batchnorm, family)
-    two = _step(data, start, env, tmp_path / 'two', 2, batchnorm, family)
+    one = _step(data, start, env, tmp_path / 'one', 1, batchnorm, family, program)
+    two = _step(data, start, env, tmp_path / 'two', 2, batchnorm, family, program)
     g1 = torch.cat([one[k].flatten() for k in one])
     g2 = torch.cat([two[k].flatten() for k in one])
     assert g1.norm() > 0

@@ -10,18 +10,14 @@ import subprocess
 import sys
 
 import pytest
-import timm
-from packaging.version import Version
 
 from timm_gradreg.recipes import PATCH
 
-from helpers import write_image_folder
+from helpers import STOCK_TRAIN_PY_DIR, STOCK_TRAIN_PY_FILES, stock_train_py, write_image_folder
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'timm-train')
-FILES = {'v1.0.27': os.path.join(SHARED, 'train-v1.0.27.py'), 'main': os.path.join(SHARED, 'train-main-aa4b5850.py')}
-TRAIN_PY = FILES['main'] if Version(timm.__version__) >= Version('1.0.29.dev0') else FILES['v1.0.27']
+TRAIN_PY = stock_train_py()
 needs_shared = pytest.mark.skipif(not os.path.isfile(TRAIN_PY),
-                                  reason=f"timm's train.py is not in {os.path.normpath(SHARED)} (a user's checkout)")
+                                  reason=f"timm's train.py is not in {STOCK_TRAIN_PY_DIR} (a user's checkout)")
 
 #: one member of each method family, with the options a seconds-long epoch needs
 # --workers 1: timm 1.0.27's loader keeps persistent workers, which torch refuses with --workers 0
@@ -61,11 +57,11 @@ def test_timms_train_py_trains_each_method_family(method, folder, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which('git') is None, reason='needs git')
-@pytest.mark.parametrize('revision', sorted(FILES))
+@pytest.mark.parametrize('revision', sorted(STOCK_TRAIN_PY_FILES))
 def test_the_patch_applies_to_each_train_py(revision, tmp_path):
-    if not os.path.isfile(FILES[revision]):
-        pytest.skip(f"timm's train.py is not in {os.path.normpath(SHARED)} (a user's checkout)")
-    shutil.copy(FILES[revision], tmp_path / 'train.py')
+    if not os.path.isfile(STOCK_TRAIN_PY_FILES[revision]):
+        pytest.skip(f"timm's train.py is not in {STOCK_TRAIN_PY_DIR} (a user's checkout)")
+    shutil.copy(STOCK_TRAIN_PY_FILES[revision], tmp_path / 'train.py')
     run = subprocess.run(['git', 'apply', '--check', '--verbose', PATCH], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 

@@ -9,7 +9,7 @@ from timm_gradreg.recipes import RECIPE_DIR
 from timm_gradreg.tasks import create_task, fraction, get_task_class, task_kwargs
 from timm_gradreg.train.args import build_parser, parse_args
 
-from helpers import training_recipes
+from helpers import STOCK_TRAIN_PY_DIR, STOCK_TRAIN_PY_FILES, training_recipes
 
 RECIPES = training_recipes()
 
@@ -124,24 +124,21 @@ def test_every_recipe_builds_its_task(recipe):
     assert task.task_name == args.gradreg  # create_task refuses options its constructor does not take
 
 
-SHARED_TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared',
-                               'timm-train')
-TRAIN_PY_FILES = {'v1.0.27': 'train-v1.0.27.py', 'main': 'train-main-aa4b5850.py'}
 
 
 def _stock_keys(revision):
     """The option names (args.yaml keys) of timm's own train.py at ``revision`` (../shared/timm-train)."""
     import importlib.util
-    path = os.path.join(SHARED_TRAIN_PY, TRAIN_PY_FILES[revision])
+    path = STOCK_TRAIN_PY_FILES[revision]
     if not os.path.isfile(path):
-        pytest.skip(f"timm's train.py is not in {os.path.normpath(SHARED_TRAIN_PY)} (a user's checkout)")
+        pytest.skip(f"timm's train.py is not in {STOCK_TRAIN_PY_DIR} (a user's checkout)")
     spec = importlib.util.spec_from_file_location(f'stock_train_{revision.replace(".", "_")}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return sorted({a.dest for a in module.parser._actions} - {'help', 'config'})
 
 
-@pytest.mark.parametrize('revision', sorted(TRAIN_PY_FILES))
+@pytest.mark.parametrize('revision', sorted(STOCK_TRAIN_PY_FILES))
 def test_every_stock_train_py_option_is_accepted(revision):
     dests = {a.dest for a in build_parser()._actions}
     assert [k for k in _stock_keys(revision) if k not in dests] == []

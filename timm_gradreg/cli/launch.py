@@ -18,6 +18,10 @@ imported as a module (its ``if __name__ == '__main__'`` does not run) and driven
 * ``validate`` adds ``advtop1``, top-1 under PGD, usable as ``--eval-metric``;
 * ``create_dataset`` finds a standard set on disk (``--dataset fashion_mnist``, ``data.DATA_SOURCES``).
 
+``--model-dtype float64``, which train.py's own check refuses, is taken by the launcher: the model is built
+in float64 (torch's default dtype for the run) and the loaders' images are cast to it, for gradient checks
+against finite differences or another process count.
+
 It works with the train.py of timm 1.0.27 and later (the task API it drives).
 """
 import argparse
@@ -36,7 +40,7 @@ from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from ..models.activations import swap_activations
 from ..models.modes import freeze_batchnorm
 from ..tasks import compile_refusal, create_task, get_task_class, task_kwargs
-from ..train.args import FD_UNDER_AMP, add_gradreg_args, add_threads_arg, check_method_options
+from ..train.args import FD_UNDER_AMP, add_gradreg_args, add_threads_arg, check_method_options, check_sync_bn
 from ..train.trainer import schedule_position
 from ..train.validate import check_eval_metric, robust_accuracy
 from ..utils.parser import ArgumentParser
@@ -108,11 +112,36 @@ def _with_config(argv: Sequence[str], path: str) -> List[str]:
     return out
 
 
-class _ScheduledLoader:
+class _CastLoader:
+    """A loader whose floating-point images are cast to ``dtype`` (None: left as they are)."""
+
+    def __init__(self, loader, dtype: Optional[torch.dtype] = None):
+        self._loader, self._dtype = loader, dtype
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def _cast(self, batch):
+        if self._dtype is None or not isinstance(batch, (tuple, list)) or not torch.is_tensor(batch[0]) \
+                or not batch[0].is_floating_point():
+            return batch
+        return type(batch)([batch[0].to(self._dtype), *batch[1:]])
+
+    def __iter__(self):
+        for batch in self._loader:
+            yield self._cast(batch)
+
+
+class _ScheduledLoader(_CastLoader):
     """A training loader that moves the task's schedule to each batch's position and sets module modes."""
 
-    def __init__(self, loader, task, epoch: int, accum_steps: int, options: argparse.Namespace):
-        self._loader, self._task, self._epoch, self._accum, self._options = loader, task, epoch, accum_steps, options
+    def __init__(self, loader, task, epoch: int, accum_steps: int, options: argparse.Namespace,
+                 dtype: Optional[torch.dtype] = None):
+        super().__init__(loader, dtype)
+        self._task, self._epoch, self._accum, self._options = task, epoch, accum_steps, options
 
     def __len__(self) -> int:
         return len(self._loader)
@@ -129,7 +158,7 @@ class _ScheduledLoader:
         batches = len(self._loader)
         for batch_idx, batch in enumerate(self._loader):
             self._task.set_epoch(schedule_position(self._epoch, batch_idx, batches, self._accum))
-            yield batch
+            yield self._cast(batch)
 
 
 class GradregTrainScript:
@@ -145,6 +174,7 @@ class GradregTrainScript:
         self.data_config: Optional[Dict[str, Any]] = None
         self.grad_scaler = None
         self.args: Optional[argparse.Namespace] = None
+        self.input_dtype: Optional[torch.dtype] = None  # float64 runs: the loaders' images are cast to it
         self.module = self._import()
         self._rebind()
 
@@ -201,6 +231,8 @@ class GradregTrainScript:
             if str(getattr(args, 'device', 'cpu')).startswith('cpu'):
                 set_cpu_threads(self.options.threads)
             self._check(args)
+            if getattr(args, 'model_dtype', None) == 'float64':
+                self._use_float64(args)
             vars(args).update(vars(self.options))
             self.args = args
             return args, yaml.safe_dump(args.__dict__, default_flow_style=False)
@@ -215,11 +247,25 @@ class GradregTrainScript:
         if getattr(args, 'kd_model_name', None) and self.options.gradreg != 'natural':
             raise LaunchError(f'--kd-model-name (knowledge distillation) builds a distillation task; it cannot be '
                               f'combined with --gradreg {self.options.gradreg}.')
+        try:
+            check_sync_bn(getattr(args, 'sync_bn', False), int(os.environ.get('WORLD_SIZE', '1')),
+                          torch.device(getattr(args, 'device', 'cpu')).type)
+        except ValueError as e:
+            raise LaunchError(str(e)) from None
         if getattr(args, 'eval_metric', None) == 'advtop1':
             try:
                 check_eval_metric('advtop1', self.options.adv_val_steps)
             except ValueError as e:
                 raise LaunchError(str(e)) from None
+
+    def _use_float64(self, args: argparse.Namespace) -> None:
+        """Train in float64, which train.py's own dtype check does not allow: the model is created in torch's
+        default dtype, set to float64 for the run, and train.py sees no dtype override."""
+        if getattr(args, 'amp', False):
+            raise LaunchError('--model-dtype float64 and --amp are alternatives: pick one.')
+        torch.set_default_dtype(torch.float64)
+        self.input_dtype = torch.float64
+        args.model_dtype = None
 
     def _wrap_resolve_data_config(self, resolve):
         @functools.wraps(resolve)
@@ -278,7 +324,8 @@ class GradregTrainScript:
             bound = signature.bind(*a, **kw)
             accum = getattr(bound.arguments.get('args'), 'grad_accum_steps', 1) or 1
             bound.arguments['loader'] = _ScheduledLoader(bound.arguments['loader'], self.task,
-                                                         bound.arguments['epoch'], accum, self.options)
+                                                         bound.arguments['epoch'], accum, self.options,
+                                                         self.input_dtype)
             return train_one_epoch(*bound.args, **bound.kwargs)
         return wrapped
 
@@ -287,9 +334,10 @@ class GradregTrainScript:
 
         @functools.wraps(validate)
         def wrapped(*a, **kw):
-            metrics = validate(*a, **kw)
+            bound = signature.bind(*a, **kw)
+            bound.arguments['loader'] = _CastLoader(bound.arguments['loader'], self.input_dtype)
+            metrics = validate(*bound.args, **bound.kwargs)
             if self.options.adv_val_steps > 0 and self.data_config is not None:
-                bound = signature.bind(*a, **kw)
                 bound.apply_defaults()
                 arguments = bound.arguments
                 metrics.update(robust_accuracy(arguments['model'], arguments['loader'], self.data_config,

@@ -143,6 +143,13 @@ class GradRegTask(ClassificationTask, abc.ABC):
         module = self.trainable_module
         return module.module if isinstance(module, DistributedDataParallel) else module
 
+    def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'GradRegTask':
+        """Wrap the trainable module in DDP; CPU processes (gloo) pass no device ids, which DDP takes only for
+        accelerator modules (timm's train.py passes ``[device]`` whatever the device is)."""
+        if device_ids and all(torch.device(d).type == 'cpu' for d in device_ids):
+            device_ids = None
+        return super().prepare_distributed(device_ids=device_ids, **ddp_kwargs)
+
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs):
         check_compile_mode(mode, backend)
         if self.double_backprop:

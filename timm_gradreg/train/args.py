@@ -23,6 +23,7 @@ from ..utils.yaml_config import ConfigError, config_keys, flags_given, load_conf
 from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args',
+           'check_sync_bn',
            'check_method_options', 'with_demo_recipe', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
@@ -539,6 +540,14 @@ FD_UNDER_AMP = ('--gradnorm-impl fd cannot be used with --amp: the finite differ
                 'cancels most of its digits (measured in docs/compatibility.md). Train the finite difference in '
                 'float32 (it works with --torchcompile), or double backprop (--gradnorm-impl double_backprop) under '
                 '--amp.')
+
+
+def check_sync_bn(sync_bn: bool, world_size: int, device_type: str) -> None:
+    """Refuse ``--sync-bn`` where torch's SyncBatchNorm cannot run: several processes on CPUs."""
+    if sync_bn and world_size > 1 and device_type != 'cuda':
+        raise ValueError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only; these processes "
+                         f'run on {device_type}): drop it, so each process keeps its own BatchNorm statistics, or '
+                         'freeze BatchNorm with --bn-eval.')
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -50,6 +50,7 @@ from ..models.modes import freeze_batchnorm
 from ..tasks import GradRegTask, create_task
 from ..utils.files import OutputPathError, check_output_path
 from ..utils.progress import format_duration
+from .args import check_sync_bn
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
 from .output import RunFolderError, claim_run_folder, release_run_folder
@@ -324,10 +325,10 @@ class Trainer:
         except OutputPathError as e:
             raise TrainingError(str(e)) from None
         self.device = self.init_device()
-        if self.distributed and cfg.sync_bn and self.device.type != 'cuda':
-            raise TrainingError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only; these "
-                                f'processes run on {self.device.type}): drop it, so each process keeps its own '
-                                'BatchNorm statistics, or freeze BatchNorm with --bn-eval.')
+        try:
+            check_sync_bn(cfg.sync_bn, cfg.world_size if self.distributed else 1, self.device.type)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         utils.random_seed(cfg.seed, self.rank)
         self.log(f'Learning rate {cfg.lr:g} for a global batch of {cfg.global_batch_size} ({cfg.world_size} '
                  f'process(es) x {cfg.batch_size} x {cfg.grad_accum_steps} accumulation steps).')
