@@ -14,17 +14,26 @@ tasks (noise, random starts) are taken into contiguous float32 tensors in every 
 numbers whatever the dtype or memory format. A
 combination the front end refuses is shown with its one line.
 
-Tolerances on the relative L2 error of the update: 1e-5 for the float32 options. Two kinds of floor
-are measured in the same run and take its place where they are higher. A column's floor is the task's
-own plain float32 step against float64, where that already exceeds 1e-5 (finite differences cancel
-digits; an attack's sign steps flip where its gradient is near zero, as TRADES's first step at
-x + 0.001·noise is); a row's floor is the natural task's step under a mixed precision, which changes
-every step, a plain cross-entropy step included. A cell passes within 4× the higher floor (its
-extra passes, the input gradient or the attack's iterations, each round once more through the
-network): a dropped GradScaler, an underflowed float16 input gradient or a penalty lost to autocast
-changes the step by a large share of itself and lands far above it. Under float16 the harness lowers
-the GradScaler's starting scale as its own back-off does after a skipped step, so the cell is the
-first step training applies.
+Sign ties: the L1 norm's subgradient and an attack's sign step are discontinuous at zero, so a component
+within rounding of zero takes either sign and one flip moves a whole pixel of the attack or of the penalty's
+direction (GradNorm under --bce-loss: one input-gradient component of 2e-12 flipped, and the step moved by
+4e-5). The float64 reference records the sign of every ``sign``/``abs`` input and the measured run takes
+the reference's sign where its own differs, when at most 1% of a call's components differ (``_Ties``);
+the cell shows how many it resolved. A dropped GradScaler, an underflowed gradient or a wrong penalty
+changes most signs and is measured as it is.
+
+Tolerances on the relative L2 error of the update. Float32 options: 1e-5, or 4× the column's floor
+where the task's own plain float32 step against float64 is above 1e-5 (finite differences cancel digits;
+TRADES's KL compares two nearly equal predictions). Mixed precision: autocast rounds the operands of every
+matmul and convolution to its unit roundoff, and the row's floor is what that does to a plain
+cross-entropy step (the natural task: one forward and one backward pass, measured in the same run). A
+regularized step of p network passes, each rounded as the plain step's passes are, has at most p/2 times
+that error if the passes' errors add. The tasks that train under autocast take at most 8 passes (PGD-3:
+three attack forward and backward passes, then the training forward and backward; double backprop:
+4), so a cell passes within 4× the row's floor. A dropped GradScaler, an underflowed float16 input gradient
+or a penalty lost to autocast changes the step by a large share of itself and lands far above it. Under
+float16 the harness lowers the GradScaler's starting scale as its own back-off does after a skipped step,
+so the cell is the first step training applies.
 """
 import argparse
 import contextlib
@@ -88,10 +97,16 @@ OPTIONS: Dict[str, CompatOption] = {o.name: o for o in [
     CompatOption('cutmix', ('--cutmix', '1.0'), defines_step=True),
     CompatOption('smoothing', ('--smoothing', '0.1'), defines_step=True),
     CompatOption('bce-loss', ('--bce-loss',), defines_step=True),
+    CompatOption('bce-sum', ('--bce-loss', '--bce-sum'), defines_step=True),
     CompatOption('jsd-loss', ('--jsd-loss', '--aug-splits', '3')),
     CompatOption('clip-agc', ('--clip-grad', '0.05', '--clip-mode', 'agc'), defines_step=True),
     CompatOption('fast-norm', ('--fast-norm',)),
     CompatOption('layer-decay', ('--layer-decay', '0.75'), defines_step=True),
+    CompatOption('dist-bn', ('--dist-bn', 'reduce', '--no-bn-eval'), defines_step=True,
+                 note='BatchNorm in train mode; averages BatchNorm statistics across processes after each epoch, outside the step'),
+    CompatOption('aug-repeats', ('--aug-repeats', '2'),
+                 note="timm's repeated-augmentation sampler, which needs several processes: it chooses which images "
+                      'a process sees, and the step on them is the plain one'),
     CompatOption('sync-bn', ('--sync-bn', '--no-bn-eval'), defines_step=True,
                  note='one process: plain BatchNorm in train mode; 2 processes: tests/test_distributed_gradients.py'),
 ]}
@@ -103,6 +118,75 @@ TASKS: Dict[str, Tuple[str, ...]] = {
 }
 _WARMUPS = {'gradnorm': ('--gn-warmup-epochs', '0'), 'pgd': ('--attack-warmup-epochs', '0'),
             'fgsm': ('--attack-warmup-epochs', '0')}
+
+
+#: the most components of one sign/abs call whose sign may differ from the reference and still count as ties
+TIE_SHARE = 1e-2
+
+
+class _Ties(TorchFunctionMode):
+    """Resolves sign ties as the float64 reference does. The L1 norm's subgradient and an attack's sign step are
+    discontinuous at zero: a component within rounding of zero (|g| of 1e-12 beside a median of 1e-5) takes
+    either sign, and one such flip moves a whole pixel of the attack or of the penalty's direction. The reference
+    run records the sign of every ``sign``/``abs`` input; the measured run, call by call, takes the reference's
+    sign where its own differs, provided no more than TIE_SHARE of the call's components differ (a dropped
+    scaler, an underflowed gradient or a wrong penalty changes most signs and is measured as it is). ``abs`` stays
+    differentiable: x·s with s the reference's sign. Under accumulation each micro-batch pairs with its rows of the
+    reference's calls; a call that pairs with none ends the replay."""
+
+    _FUNCS = (torch.sign, torch.Tensor.sign, torch.abs, torch.Tensor.abs)
+
+    def __init__(self, record: Optional[List[torch.Tensor]] = None):
+        super().__init__()
+        self.recording = record is None
+        self.signs: List[torch.Tensor] = [] if record is None else list(record)
+        self.restart()
+
+    def restart(self) -> None:
+        """Start a run again (GradScaler's skipped steps rerun it)."""
+        if self.recording:
+            self.signs = []
+        self.ties, self.untied, self._next, self._row, self._paired = 0, 0, 0, 0, True
+
+    def _reference(self, shape: torch.Size) -> Optional[torch.Tensor]:
+        """The recorded sign for the next call: the same call of the reference, or, under accumulation, its rows
+        of the micro-batch (the recorded calls are replayed once per micro-batch); None once calls no longer pair."""
+        if not self._paired or not self.signs:
+            return None
+        if self._next == len(self.signs):  # the next micro-batch runs the same calls on the following rows
+            self._next, self._row = 0, self._row + shape[0]
+        recorded = self.signs[self._next]
+        if recorded.shape[1:] != shape[1:] or self._row + shape[0] > recorded.shape[0]:
+            self._paired = False
+            return None
+        self._next += 1
+        return recorded[self._row:self._row + shape[0]]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in self._FUNCS or not args or not torch.is_tensor(args[0]) or not args[0].is_floating_point():
+            return func(*args, **kwargs)
+        x = args[0]
+        with torch.no_grad():
+            own = torch.sign(x.detach()).to(torch.int8)
+        if self.recording:
+            self.signs.append(own)
+            return func(*args, **kwargs)
+        reference = self._reference(own.shape)
+        if reference is None:
+            return func(*args, **kwargs)
+        flips = own != reference
+        count = int(flips.sum())
+        if count == 0:
+            return func(*args, **kwargs)
+        if count > TIE_SHARE * own.numel():
+            self.untied += count
+            return func(*args, **kwargs)
+        self.ties += count
+        ref = reference.to(x.dtype)
+        if func in (torch.sign, torch.Tensor.sign):
+            return ref
+        return x * ref
 
 
 class _SameDraws(TorchFunctionMode):
@@ -129,6 +213,7 @@ class Cell:
     tolerance: Optional[float] = None
     refused: str = ''
     floor: bool = False  # the cell is the floor of its row or column
+    ties: int = 0  # sign ties resolved as in the reference (_Ties)
 
     @property
     def works(self) -> bool:
@@ -138,9 +223,10 @@ class Cell:
     def markdown(self) -> str:
         if self.refused:
             return 'refused¹'
+        ties = f' ({self.ties} tie{"s" * (self.ties > 1)})' if self.ties else ''
         if self.floor:
-            return f'floor {self.error:.1e}'
-        return f"{'✓' if self.works else '✗'} {self.error:.1e}"
+            return f'floor {self.error:.1e}{ties}'
+        return f"{'✓' if self.works else '✗'} {self.error:.1e}{ties}"
 
 
 def write_images(folder: str, count: int = 8, classes: int = 4, size: int = 32) -> str:
@@ -162,19 +248,30 @@ def _base_argv(data: str, start: str, output: str, model: str) -> List[str]:
             '--experiment', 'run', '--log-interval', '100', '--threads', str(torch.get_num_threads())]
 
 
-def _update(argv: Sequence[str]) -> Tuple[Optional[Dict[str, torch.Tensor]], str]:
-    """θ₀ − θ₁ of one step of timm-train's Trainer (float64), or the line with which the front end refuses it."""
+def _parse(argv: Sequence[str]) -> Tuple[Optional[argparse.Namespace], str, str]:
+    """timm-train's arguments and config text, or the line with which its front end refuses them."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
             args, text = parse_args(list(argv))
     except SystemExit:
-        return None, next((l for l in err.getvalue().splitlines() if 'error:' in l), err.getvalue().strip())
+        return None, '', next((l for l in err.getvalue().splitlines() if 'error:' in l), err.getvalue().strip())
+    return args, text, ''
+
+
+def _update(argv: Sequence[str], ties: Optional[_Ties] = None) -> Tuple[Optional[Dict[str, torch.Tensor]], str]:
+    """θ₀ − θ₁ of one step of timm-train's Trainer (float64), or the line with which the front end refuses it;
+    ``ties`` records the run's signs or resolves its ties as recorded (``_Ties``)."""
+    args, text, refused = _parse(argv)
+    if refused:
+        return None, refused
     before = torch.load(args.initial_checkpoint, weights_only=False)['state_dict']
     scale = 2.0 ** 16  # torch's GradScaler starts there and halves after each step that overflows
     while True:
         try:
-            with _SameDraws():
+            if ties is not None:
+                ties.restart()
+            with _SameDraws(), (ties if ties is not None else contextlib.nullcontext()):
                 trainer = Trainer(args, text).setup()
                 if trainer.loss_scaler is not None:
                     trainer.loss_scaler._scaler._init_scale = scale
@@ -211,16 +308,21 @@ def measure_cell(task: str, option: CompatOption, work: str, model: str = 'test_
     method = dict(zip(gradreg[::2], gradreg[1::2]))['--gradreg']
     common = [*gradreg, *_WARMUPS.get(method, ()), *(('--no-attack-random-start',) if method in ('pgd', 'fgsm')
                                                      else ())]
-    argv = _base_argv(data, start, tempfile.mkdtemp(dir=work), model) + common
-    update, refused = _update(argv + list(option.flags))
-    if refused:
+    _, _, refused = _parse(_base_argv(data, start, work, model) + common + list(option.flags))
+    if refused:  # refused before anything runs
         return Cell(task, option.name, refused=refused)
     kept = list(option.flags) if option.defines_step or method in option.defines_step_for else []
+    recorded = _Ties()
     reference, refused = _update(_base_argv(data, start, tempfile.mkdtemp(dir=work), model) + common + kept +
-                                 ['--model-dtype', 'float64'])
+                                 ['--model-dtype', 'float64'], recorded)
     if refused:
         return Cell(task, option.name, refused=f'(the float64 reference) {refused}')
-    return Cell(task, option.name, error=_relative_error(update, reference))
+    ties = _Ties(recorded.signs)
+    update, refused = _update(_base_argv(data, start, tempfile.mkdtemp(dir=work), model) + common +
+                              list(option.flags), ties)
+    if refused:
+        return Cell(task, option.name, refused=refused)
+    return Cell(task, option.name, error=_relative_error(update, reference), ties=ties.ties)
 
 
 def set_floor_tolerances(cells: List[Cell]) -> None:

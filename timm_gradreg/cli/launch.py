@@ -40,7 +40,7 @@ from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from ..models.activations import swap_activations
 from ..models.modes import freeze_batchnorm
 from ..tasks import compile_refusal, create_task, get_task_class, task_kwargs
-from ..train.args import FD_UNDER_AMP, add_gradreg_args, add_threads_arg, check_method_options, check_sync_bn
+from ..train.args import add_gradreg_args, add_threads_arg, check_method_options, check_distributed_options, check_precision
 from ..train.trainer import schedule_position
 from ..train.validate import check_eval_metric, robust_accuracy
 from ..utils.parser import ArgumentParser
@@ -242,14 +242,18 @@ class GradregTrainScript:
         cls = get_task_class(self.options.gradreg)
         if getattr(args, 'torchcompile', None) and cls.needs_double_backprop(**self.task_kwargs):
             raise LaunchError(compile_refusal(cls, self.options.gradreg))
-        if getattr(args, 'amp', False) and self.task_kwargs.get('impl') == 'fd':
-            raise LaunchError(FD_UNDER_AMP)
+        try:
+            check_precision(self.options.gradreg, self.task_kwargs, getattr(args, 'amp', False),
+                            getattr(args, 'model_dtype', None))
+        except ValueError as e:
+            raise LaunchError(str(e)) from None
         if getattr(args, 'kd_model_name', None) and self.options.gradreg != 'natural':
             raise LaunchError(f'--kd-model-name (knowledge distillation) builds a distillation task; it cannot be '
                               f'combined with --gradreg {self.options.gradreg}.')
         try:
-            check_sync_bn(getattr(args, 'sync_bn', False), int(os.environ.get('WORLD_SIZE', '1')),
-                          torch.device(getattr(args, 'device', 'cpu')).type)
+            check_distributed_options(getattr(args, 'sync_bn', False), getattr(args, 'aug_repeats', 0),
+                                      int(os.environ.get('WORLD_SIZE', '1')),
+                                      torch.device(getattr(args, 'device', 'cpu')).type)
         except ValueError as e:
             raise LaunchError(str(e)) from None
         if getattr(args, 'eval_metric', None) == 'advtop1':

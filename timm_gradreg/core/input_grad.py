@@ -36,12 +36,13 @@ def per_sample_loss_sum(criterion: Callable, output: torch.Tensor, target: torch
 
     Batch-mean criteria (timm's LabelSmoothingCrossEntropy, SoftTargetCrossEntropy,
     ``nn.CrossEntropyLoss()``) are multiplied by the batch size; ``reduction='sum'``
-    is used as is; ``reduction='none'`` is summed.
+    is used as is; ``reduction='none'`` is summed. timm's BinaryCrossEntropy with ``sum_classes`` (``--bce-sum``)
+    sums each image's classes and averages over the batch.
     """
     loss = criterion(output, target)
     if loss.ndim > 0:
         return loss.sum()
-    reduction = getattr(criterion, 'reduction', 'mean')
+    reduction = 'mean' if getattr(criterion, 'sum_classes', False) else getattr(criterion, 'reduction', 'mean')
     if reduction == 'sum':
         return loss
     if reduction not in ('mean', 'elementwise_mean'):

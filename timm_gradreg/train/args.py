@@ -23,7 +23,7 @@ from ..utils.yaml_config import ConfigError, config_keys, flags_given, load_conf
 from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args',
-           'check_sync_bn',
+           'check_distributed_options', 'check_precision',
            'check_method_options', 'with_demo_recipe', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
@@ -541,13 +541,33 @@ FD_UNDER_AMP = ('--gradnorm-impl fd cannot be used with --amp: the finite differ
                 'float32 (it works with --torchcompile), or double backprop (--gradnorm-impl double_backprop) under '
                 '--amp.')
 
+#: Why TRADES is refused in half precision (measured: benchmarks/compat_matrix.py).
+TRADES_IN_HALF_PRECISION = ('{option} cannot be used with --gradreg trades: its KL term is driven by the difference '
+                            'of two nearly equal predictions (the clean image and one within ε of it), which '
+                            'half-precision logits round away (measured in docs/compatibility.md). Train TRADES in '
+                            'float32 (on GPUs the step keeps TF32 matmuls, which timm turns on).')
 
-def check_sync_bn(sync_bn: bool, world_size: int, device_type: str) -> None:
-    """Refuse ``--sync-bn`` where torch's SyncBatchNorm cannot run: several processes on CPUs."""
+
+def check_precision(gradreg: str, kwargs: Dict[str, Any], amp: bool, model_dtype: Optional[str] = None) -> None:
+    """Refuse the methods whose step loses its digits in half precision: finite-difference GradNorm under --amp,
+    TRADES under --amp or a half-precision model."""
+    if amp and kwargs.get('impl') == 'fd':
+        raise ValueError(FD_UNDER_AMP)
+    if gradreg == 'trades' and (amp or model_dtype in ('float16', 'bfloat16')):
+        raise ValueError(TRADES_IN_HALF_PRECISION.format(option='--amp' if amp else f'--model-dtype {model_dtype}'))
+
+
+def check_distributed_options(sync_bn: bool, aug_repeats: float, world_size: int, device_type: str) -> None:
+    """Refuse the options that need processes this run does not have: ``--sync-bn`` on CPUs (torch's
+    SyncBatchNorm runs on GPUs), ``--aug-repeats`` in one process (timm's sampler spreads repeats over processes)."""
     if sync_bn and world_size > 1 and device_type != 'cuda':
         raise ValueError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only; these processes "
                          f'run on {device_type}): drop it, so each process keeps its own BatchNorm statistics, or '
                          'freeze BatchNorm with --bn-eval.')
+    if aug_repeats and world_size == 1:
+        raise ValueError(f"--aug-repeats {aug_repeats:g} needs distributed training (timm's RepeatAugSampler gives "
+                         'the repeats of an image to different processes): run under torchrun with several '
+                         'processes, or drop it.')
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -571,8 +591,7 @@ def check_args(args: argparse.Namespace) -> None:
     if double_backprop and args.model_dtype in ('float16', 'bfloat16'):
         raise ValueError(f'--model-dtype {args.model_dtype} cannot be used with --gradreg {args.gradreg}: per-pixel '
                          'input gradients underflow in low-precision weights. Use --amp --amp-dtype bfloat16.')
-    if args.amp and task_kwargs(args.gradreg, args).get('impl') == 'fd':
-        raise ValueError(FD_UNDER_AMP)
+    check_precision(args.gradreg, task_kwargs(args.gradreg, args), args.amp, args.model_dtype)
     if args.model_dtype not in (None, 'float32') and args.amp:
         raise ValueError('--model-dtype float16/bfloat16 and --amp are alternatives: pick one.')
     check_compile_mode(args.torchcompile_mode, args.torchcompile)

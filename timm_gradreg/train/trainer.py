@@ -50,7 +50,7 @@ from ..models.modes import freeze_batchnorm
 from ..tasks import GradRegTask, create_task
 from ..utils.files import OutputPathError, check_output_path
 from ..utils.progress import format_duration
-from .args import check_sync_bn
+from .args import check_distributed_options
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
 from .output import RunFolderError, claim_run_folder, release_run_folder
@@ -326,7 +326,8 @@ class Trainer:
             raise TrainingError(str(e)) from None
         self.device = self.init_device()
         try:
-            check_sync_bn(cfg.sync_bn, cfg.world_size if self.distributed else 1, self.device.type)
+            check_distributed_options(cfg.sync_bn, cfg.aug_repeats, cfg.world_size if self.distributed else 1,
+                                      self.device.type)
         except ValueError as e:
             raise TrainingError(str(e)) from None
         utils.random_seed(cfg.seed, self.rank)
