@@ -216,5 +216,9 @@ def test_log_wandb_offline_records_the_run(folder, tmp_path, monkeypatch):
     runs = glob.glob(str(tmp_path / 'wandb' / 'offline-run-*'))
     assert len(runs) == 1
     (log,) = glob.glob(os.path.join(runs[0], 'run-*.wandb'))  # the run's records, metric names in plain bytes
+    names = (b'eval_top1', b'train_loss', b'gradreg-test')
+    deadline = time.monotonic() + 60  # wandb's service process writes the file: wait for it to catch up
+    while not all(n in open(log, 'rb').read() for n in names) and time.monotonic() < deadline:
+        time.sleep(0.5)
     records = open(log, 'rb').read()
-    assert b'eval_top1' in records and b'train_loss' in records and b'gradreg-test' in records
+    assert all(n in records for n in names), records[:200]
