@@ -21,6 +21,8 @@ import pytest
 import timm
 import torch
 
+from timm_gradreg.utils.sharding import fully_shard
+
 from helpers import STOCK_TRAIN_PY_DIR, stock_train_py, tiny_train_argv, write_image_folder
 
 #: TRADES with its start noise a function of each image (the same however the batch is split across processes).
@@ -112,22 +114,26 @@ def _timm_train(argv, processes, env, program='timm-train'):
                           text=True, env=env, timeout=600)
 
 
-def _step(data, start, env, output, processes, batchnorm, family, program='timm-train'):
+def _step(data, start, env, output, processes, batchnorm, family, program='timm-train', extra=(), model='test_resnet'):
     """θ₀ − θ₁ of one SGD step with learning rate 1 on the 8 training images, per parameter."""
     accum = 2 if '--grad-accum-steps' in BATCHNORM[batchnorm] else 1
     argv = tiny_train_argv(data, output, 'run', '--epochs', '1', '--val-split', '', '--eval-metric', 'loss',
                            '--opt', 'momentum', '--momentum', '0', '--weight-decay', '0', '--lr', '1', '--sched', 'step',
                            '--model-dtype', 'float64', '--initial-checkpoint', str(start), '--seed', '0',
-                           *FAMILIES[family], *[a for a in BATCHNORM[batchnorm] if a != '--bn-eval'])
+                           *FAMILIES[family], *[a for a in BATCHNORM[batchnorm] if a != '--bn-eval'], *extra)
     argv[argv.index('-b') + 1] = str(8 // processes // accum)
+    if model != 'test_resnet':
+        argv[argv.index('--model') + 1] = model
     if '--bn-eval' not in BATCHNORM[batchnorm]:
         argv.remove('--bn-eval')  # tiny_train_argv freezes BatchNorm by default
     counts = os.path.join(output, 'allreduce')
     os.makedirs(counts)
     run = _timm_train(argv, processes, dict(env, DDP_COUNT_DIR=counts), program)
     assert run.returncode == 0, run.stderr[-3000:]
+    with open(os.path.join(output, 'stderr.txt'), 'w') as f:
+        f.write(run.stderr)
     assert ('distributed mode' in run.stderr.lower()) == (processes > 1)
-    if processes > 1:  # one backward reached DDP in the step: each process all-reduced every gradient once
+    if processes > 1 and '--fsdp' not in extra:  # one backward reached DDP: each process all-reduced every gradient once
         for rank in range(processes):
             with open(os.path.join(counts, f'rank{rank}.txt')) as f:
                 assert sum(int(line) for line in f) == _trainable(), rank
@@ -165,3 +171,74 @@ def test_two_processes_take_the_step_of_one(setup, tmp_path, family, batchnorm, 
     g2 = torch.cat([two[k].flatten() for k in one])
     assert g1.norm() > 0
     assert ((g2 - g1).norm() / g1.norm()).item() <= 1e-9
+
+
+needs_fsdp2 = pytest.mark.skipif(fully_shard is None, reason='FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6')
+
+
+@needs_fsdp2
+@pytest.mark.parametrize('family', ['finite differences', 'attack-based', 'TRADES'])
+def test_a_sharded_model_takes_the_step_of_one_process(setup, tmp_path, family):
+    """--fsdp: 2 gloo processes with the model, gradients and optimizer state sharded (FSDP2) take the step of one
+    unsharded process on the same 8 images; the checkpoint holds the full, unsharded weights."""
+    data, start, env = setup
+    one = _step(data, start, env, tmp_path / 'one', 1, 'frozen', family)
+    two = _step(data, start, env, tmp_path / 'two', 2, 'frozen', family, extra=['--fsdp'])
+    g1 = torch.cat([one[k].flatten() for k in one])
+    g2 = torch.cat([two[k].flatten() for k in one])
+    assert g1.norm() > 0
+    assert ((g2 - g1).norm() / g1.norm()).item() <= 1e-9
+
+
+@needs_fsdp2
+def test_a_vit_sharded_block_by_block_takes_the_step_of_one_process(setup, tmp_path):
+    """test_vit: each transformer block its own FSDP unit (gathered for its forward and backward only)."""
+    from timm_gradreg.train.fsdp import fsdp_units
+    data, _, env = setup
+    torch.manual_seed(0)
+    model = timm.create_model('test_vit', num_classes=4, act_layer='gelu', img_size=32)
+    assert len(fsdp_units(model)) >= 2
+    start = tmp_path / 'vit.pth.tar'
+    torch.save({'state_dict': model.state_dict()}, start)
+    extra = ['--model-kwargs', 'act_layer=gelu', 'img_size=32']
+    one = _step(data, start, env, tmp_path / 'one', 1, 'frozen', 'finite differences', extra=extra, model='test_vit')
+    two = _step(data, start, env, tmp_path / 'two', 2, 'frozen', 'finite differences', extra=[*extra, '--fsdp'],
+                model='test_vit')
+    g1 = torch.cat([one[k].flatten() for k in one])
+    g2 = torch.cat([two[k].flatten() for k in one])
+    assert g1.norm() > 0 and ((g2 - g1).norm() / g1.norm()).item() <= 1e-9
+
+
+@needs_fsdp2
+def test_gradnorm_under_fsdp_trains_by_finite_differences_and_says_so(setup, tmp_path):
+    """Double backprop's second backward never reaches FSDP2's gradient hooks: GradNorm switches to its
+    finite difference with one line, and takes the one-process finite-difference step."""
+    data, start, env = setup
+    one = _step(data, start, env, tmp_path / 'one', 1, 'frozen', 'finite differences')
+    two = _step(data, start, env, tmp_path / 'two', 2, 'frozen', 'double backprop', extra=['--fsdp'])
+    g1 = torch.cat([one[k].flatten() for k in one])
+    g2 = torch.cat([two[k].flatten() for k in one])
+    assert ((g2 - g1).norm() / g1.norm()).item() <= 1e-9
+    said = [line for line in open(tmp_path / 'two' / 'stderr.txt').read().splitlines() if 'first-order form' in line]
+    assert len(said) == 1 and "--gradreg gradnorm under --fsdp trains by its first-order form (impl='fd')" in said[0]
+
+
+@needs_fsdp2
+@pytest.mark.parametrize('argv,line', [
+    (['--gradreg', 'edge'], '--fsdp cannot be used with --gradreg edge: it needs double backprop'),
+    (['--model-ema'], '--model-ema cannot be used with --fsdp'),
+    (['--clip-grad', '1', '--clip-mode', 'agc'], '--clip-mode agc cannot be used with --fsdp'),
+])
+def test_what_cannot_be_sharded_is_refused_by_name(setup, tmp_path, argv, line):
+    data, start, env = setup
+    run = _timm_train(tiny_train_argv(data, tmp_path, 'run', '--epochs', '1', '--fsdp', *argv), 2, env)
+    errors = [l for l in run.stderr.splitlines() if 'timm-train: error:' in l]
+    assert run.returncode != 0 and errors and all(line in l for l in errors), run.stderr[-3000:]
+
+
+@needs_fsdp2
+def test_fsdp_in_one_process_is_refused(setup, tmp_path):
+    data, start, env = setup
+    run = _timm_train(tiny_train_argv(data, tmp_path, 'run', '--epochs', '1', '--fsdp'), 1, env)
+    assert run.returncode != 0 and 'timm-train: error: --fsdp shards the model over the torchrun processes' in \
+        run.stderr, run.stderr[-3000:]

@@ -7,6 +7,7 @@ import yaml
 from timm_gradreg.cli.train import main as train_main
 from timm_gradreg.train import parse_args, resolve_config
 from timm_gradreg.train.memory import GIB, TRANSIENT_FACTOR, USABLE_SHARE, predict_memory, saved_tensor_bytes
+from timm_gradreg.utils.sharding import fully_shard
 
 
 def test_saved_bytes_of_a_hand_counted_graph():
@@ -53,6 +54,30 @@ def test_prediction_is_linear_in_the_batch_and_counts_the_states():
     assert p.activations_per_sample > 0
     assert p.saved(8) - p.saved(4) == 4 * p.activations_per_sample
     assert p.peak(8) - p.peak(4) == pytest.approx(TRANSIENT_FACTOR * 4 * p.activations_per_sample, abs=1)
+
+
+@pytest.mark.skipif(fully_shard is None,
+                    reason='FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6')
+def test_fsdp_prediction_counts_one_process_shards_and_the_gathered_blocks():
+    """--fsdp on 4 processes: FSDP2 gives each process ceil(rows / 4) rows of every parameter (dim 0); the states
+    are those shards (within their padding), plus the parameters and gradients of the root's own tensors and of
+    two blocks gathered at once; the finite difference's activations, not double backprop's."""
+    import timm
+    args, _ = parse_args(['--model', 'test_vit', '--model-kwargs', 'img_size=32', '--input-size', '3', '32', '32',
+                          '--num-classes', '10', '--gradreg', 'gradnorm', '--fsdp', '--dry-run'])
+    full, sharded = predict_memory(resolve_config(args, world_size=1)), predict_memory(resolve_config(args, world_size=4))
+    model = timm.create_model('test_vit', img_size=32, num_classes=10)
+    shard_rows = sum(-(-p.shape[0] // 4) * p[0].numel() if p.ndim else 1 for p in model.parameters()) * 4
+    assert sharded.shards == 4 and abs(sharded.parameters - shard_rows) <= 0.05 * shard_rows
+    assert sharded.gradients == sharded.parameters and sharded.optimizer_state <= full.optimizer_state / 4 + 64
+    blocks = list(model.blocks)
+    root = sum(p.numel() for p in model.parameters()) - sum(p.numel() for b in blocks for p in b.parameters())
+    block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    assert sharded.gathered == 2 * (root + 2 * block) * 4
+    assert full.gathered == 0 and full.parameters == sum(p.numel() for p in model.parameters()) * 4
+    args, _ = parse_args(['--model', 'test_vit', '--model-kwargs', 'img_size=32', '--input-size', '3', '32', '32',
+                          '--num-classes', '10', '--gradreg', 'gradnorm', '--dry-run'])
+    assert predict_memory(resolve_config(args, world_size=4)).activations_per_sample > sharded.activations_per_sample
 
 
 def test_double_backprop_needs_more_than_natural_training():

@@ -5,6 +5,7 @@ from typing import List, Optional
 from ..models.loading import ModelError
 from ..train import (Trainer, TrainingError, TrainingInterrupted, config_yaml, global_batch_note, parse_args,
                      resolve_config)
+from ..train.fsdp import check_fsdp
 from ..train.memory import default_gpu_memory, memory_advice, predict_memory
 from ..utils.exit_codes import ExitCode
 from ..utils.device import default_device
@@ -13,9 +14,9 @@ from .console import command, setup_console_logging
 
 
 def dry_run_notes(cfg) -> List[str]:
-    """The lines ``--dry-run`` adds under the configuration: the global batch against the paper's, the
-    predicted memory per GPU and, with a GPU size, whether it fits."""
-    notes = [note for note in [global_batch_note(cfg)] if note]
+    """The lines ``--dry-run`` adds under the configuration: the global batch against the paper's, how ``--fsdp``
+    trains the method, the predicted memory per GPU and, with a GPU size, whether it fits."""
+    notes = [note for note in [global_batch_note(cfg), check_fsdp(cfg)] if note]
     if cfg.predict_memory:
         prediction = predict_memory(cfg)
         notes.append(prediction.describe(cfg.batch_size))

@@ -79,6 +79,7 @@ def scaled_grad(
         grad_scaler: Any = None,
         loss_scale: Optional[float] = None,
         allow_unused: bool = False,
+        retain_graph: Optional[bool] = None,
 ) -> List[Optional[torch.Tensor]]:
     """∂loss/∂inputs, taken of the fp16-scaled loss and unscaled: the one place every regularizer
     takes its gradients.
@@ -86,11 +87,13 @@ def scaled_grad(
     The scale is the GradScaler's current one under fp16 autocast (``resolve_loss_scale`` of the
     first input), or ``loss_scale`` when given. Without a GradScaler owning it, an overflow
     lowers the scale (by 2⁸ each time) and the gradients are retaken from the same graph; with
-    one, the inf is kept so that the scaler skips the step and lowers its scale as usual.
+    one, the inf is kept so that the scaler skips the step and lowers its scale as usual. ``retain_graph`` keeps
+    the graph for a later backward (torch's default: ``create_graph``).
     """
     scale = resolve_loss_scale(inputs[0], grad_scaler) if loss_scale is None else float(loss_scale)
     if scale is None or scale == 1.0:
-        return list(torch.autograd.grad(loss, inputs, create_graph=create_graph, allow_unused=allow_unused))
+        return list(torch.autograd.grad(loss, inputs, create_graph=create_graph, retain_graph=retain_graph,
+                                        allow_unused=allow_unused))
     adapt = grad_scaler is None
     while True:
         grads = torch.autograd.grad(loss * scale, inputs, create_graph=create_graph, retain_graph=True,

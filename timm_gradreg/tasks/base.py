@@ -64,6 +64,8 @@ class GradRegTask(ClassificationTask, abc.ABC):
     uses_schedule = False
     #: What to use instead of torch.compile when the task needs double backprop (shown in errors).
     compile_alternative = ''
+    #: The options that make a double-backprop task first-order (None: it has no first-order form).
+    first_order_kwargs: Optional[Dict[str, Any]] = None
     #: timm loss types (``--loss``) the task trains with; None: any.
     loss_types: Optional[Tuple[str, ...]] = None
     #: Why other loss types do not apply (shown in errors).

@@ -7,6 +7,7 @@ import torch
 
 from ..core.attacks import pgd_attack
 from ..core.input_grad import at_least_fp32, loss_and_input_gradient, per_sample_loss_sum, scaled_grad
+from ..utils.sharding import is_sharded
 from ..core.penalties import Sigma, gradnorm_penalty, penalty_direction, resolve_sigma
 from ..core.schedules import LinearWarmup
 from ..models.activations import find_kinks
@@ -100,6 +101,8 @@ def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tens
     """
     if not torch.is_grad_enabled():
         raise RuntimeError('GradNormTask needs autograd: call outside torch.no_grad() / torch.inference_mode().')
+    if is_sharded(task.trainable_module):
+        return _finite_difference_sharded(task, x, target, ce_weight, weight)
     module = task.attack_model()
     params = [p for p in module.parameters() if p.requires_grad]
     batch = x.shape[0]
@@ -119,6 +122,31 @@ def _finite_difference(task: 'GradNormTask', x: torch.Tensor, target: torch.Tens
     value = ce_weight * ce + weight * penalty.detach()
     loss = value + (weight / step) * (shifted_ce - shifted_ce.detach()) + injected
     return {'loss': loss, 'output': output.detach(), 'ce': ce, 'penalty': penalty.detach(), 'weight': weight}
+
+
+def _finite_difference_sharded(task: 'GradNormTask', x: torch.Tensor, target: torch.Tensor, ce_weight: float,
+                               weight: float) -> Dict[str, torch.Tensor]:
+    """The finite difference on an FSDP2-sharded model: both passes' parameter gradients from one ordinary backward.
+
+    FSDP2 gathers the parameters for a pass and reduce-scatters their gradients in hooks of that backward; a
+    gradient taken with ``autograd.grad`` on ``module.parameters()`` (the sharded tensors, not the gathered ones
+    the forward used) never reaches them. So pass 1 takes only the input gradient, keeping its graph, and the
+    loss carries (λ_CE − w/h)·L(x) + (w/h)·L(x + h·v): its value is still λ_CE·CE + w·penalty, the terms enter
+    with value zero.
+    """
+    module = task.trainable_module
+    batch = x.shape[0]
+    xg = x.detach().requires_grad_(True)
+    output = module(xg)
+    ce = per_sample_loss_sum(task.criterion, at_least_fp32(output), target) / batch
+    (grad,) = scaled_grad(ce * batch, [xg], grad_scaler=task.grad_scaler, retain_graph=True)
+    penalty = task.penalty(grad)
+    step = task.fd_step
+    shifted = (x.detach() + step * task.direction(grad)).detach()
+    shifted_ce = per_sample_loss_sum(task.criterion, at_least_fp32(module(shifted)), target) / batch
+    value = ce_weight * ce.detach() + weight * penalty.detach()
+    loss = value + (ce_weight - weight / step) * (ce - ce.detach()) + (weight / step) * (shifted_ce - shifted_ce.detach())
+    return {'loss': loss, 'output': output.detach(), 'ce': ce.detach(), 'penalty': penalty.detach(), 'weight': weight}
 
 
 @dataclass(frozen=True)
@@ -238,6 +266,7 @@ class GradNormTask(GradRegTask):
     """
 
     compile_alternative = "use --gradnorm-impl fd (impl='fd')"
+    first_order_kwargs = {'impl': 'fd'}
 
     @classmethod
     def needs_double_backprop(cls, impl: str = 'double_backprop', **kwargs) -> bool:

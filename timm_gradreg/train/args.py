@@ -20,6 +20,7 @@ from ..tasks import (all_task_options, attack_count, attack_radius, check_compil
 from ..utils.parser import ArgumentParser
 from ..utils.plugins import load_plugins
 from ..utils.yaml_config import ConfigError, config_keys, flags_given, load_config, parse_with_config
+from .fsdp import check_fsdp
 from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args',
@@ -155,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='Python imports for device backend modules.')
     group.add_argument('--no-ddp-bb', action='store_true', default=False,
                        help='Force broadcast buffers for native DDP to off.')
+    group.add_argument('--fsdp', action='store_true', default=False,
+                       help='Shard the model, gradients and optimizer state over the torchrun processes with '
+                            "PyTorch's FSDP2 (fully_shard), for models that do not fit one GPU; not in timm's "
+                            'train.py')
     group.add_argument('--synchronize-step', action='store_true', default=False,
                        help='torch.cuda.synchronize() end of each step')
     group.add_argument('--local_rank', default=0, type=int, help=argparse.SUPPRESS)
@@ -598,6 +603,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.torchcompile and task_cls.needs_double_backprop(**task_kwargs(args.gradreg, args)):
         raise ValueError(compile_refusal(task_cls, args.gradreg))
     check_eval_metric(args.eval_metric, args.adv_val_steps)
+    check_fsdp(args)
     if (args.bn_eval or args.train_in_eval_mode) and args.sync_bn:
         raise ValueError('--bn-eval / --train-in-eval-mode freeze BatchNorm statistics, --sync-bn synchronizes them: '
                          'pick one.')

@@ -17,6 +17,7 @@ from ..models.activations import DEFAULT_SOURCES
 from ..models.checkpoint import read_swap_record
 from ..tasks import task_kwargs
 from ..utils.device import default_device
+from .fsdp import fsdp_task_kwargs
 
 __all__ = ['resolve_config', 'resolve_lr', 'config_summary', 'config_yaml', 'batch_for_global', 'global_batch_note',
            'mixup_active', 'criterion_kwargs']
@@ -39,7 +40,8 @@ def resolve_config(args: argparse.Namespace, world_size: Optional[int] = None) -
     ``data``, or a demo dataset's cache folder), ``world_size`` (torchrun's, or the given one
     for a dry run) and ``global_batch_size``, ``lr`` and ``lr_base_scale`` (timm's base-LR
     rule), ``task_kwargs`` (the method's options as ``create_task`` arguments), the activation
-    swap an ``--initial-checkpoint`` records, and ``dist_bn`` (off with ``--sync-bn``).
+    swap an ``--initial-checkpoint`` records, and ``dist_bn`` (off with ``--sync-bn``). Under ``--fsdp`` a
+    double-backprop task's options are its first-order form (``fsdp.fsdp_task_kwargs``).
     """
     cfg = copy.deepcopy(args)
     cfg.device = default_device(args.device)
@@ -50,7 +52,7 @@ def resolve_config(args: argparse.Namespace, world_size: Optional[int] = None) -
     cfg.world_size = world_size or getattr(args, 'world_size', None) or world_info_from_env()[2]
     cfg.global_batch_size = args.batch_size * cfg.world_size * args.grad_accum_steps
     vars(cfg).update(resolve_lr(args, cfg.global_batch_size))
-    cfg.task_kwargs = task_kwargs(args.gradreg, args)
+    cfg.task_kwargs = fsdp_task_kwargs(args, task_kwargs(args.gradreg, args))
     if args.initial_checkpoint and not args.swap_activations and os.path.isfile(args.initial_checkpoint):
         record = read_swap_record(args.initial_checkpoint)
         if record:

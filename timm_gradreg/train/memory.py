@@ -14,7 +14,7 @@ import argparse
 import math
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
@@ -26,6 +26,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from ..models.modes import freeze_batchnorm
 from ..tasks import create_task
 from .config import batch_for_global, criterion_kwargs, mixup_active
+from .fsdp import fsdp_units
 from .model import create_train_model
 
 __all__ = ['MemoryPrediction', 'predict_memory', 'saved_tensor_bytes', 'memory_advice', 'default_gpu_memory', 'GIB',
@@ -50,10 +51,13 @@ class MemoryPrediction:
     optimizer_state: int
     ema: int
     dtype: str
+    #: ``--fsdp``: the states above are one process's shards; these bytes are the blocks gathered at once
+    gathered: int = 0
+    shards: int = 1
 
     @property
     def states(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_state + self.ema
+        return self.parameters + self.gradients + self.optimizer_state + self.ema + self.gathered
 
     def saved(self, batch_size: int) -> int:
         """Bytes saved for backward at ``batch_size`` (what the hooks count)."""
@@ -72,8 +76,10 @@ class MemoryPrediction:
         return max(0, math.floor(room / self.activations_per_sample)) if self.activations_per_sample else 0
 
     def describe(self, batch_size: int) -> str:
+        sharded = (f', sharded over {self.shards} processes with {self.gathered / GIB:.1f} gathered at once'
+                   if self.shards > 1 else '')
         return (f'predicted peak per GPU: {self.peak(batch_size) / GIB:.1f} GiB at batch {batch_size} '
-                f'(activations {self.activations(batch_size) / GIB:.1f}, states {self.states / GIB:.1f}; '
+                f'(activations {self.activations(batch_size) / GIB:.1f}, states {self.states / GIB:.1f}{sharded}; '
                 f'{self.dtype}, {self.activations_per_sample / 2 ** 20:.0f} MiB saved per sample)')
 
 
@@ -167,10 +173,25 @@ def predict_memory(cfg: argparse.Namespace, dtype: Optional[torch.dtype] = None)
     model.float()  # the parameters, gradients and optimizer state stay float32 under AMP
     trainable = [p for p in model.parameters() if p.requires_grad]
     ema = _state_bytes([*model.parameters(), *model.buffers()]) if cfg.model_ema and not cfg.model_ema_force_cpu else 0
-    return MemoryPrediction(activations_per_sample=per_sample, activations_fixed=max(two - 2 * per_sample, 0),
-                            parameters=_state_bytes(model.parameters()),
-                            gradients=_state_bytes(trainable), optimizer_state=_optimizer_state_bytes(cfg, model),
-                            ema=ema, dtype=str(dtype).replace('torch.', ''))
+    prediction = MemoryPrediction(activations_per_sample=per_sample, activations_fixed=max(two - 2 * per_sample, 0),
+                                  parameters=_state_bytes(model.parameters()), gradients=_state_bytes(trainable),
+                                  optimizer_state=_optimizer_state_bytes(cfg, model), ema=ema,
+                                  dtype=str(dtype).replace('torch.', ''))
+    return _sharded(prediction, model, cfg.world_size) if getattr(cfg, 'fsdp', False) else prediction
+
+
+def _sharded(prediction: MemoryPrediction, model: nn.Module, shards: int) -> MemoryPrediction:
+    """``--fsdp``: parameters, gradients and optimizer state split over ``shards`` processes; gathered at once are
+    the parameters and unsharded gradients of the root's own parameters (kept through the step) and of two
+    blocks (the one running and the one prefetched)."""
+    units = fsdp_units(model)
+    in_units = {id(p) for unit in units for p in unit.parameters()}
+    root = _state_bytes(p for p in model.parameters() if id(p) not in in_units)
+    block = max((_state_bytes(unit.parameters()) for unit in units), default=0)
+    split = lambda n: -(-n // shards)  # noqa: E731 (ceil)
+    return replace(prediction, parameters=split(prediction.parameters),
+                   gradients=split(prediction.gradients), optimizer_state=split(prediction.optimizer_state),
+                   gathered=2 * (root + 2 * block) if shards > 1 else 0, shards=shards)
 
 
 def default_gpu_memory() -> Optional[float]:

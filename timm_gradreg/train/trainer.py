@@ -51,6 +51,7 @@ from ..tasks import GradRegTask, create_task
 from ..utils.files import OutputPathError, check_output_path
 from ..utils.progress import format_duration
 from .args import check_distributed_options
+from .fsdp import check_fsdp, fsdp_units, full_state, shard_model
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
 from .output import RunFolderError, claim_run_folder, release_run_folder
@@ -347,6 +348,8 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if self.distributed and cfg.sync_bn:
             model = convert_sync_batchnorm(model)
+        if cfg.fsdp:
+            model = self.shard(model)
         self.mixup_active = mixup_active(cfg)
         datasets = self.build_datasets(self.data_config)
         self.check_classes(datasets[0], self.num_classes)
@@ -383,7 +386,7 @@ class Trainer:
             if self.task.has_ema():
                 self.task.compile_ema(backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
         self.eval_model = self.task.get_eval_model()
-        if self.distributed:
+        if self.distributed and not cfg.fsdp:  # a sharded model reduces its own gradients
             self.task.prepare_distributed(device_ids=[self.device] if self.device.type == 'cuda' else None,
                                           broadcast_buffers=not cfg.no_ddp_bb)
 
@@ -408,6 +411,30 @@ class Trainer:
         self.log(f'Scheduled epochs: {self.num_epochs}, training epochs {self.start_epoch}..{self.end_epoch - 1}.')
         self.is_setup = True
         return self
+
+    def shard(self, model: nn.Module) -> nn.Module:
+        """``--fsdp``: the model sharded over the processes (``fsdp.shard_model``), saying how."""
+        cfg = self.cfg
+        if not self.distributed:
+            raise TrainingError('--fsdp shards the model over the torchrun processes, and this run has one: run it '
+                                'under torchrun with 2 or more processes, or drop --fsdp.')
+        if cfg.resume:
+            raise TrainingError(f"--resume with --fsdp: resume '{cfg.resume}' (a full checkpoint) without --fsdp, "
+                                'with DDP or one process; resuming into a sharded model is not supported.')
+        note = check_fsdp(cfg)
+        if note:
+            self.log(note)
+        units = fsdp_units(model)
+        model = shard_model(model, self.device)
+        self.log(f'FSDP2: {len(units)} blocks and the root module sharded over {cfg.world_size} processes.')
+        return model
+
+    def full_state(self) -> Dict[str, Any]:
+        """Under ``--fsdp``, the unsharded model and optimizer state a checkpoint stores, gathered by every process
+        (call it on all of them); else nothing (the saver reads the model itself)."""
+        if not self.cfg.fsdp:
+            return {}
+        return full_state(self.task.get_trainable_module(), self.optimizer)
 
     @property
     def stop_signal(self) -> Optional[int]:
@@ -542,8 +569,8 @@ class Trainer:
                 self.lr_scheduler.step_update(num_updates=num_updates, metric=meters['loss'].avg)
             if self._interrupted(epoch, update_idx, last_batch):
                 break
-            if self.saver is not None and cfg.recovery_interval and (update_idx + 1) % cfg.recovery_interval == 0:
-                self.save_recovery(epoch, update_idx)
+            if cfg.recovery_interval and (update_idx + 1) % cfg.recovery_interval == 0:
+                self.save_recovery(epoch, update_idx)  # every process: a sharded model gathers its state
         if hasattr(optimizer, 'sync_lookahead'):
             optimizer.sync_lookahead()
         metrics = OrderedDict(loss=meters['loss'].avg)
@@ -602,9 +629,11 @@ class Trainer:
     def save_recovery(self, epoch: int, update_idx: int) -> Optional[str]:
         """A recovery checkpoint at this step boundary: everything to continue with the next step, the RNG
         states included, so a resumed run replays the uninterrupted one."""
+        gathered = self.full_state()
         if self.saver is None:
             return None
-        self.saver.extra_state = {RESUME_KEY: {'epoch': epoch, 'updates': update_idx + 1, 'rng': get_rng_state()}}
+        self.saver.extra_state = {RESUME_KEY: {'epoch': epoch, 'updates': update_idx + 1, 'rng': get_rng_state()},
+                                  **gathered}
         try:
             self.saver.save_recovery(epoch, batch_idx=update_idx)
         finally:
@@ -743,8 +772,13 @@ class Trainer:
                                      write_header=not os.path.exists(summary) or os.path.getsize(summary) == 0,
                                      lr=sum(lrs) / len(lrs))
             latest = (eval_metrics or train_metrics)[self.eval_metric]
+            gathered = self.full_state()
             if self.saver is not None:
-                best_metric, best_epoch = self.saver.save_checkpoint(epoch, metric=latest)
+                self.saver.extra_state = gathered
+                try:
+                    best_metric, best_epoch = self.saver.save_checkpoint(epoch, metric=latest)
+                finally:
+                    self.saver.extra_state = {}
                 self.remove_resumed_recovery()
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step(epoch + 1, latest)
