@@ -242,3 +242,31 @@ def test_fsdp_in_one_process_is_refused(setup, tmp_path):
     run = _timm_train(tiny_train_argv(data, tmp_path, 'run', '--epochs', '1', '--fsdp'), 1, env)
     assert run.returncode != 0 and 'timm-train: error: --fsdp shards the model over the torchrun processes' in \
         run.stderr, run.stderr[-3000:]
+
+
+@needs_fsdp2
+def test_a_sharded_run_resumes_where_it_stopped(setup, tmp_path):
+    """--fsdp saves full checkpoints (gathered from the shards) and resumes into the shards: 1 epoch, then
+    --resume for the 2nd, ends with the weights and optimizer state of 2 epochs in one go (Adam's moments
+    included: a lost optimizer state would change the second epoch's steps)."""
+    data, start, env = setup
+
+    def run(output, *extra):
+        argv = tiny_train_argv(data, output, 'run', '--val-split', '', '--eval-metric', 'loss', '--model-dtype',
+                               'float64', '--initial-checkpoint', str(start), '--seed', '0', '--fsdp', '--sched',
+                               'step', '--gradreg', 'pgd', '--no-attack-random-start', '--attack-warmup-epochs', '0',
+                               *extra)
+        argv[argv.index('-b') + 1] = '2'
+        result = _timm_train(argv, 2, env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return torch.load(os.path.join(output, 'run', 'last.pth.tar'), weights_only=False)
+
+    straight = run(tmp_path / 'straight', '--epochs', '2')
+    run(tmp_path / 'parts', '--epochs', '2', '--stop-epoch', '1')
+    resumed = run(tmp_path / 'parts', '--epochs', '2', '--resume', str(tmp_path / 'parts' / 'run' / 'last.pth.tar'))
+    assert resumed['epoch'] == straight['epoch'] == 1
+    for key, value in straight['state_dict'].items():
+        assert not isinstance(value, torch.distributed.tensor.DTensor)  # a full checkpoint, loadable anywhere
+        torch.testing.assert_close(resumed['state_dict'][key], value, rtol=1e-12, atol=1e-12)
+    moments = [s['exp_avg'] for s in straight['optimizer']['state'].values()]
+    assert moments and all(m.abs().sum() > 0 for m in moments)

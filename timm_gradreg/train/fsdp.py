@@ -109,4 +109,10 @@ def load_full_state(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, checkpoint['state_dict'], options=options)
     if optimizer is not None and 'optimizer' in checkpoint:
+        # keys the scheduler added after the optimizer was made (initial_lr) are taken from the checkpoint, as
+        # torch's own load_state_dict takes its groups whole
+        for group, saved in zip(optimizer.param_groups, checkpoint['optimizer'].get('param_groups', [])):
+            for key, value in saved.items():
+                if key != 'params':
+                    group.setdefault(key, value)
         set_optimizer_state_dict(model, optimizer, checkpoint['optimizer'], options=options)

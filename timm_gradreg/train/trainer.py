@@ -51,7 +51,7 @@ from ..tasks import GradRegTask, create_task
 from ..utils.files import OutputPathError, check_output_path
 from ..utils.progress import format_duration
 from .args import check_distributed_options
-from .fsdp import check_fsdp, fsdp_units, full_state, shard_model
+from .fsdp import check_fsdp, fsdp_units, full_state, load_full_state, shard_model
 from .config import criterion_kwargs, global_batch_note, mixup_active, resolve_config
 from .model import create_train_model
 from .output import RunFolderError, claim_run_folder, release_run_folder
@@ -367,7 +367,7 @@ class Trainer:
             self.resume_point = checkpoint.get(RESUME_KEY)
             self.resumed_recovery = cfg.resume if self.resume_point is not None else None
             try:
-                resume_epoch = resume_task_checkpoint(
+                resume_epoch = self.resume_sharded(checkpoint) if cfg.fsdp else resume_task_checkpoint(
                     self.task, cfg.resume, optimizer=None if cfg.no_resume_opt else self.optimizer,
                     loss_scaler=None if cfg.no_resume_opt else self.loss_scaler, log_info=self.is_primary)
             except RuntimeError as e:  # load_state_dict: missing, unexpected or differently shaped weights
@@ -418,9 +418,6 @@ class Trainer:
         if not self.distributed:
             raise TrainingError('--fsdp shards the model over the torchrun processes, and this run has one: run it '
                                 'under torchrun with 2 or more processes, or drop --fsdp.')
-        if cfg.resume:
-            raise TrainingError(f"--resume with --fsdp: resume '{cfg.resume}' (a full checkpoint) without --fsdp, "
-                                'with DDP or one process; resuming into a sharded model is not supported.')
         note = check_fsdp(cfg)
         if note:
             self.log(note)
@@ -428,6 +425,18 @@ class Trainer:
         model = shard_model(model, self.device)
         self.log(f'FSDP2: {len(units)} blocks and the root module sharded over {cfg.world_size} processes.')
         return model
+
+    def resume_sharded(self, checkpoint: Dict[str, Any]) -> Optional[int]:
+        """``--resume`` under ``--fsdp``: the checkpoint's unsharded model and optimizer state scattered into the
+        shards (every process), then the task's position and the AMP scaler; the epoch to start from."""
+        cfg = self.cfg
+        load_full_state(self.task.get_trainable_module(), None if cfg.no_resume_opt else self.optimizer, checkpoint)
+        self.task.load_task_state(checkpoint.get('task_state'))
+        scaler = None if cfg.no_resume_opt else self.loss_scaler
+        if scaler is not None and scaler.state_dict_key in checkpoint:
+            scaler.load_state_dict(checkpoint[scaler.state_dict_key])
+        epoch = checkpoint.get('epoch')
+        return None if epoch is None else epoch + int(checkpoint.get('version', 1) > 1)
 
     def full_state(self) -> Dict[str, Any]:
         """Under ``--fsdp``, the unsharded model and optimizer state a checkpoint stores, gathered by every process
