@@ -60,11 +60,11 @@ def _swap(name: str) -> List[str]:
     return ['--swap-activations', match.group(1)] if match else []
 
 
-def _run_timm_train(name: str, config: Dict, data: str, init: str, start: int, out: str) -> int:
+def _run_timm_train(name: str, config: Dict, data: str, init: str, start: int, out: str, device: str = 'cpu') -> int:
     from timm_gradreg.cli.train import main as train_main
     argv = ['-c', name, '--dataset', '', '--data-dir', data, '-b', '2', '--grad-accum-steps', '1', '--no-pretrained',
             '--initial-checkpoint', init, '--resume', '', '--start-epoch', str(start), '--stop-epoch',
-            str(start + 1), '--workers', '0', '--device', 'cpu', '--adv-val-steps', '1', '--output', out,
+            str(start + 1), '--workers', '0', '--device', device, '--adv-val-steps', '1', '--output', out,
             '--experiment', name.replace('/', '_'), '--log-interval', '1', '--seed', '0', *_swap(name)]
     try:
         return train_main(argv)
@@ -90,8 +90,9 @@ def _run_launch(name: str, config: Dict, data: str, init: str, start: int, out: 
     return run.returncode
 
 
-def smoke(name: str, work: str, route: str = 'timm-train', train_py: str = SHARED_TRAIN_PY) -> Dict:
-    """Train the recipe for its epoch START_EPOCH on the synthetic folder; loss, weight change, time per step."""
+def smoke(name: str, work: str, route: str = 'timm-train', train_py: str = SHARED_TRAIN_PY, device: str = 'cpu') -> Dict:
+    """Train the recipe for its epoch START_EPOCH on the synthetic folder (timm-train on ``device``); loss, weight
+    change, time per step."""
     config = _recipe_config(name)
     start = min(START_EPOCH, int(config.get('epochs', START_EPOCH + 1)) - 1)  # a short fine-tune: its last epoch
     size = config.get('input_size', [3, 224, 224])[-1]
@@ -109,7 +110,7 @@ def smoke(name: str, work: str, route: str = 'timm-train', train_py: str = SHARE
     if route == 'launch':
         code = _run_launch(name, config, data, init_path, start, out, train_py)
     else:
-        code = _run_timm_train(name, config, data, init_path, start, out)
+        code = _run_timm_train(name, config, data, init_path, start, out, device)
     elapsed = time.perf_counter() - started
     folder = os.path.join(out, name.replace('/', '_'))
     rows = list(csv.DictReader(open(os.path.join(folder, 'summary.csv')))) if code == 0 else []
