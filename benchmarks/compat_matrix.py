@@ -386,12 +386,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--record', default=os.path.join(ROOT, 'results', 'compatibility.json'))
     parser.add_argument('--from-record', action='store_true',
                         help='write --output from the committed --record without measuring')
+    parser.add_argument('--update', action='store_true',
+                        help='measure the given --tasks x --options and replace those cells of --record, keeping the '
+                             'others (the tolerances are set again from all cells)')
     args = parser.parse_args(argv)
-    if args.from_record:
+    if args.from_record or args.update:
         with open(args.record) as f:
-            cells = [Cell(**cell) for cell in json.load(f)['cells']]
+            recorded = [Cell(**cell) for cell in json.load(f)['cells']]
+    if args.from_record:
         with open(args.output, 'w') as f:
-            f.write(format_matrix(cells))
+            f.write(format_matrix(recorded))
         print(f'wrote {args.output} from {args.record}')
         return 0
     logging.getLogger().setLevel(logging.ERROR)
@@ -403,6 +407,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 cells.append(cell)
                 shown = f'{cell.error:.1e}' if cell.error is not None else 'refused'
                 print(f'{task:>12} × {option:<18} {shown:<10} {cell.refused}', flush=True)
+    if args.update:
+        measured = {(c.task, c.option): c for c in cells}
+        cells = [measured.pop((c.task, c.option), c) for c in recorded] + list(measured.values())
     set_floor_tolerances(cells)
     text = format_matrix(cells)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

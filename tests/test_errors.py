@@ -116,6 +116,10 @@ CASES = {
                                                   'holds other files, not the digits demo'),
     'trades in half precision': (lambda f, t: _train(f, t, '--gradreg', 'trades', '--amp', '--amp-dtype', 'bfloat16'),
                                  '--amp cannot be used with --gradreg trades: its KL term'),
+    'double backprop through SyncBatchNorm': (lambda f, t: _train(f, t, '--gradreg', 'gradnorm', '--sync-bn',
+                                                                   '--no-bn-eval'),
+                                               "--sync-bn cannot be used with --gradreg gradnorm: it needs double "
+                                               "backprop, and torch's SyncBatchNorm backward"),
     'repeated augmentation in one process': (lambda f, t: _train(f, t, '--aug-repeats', '3'),
                                              '--aug-repeats 3 needs distributed training'),
     'one class': (lambda f, t: train_main(tiny_train_argv(_one_class(t), t / 'out', 'run', classes=1)),

@@ -40,7 +40,8 @@ from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from ..models.activations import swap_activations
 from ..models.modes import freeze_batchnorm
 from ..tasks import compile_refusal, create_task, get_task_class, task_kwargs
-from ..train.args import add_gradreg_args, add_threads_arg, check_method_options, check_distributed_options, check_precision
+from ..train.args import (add_gradreg_args, add_threads_arg, check_distributed_options, check_method_options,
+                          check_precision, check_sync_bn_for_task)
 from ..train.trainer import schedule_position
 from ..train.validate import check_eval_metric, robust_accuracy
 from ..utils.parser import ArgumentParser
@@ -251,6 +252,8 @@ class GradregTrainScript:
             raise LaunchError(f'--kd-model-name (knowledge distillation) builds a distillation task; it cannot be '
                               f'combined with --gradreg {self.options.gradreg}.')
         try:
+            check_sync_bn_for_task(self.options.gradreg, self.task_kwargs,
+                                getattr(args, 'sync_bn', False) and not self.options.bn_eval)
             check_distributed_options(getattr(args, 'sync_bn', False), getattr(args, 'aug_repeats', 0),
                                       int(os.environ.get('WORLD_SIZE', '1')),
                                       torch.device(getattr(args, 'device', 'cpu')).type)

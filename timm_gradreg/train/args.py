@@ -24,7 +24,7 @@ from .fsdp import check_fsdp
 from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args',
-           'check_distributed_options', 'check_precision',
+           'check_distributed_options', 'check_sync_bn_for_task', 'check_precision',
            'check_method_options', 'with_demo_recipe', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
@@ -562,6 +562,20 @@ def check_precision(gradreg: str, kwargs: Dict[str, Any], amp: bool, model_dtype
         raise ValueError(TRADES_IN_HALF_PRECISION.format(option='--amp' if amp else f'--model-dtype {model_dtype}'))
 
 
+def check_sync_bn_for_task(gradreg: str, kwargs: Dict[str, Any], sync_bn: bool) -> None:
+    """Refuse ``--sync-bn`` for a task that needs double backprop: torch's SyncBatchNorm backward (an in-place
+    all-reduce, ``batch_norm_backward_elemt``) has no derivative of its own, so the second backward cannot pass it."""
+    task_cls = get_task_class(gradreg)
+    if not sync_bn or not task_cls.needs_double_backprop(**kwargs):
+        return
+    first_order = task_cls.first_order_kwargs
+    alternative = f', train by its first-order form ({", ".join(f"{k}={v!r}" for k, v in first_order.items())})' \
+        if first_order else ''
+    raise ValueError(f"--sync-bn cannot be used with --gradreg {gradreg}: it needs double backprop, and torch's "
+                     'SyncBatchNorm backward (an all-reduce and batch_norm_backward_elemt) is not differentiable. '
+                     f'Freeze BatchNorm (--bn-eval, as the paper does){alternative}, or drop --sync-bn.')
+
+
 def check_distributed_options(sync_bn: bool, aug_repeats: float, world_size: int, device_type: str) -> None:
     """Refuse the options that need processes this run does not have: ``--sync-bn`` on CPUs (torch's
     SyncBatchNorm runs on GPUs), ``--aug-repeats`` in one process (timm's sampler spreads repeats over processes)."""
@@ -593,6 +607,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--torchscript cannot be used with --gradreg {args.gradreg}: a scripted model runs no '
                          'Python-level ops, and double backprop needs the rewritten ones. Use --torchcompile with a '
                          'first-order method, or drop --torchscript.')
+    check_sync_bn_for_task(args.gradreg, task_kwargs(args.gradreg, args), args.sync_bn and not args.bn_eval
+                        and not args.train_in_eval_mode)
     if double_backprop and args.model_dtype in ('float16', 'bfloat16'):
         raise ValueError(f'--model-dtype {args.model_dtype} cannot be used with --gradreg {args.gradreg}: per-pixel '
                          'input gradients underflow in low-precision weights. Use --amp --amp-dtype bfloat16.')
