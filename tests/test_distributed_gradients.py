@@ -164,6 +164,8 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_line(setup, tmp_path,
 @pytest.mark.parametrize('batchnorm', list(BATCHNORM))
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_two_processes_take_the_step_of_one(setup, tmp_path, family, batchnorm, program):
+    if batchnorm == 'sync' and family == 'double backprop':
+        pytest.skip("refused: SyncBatchNorm's backward is not differentiable (tests/test_errors.py)")
     data, start, env = setup
     one = _step(data, start, env, tmp_path / 'one', 1, batchnorm, family, program)
     two = _step(data, start, env, tmp_path / 'two', 2, batchnorm, family, program)
