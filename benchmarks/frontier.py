@@ -24,12 +24,15 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the cost package beside this script
 from cost.methods import METHODS as ALL_METHODS, REFERENCE, BenchMethod  # noqa: E402
+from frontier_records import RESULTS, read_evaluation_record, record_path, scores as record_scores  # noqa: E402
+from frontier_records import cost_record_path, write_cost_record, write_evaluation_record  # noqa: E402
 from timm_gradreg.tasks import task_options  # noqa: E402
 from timm_gradreg.train import parse_args  # noqa: E402
 
@@ -37,6 +40,7 @@ from timm_gradreg.train import parse_args  # noqa: E402
 @dataclass(frozen=True)
 class Benchmark:
     """A dataset of the frontier: its recipes, ε, evaluation sample and seeds."""
+    key: str  # the dataset's name here, in records and in --dataset
     title: str
     eps: str
     recipes: Dict[str, str]  # natural / gradnorm / advtrain -> recipe
@@ -46,24 +50,29 @@ class Benchmark:
     seeds: Tuple[int, ...]
     seeds_near: Tuple[int, ...]
     igr_weight: str  # the authors' SVHN λ (l2dbl 10^4 at batch 256) at its per-sample strength: 39·batch
+    trained: Tuple[str, ...]  # step_cost.py options of the configuration the benchmark trains
 
 
 BENCHMARKS: Dict[str, Benchmark] = {
-    'digits': Benchmark('digits demo', '24/255',
+    'digits': Benchmark('digits', 'digits demo', '24/255',
                         {k: f'demo/digits_{k}' for k in ('natural', 'gradnorm', 'advtrain')}, 'demo/digits',
-                        100, 100, (0, 1, 2), (0, 1, 2), '2500'),
-    'fashion_mnist': Benchmark('Fashion-MNIST', '0.1', {k: f'fmnist/{k}' for k in ('natural', 'gradnorm', 'advtrain')},
-                               'fashion_mnist', 500, 1000, (0, 1, 2), (0, 1, 2, 3, 4), '5000'),
+                        100, 100, (0, 1, 2), (0, 1, 2), '2500',
+                        ('--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '64', '--num-classes', '10')),
+    'fashion_mnist': Benchmark('fashion_mnist', 'Fashion-MNIST', '0.1',
+                               {k: f'fmnist/{k}' for k in ('natural', 'gradnorm', 'advtrain')}, 'fashion_mnist', 500,
+                               1000, (0, 1, 2), (0, 1, 2, 3, 4), '5000',
+                               ('--model', 'test_resnet', '--act', 'gelu', '--img-size', '28', '--in-chans', '1', '-b',
+                                '128', '--num-classes', '10')),
 }
 
 #: The frontier's methods: those of the benchmarks with a base recipe (benchmarks/cost/methods.py).
 METHODS: Dict[str, BenchMethod] = {name: m for name, m in ALL_METHODS.items() if m.recipe}
-#: The step-cost settings: the target is judged on resnet50-GELU (the demo model is dominated by
-#: per-kernel overheads).
-COST_SETTINGS = {
-    'resnet50': ['--model', 'resnet50', '--act', 'gelu', '--img-size', '128', '-b', '16', '--num-classes', '10'],
-    'demo': ['--model', 'test_resnet', '--act', 'gelu', '--img-size', '32', '-b', '64', '--num-classes', '10'],
-}
+#: The step-cost settings, timed in the same interleaved rounds: the configuration the benchmark trains (the
+#: target is decided on it) and resnet50-GELU at 128 px, a proxy for the paper's ImageNet models.
+PROXY = ('--model', 'resnet50', '--act', 'gelu', '--img-size', '128', '-b', '16', '--num-classes', '10')
+COST_SETTINGS = ('trained', 'proxy')
+#: timing runs per benchmark: the target's cost side is decided on their spread
+COST_RUNS = 5
 TARGET_SHARE, TARGET_COST, NEAR_POINTS = 0.9, 0.5, 5.0
 #: untimed rounds at most before timing on CPU, until no step faults in fresh pages
 MAX_WARMUP_ROUNDS = 6
@@ -75,17 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--seeds', nargs='+', type=int, default=None, help='(default: the benchmark\'s)')
     parser.add_argument('--output', default=os.path.join(ROOT, 'docs', 'frontier'))
-    parser.add_argument('--work', default=None, help='runs and evaluations (default: OUTPUT/work/DATASET)')
+    parser.add_argument('--work', default=None,
+                        help='checkpoints and gradreg-eval folders, out of git (default: output/frontier/DATASET)')
+    parser.add_argument('--records', default=RESULTS,
+                        help='the committed evaluation records, one per run (default: results/frontier)')
     parser.add_argument('--aa-samples', type=int, default=None,
                         help="AutoAttack/PGD samples (default: the benchmark's)")
-    parser.add_argument('--cost', nargs='*', default=list(COST_SETTINGS), choices=list(COST_SETTINGS),
-                        help='step-cost settings to time (none: skip timing)')
-    parser.add_argument('--cost-steps', type=int, default=5, help='timed rounds per method (5)')
+    parser.add_argument('--cost-runs', type=int, default=COST_RUNS,
+                        help=f'timing runs, each the trained configuration and the resnet50 proxy interleaved '
+                             f'({COST_RUNS}; 0: no timing)')
+    parser.add_argument('--cost-steps', type=int, default=5, help='timed rounds per method and run (5)')
     parser.add_argument('--no-near', action='store_true', help='skip the larger sample and extra seeds near the target')
     parser.add_argument('--quick', action='store_true', help='1 seed, 2 epochs, 16 samples, demo cost only')
     parser.add_argument('--evaluated-only', action='store_true',
-                        help='use the runs whose evaluation is there and train none (a study in progress); the '
-                             'missing runs are listed in frontier.json and .md')
+                        help='use the runs whose record is there and train none (a study in progress); the runs '
+                             'without one are printed, not published')
     parser.add_argument('--update', action='store_true',
                         help="replace the methods run in OUTPUT/frontier.json's dataset and keep the others")
     return parser
@@ -129,48 +142,92 @@ def eval_folder(work: str, name: str, seed: int, samples: Optional[int]) -> str:
 
 
 def trained_and_evaluated(bench: Benchmark, name: str, seed: int, work: str, samples: Optional[int],
-                          quick: bool) -> dict:
-    """The run's scores; it is trained only when its evaluation is not there yet (evaluations are kept in
-    the repository, checkpoints are not)."""
-    done = os.path.exists(os.path.join(eval_folder(work, name, seed, samples), 'results.json'))
+                          quick: bool, records: str = RESULTS) -> dict:
+    """The run's scores; it is trained only when its record is not there yet (records are committed,
+    checkpoints are not)."""
+    done = os.path.exists(record_path(bench.key, name, seed, samples, records)) or \
+        os.path.exists(os.path.join(eval_folder(work, name, seed, samples), 'results.json'))
     checkpoint = '' if done else train(bench, name, seed, work, quick)
-    return evaluate(bench, name, seed, checkpoint, work, samples, quick)
+    return evaluate(bench, name, seed, checkpoint, work, samples, quick, records)
+
+
+#: runs of the activation and edge comparisons (docs/claims.md rows b, c), trained and evaluated as the
+#: frontier's: a frontier method with another activation, and edge alignment from the natural recipe
+STUDY_RUNS: Dict[str, Tuple[str, ...]] = {
+    'gradnorm-relu': ('gradnorm', '--model-kwargs', 'act_layer=relu'),
+    'gradnorm-silu': ('gradnorm', '--model-kwargs', 'act_layer=silu'),
+    'pgd-relu': ('pgd', '--model-kwargs', 'act_layer=relu'),
+    'edge': ('natural', '--gradreg', 'edge'),
+}
+
+
+def train_flags(bench: Benchmark, name: str) -> List[str]:
+    """The timm-train flags a run trains with: its recipe, then its options."""
+    base, *extra = STUDY_RUNS.get(name, (name,))
+    method = METHODS[base]
+    options = [] if '--gradreg' in extra else [a.format(eps=bench.eps, igr=bench.igr_weight)
+                                               for a in method.timm_train_flags()]
+    return ['-c', bench.recipes[method.recipe], *options, *extra]
 
 
 def evaluate(bench: Benchmark, name: str, seed: int, checkpoint: str, work: str, samples: Optional[int],
-             quick: bool) -> dict:
-    """Clean, PGD-50 and AutoAttack accuracy of one run, and AutoAttack's per-image result (dataset order)."""
-    folder = eval_folder(work, name, seed, samples)
-    results = os.path.join(folder, 'results.json')
-    if not os.path.exists(results):
-        cmd = [sys.executable, '-m', 'timm_gradreg.cli.evaluate', '--checkpoint', checkpoint, '--dataset',
-               bench.eval_dataset, '--eps', '0', bench.eps, '--steps', '5' if quick else '50', '--autoattack',
-               '--aa-eps', bench.eps, '--output', folder, '--no-progress', '--workers', '0', '--labels', name]
-        if samples:
-            cmd += ['--num-samples', str(samples)]
-        os.makedirs(os.path.join(work, 'eval'), exist_ok=True)
-        run(cmd, folder + '.log')
-    model = json.load(open(results))['models'][0]
-    import torch
-    flags = torch.load(os.path.join(folder, f'flags_{name}.pt'))
-    robust = {int(i): bool(r) for i, r in zip(flags['indices'], flags['aa_robust'].tolist())}
-    return {'seed': seed, 'clean': model['clean_accuracy'], 'pgd50': model['sweep']['accuracy'][-1],
-            'autoattack': model['autoattack']['robust_accuracy'], 'num_samples': model['num_samples'],
-            'robust': robust}
-
-
-def time_steps(setting: str, methods: List[str], work: str, steps: int) -> Dict[str, dict]:
-    """Each method's step time relative to PGD-3, all in one interleaved run (kept in WORK/cost_SETTING.json);
-    on CPU the warm-up goes on, up to MAX_WARMUP_ROUNDS, until no step faults in fresh pages."""
-    path = os.path.join(work, f'cost_{setting}.json')
+             quick: bool, records: str = RESULTS) -> dict:
+    """Clean, PGD-50 and AutoAttack accuracy of one run and its per-image results, from its record; the record is
+    written from gradreg-eval's folder (the evaluation is run first where that is not there either)."""
+    path = record_path(bench.key, name, seed, samples, records)
     if not os.path.exists(path):
-        bench = sorted(set(methods) | {REFERENCE})
-        cmd = [sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), *COST_SETTINGS[setting],
-               '--methods', *bench, '--steps', str(steps), '--warmup', '1', '--max-warmup', str(MAX_WARMUP_ROUNDS),
-               '--no-memory', '--no-fd-check', '--output', path]
-        run(cmd, os.path.join(work, f'cost_{setting}.log'))
-    rows = {r['method']: r for r in json.load(open(path))['rows'] if not r.get('compiled')}
-    return {m: {'ratio': rows[m]['ratio'], 'passes': rows[m]['passes']} for m in methods if m in rows}
+        folder = eval_folder(work, name, seed, samples)
+        seconds = None
+        if not os.path.exists(os.path.join(folder, 'results.json')):
+            cmd = [sys.executable, '-m', 'timm_gradreg.cli.evaluate', '--checkpoint', checkpoint, '--dataset',
+                   bench.eval_dataset, '--eps', '0', bench.eps, '--steps', '5' if quick else '50', '--autoattack',
+                   '--aa-eps', bench.eps, '--output', folder, '--no-progress', '--workers', '0', '--labels', name]
+            if samples:
+                cmd += ['--num-samples', str(samples)]
+            os.makedirs(os.path.join(work, 'eval'), exist_ok=True)
+            started = time.perf_counter()
+            run(cmd, folder + '.log')
+            seconds = time.perf_counter() - started
+        write_evaluation_record(folder, bench.key, name, seed, samples, train_flags(bench, name), path, seconds,
+                                versions=None if seconds is not None else {})
+    return record_scores(read_evaluation_record(path))
+
+
+def time_steps(bench: Benchmark, methods: List[str], work: str, steps: int, runs: int,
+               records: str = RESULTS, proxy: Sequence[str] = PROXY) -> Dict[str, Dict[str, List[float]]]:
+    """Each method's step time relative to PGD-3 in each of ``runs`` timing runs, per setting ('trained', 'proxy'):
+    each run times both settings in one interleaved run, and leaves its record (records/DATASET/cost/run-K.json);
+    on CPU the warm-up goes on, up to MAX_WARMUP_ROUNDS, until no step faults in fresh pages."""
+    bench_methods = sorted(set(methods) | {REFERENCE})
+    ratios: Dict[str, Dict[str, List[float]]] = {setting: {} for setting in COST_SETTINGS}
+    for k in range(runs):
+        path = cost_record_path(bench.key, k, records)
+        if not os.path.exists(path):
+            out = os.path.join(work, f'cost-run{k}.json')
+            if not os.path.exists(out):
+                common = ['--methods', *bench_methods, '--steps', str(steps), '--warmup', '1', '--max-warmup',
+                          str(MAX_WARMUP_ROUNDS), '--no-memory', '--no-fd-check']
+                cmd = [sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), *bench.trained, *common,
+                       '--interleave', 'proxy', ' '.join([*proxy, *common]), '--output', out]
+                os.makedirs(work, exist_ok=True)
+                run(cmd, os.path.join(work, f'cost-run{k}.log'))
+            write_cost_record(out, path, {'trained': list(bench.trained), 'proxy': list(proxy)})
+        record = read_evaluation_record(path)
+        ratios.setdefault('_devices', [])
+        if record['machine'] not in ratios['_devices']:
+            ratios['_devices'].append(record['machine'])
+        for setting in COST_SETTINGS:
+            for row in record['settings'][setting]['rows']:
+                ratios[setting].setdefault(row['method'], []).append(row['ratio'])
+    return ratios
+
+
+def cost_summary(ratios: List[float]) -> dict:
+    """A method's step cost relative to PGD-3 over the timing runs: the median run, the range, and where the range
+    lies against the target's TARGET_COST ('within', 'over', or 'across' when the runs disagree)."""
+    low, high = min(ratios), max(ratios)
+    return {'median': statistics.median(ratios), 'range': [low, high], 'runs': ratios,
+            'verdict': 'within' if high <= TARGET_COST else 'over' if low > TARGET_COST else 'across'}
 
 
 def summarize(values: List[float]) -> dict:
@@ -257,55 +314,66 @@ def pareto(points: Dict[str, tuple]) -> List[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
-def cost_key(data: dict) -> str:
-    return 'cost_ratio' if data.get('cost_setting') == 'resnet50' else 'cost_ratio_demo'
+def trained_cost(method: dict) -> Optional[float]:
+    """The median step cost of a method on the benchmark's trained configuration (None: not timed)."""
+    return (method.get('cost') or {}).get('trained', {}).get('median')
 
 
 def decide(data: dict) -> None:
-    """The Pareto front and the target, from the methods' AutoAttack means, intervals and costs."""
-    key = cost_key(data)
-    points = {n: (m[key], m['autoattack']['mean']) for n, m in data['methods'].items() if m.get(key) is not None}
+    """The Pareto front and the target, from the methods' AutoAttack means, intervals and trained-configuration
+    costs: a method is a candidate when some timing run puts it within TARGET_COST."""
+    points = {n: (trained_cost(m), m['autoattack']['mean']) for n, m in data['methods'].items()
+              if trained_cost(m) is not None}
     data['pareto'] = pareto(points)
-    data['target'] = {n: m['ratio_to_at']['verdict'] for n, m in data['methods'].items()
-                      if m.get('ratio_to_at') and m.get(key) is not None and m[key] <= TARGET_COST}
+    data['target'] = {n: {'robustness': m['ratio_to_at']['verdict'], 'cost': m['cost']['trained']['verdict']}
+                      for n, m in data['methods'].items()
+                      if m.get('ratio_to_at') and trained_cost(m) is not None
+                      and m['cost']['trained']['verdict'] != 'over'}
+
+
+def _cost_cell(method: dict, setting: str) -> str:
+    cost = (method.get('cost') or {}).get(setting)
+    return f"{cost['median']:.2f} [{cost['range'][0]:.2f}–{cost['range'][1]:.2f}]" if cost else '—'
 
 
 def markdown(datasets: Dict[str, dict]) -> str:
-    lines = ['# Cost–robustness frontier', '']
-    for name, data in datasets.items():
-        key = cost_key(data)
-        at = data['methods'].get('pgd', {}).get('autoattack', {}).get('mean')
+    """frontier.md: a section per dataset, every number computed from the records."""
+    lines = ['# Cost–robustness frontier', '',
+             'Generated by `python benchmarks/frontier.py --dataset DATASET --evaluated-only` from the records in '
+             '`results/frontier/` (one per evaluation and per timing run).', '']
+    for data in datasets.values():
+        runs = data.get('cost_runs', 0)
         lines += [f"## {data['title']} (ε {data['eps']})", '',
                   f"AutoAttack standard and PGD-{data['pgd_steps']} on the last checkpoint, on a seeded subset of the "
-                  "test split (n images per method; a larger n extends the smaller sample); mean ± std over seeds; "
-                  "the ratio to PGD-3 AT on the images both share, with its 95% bootstrap interval over seeds and "
-                  f"images, and where that interval lies against {TARGET_SHARE:.0%}; cost: a training step "
-                  "relative to PGD-3 in one interleaved run "
-                  f"(resnet50-GELU 128 px batch 16, and the demo model), on {data['device']}.", '',
-                  f"| method | seeds | n | clean | PGD-{data['pgd_steps']} | AutoAttack | ratio to AT [95%] | vs 90% | "
-                  'cost (resnet50) | cost (demo) | passes |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|']
+                  "test split (n images per method; a larger n extends the smaller sample); clean accuracy on that "
+                  "subset and on the whole test split; mean ± std over seeds; the ratio to PGD-3 AT on the images "
+                  "both share, with its 95% bootstrap interval over seeds and images, and where that interval lies "
+                  f"against {TARGET_SHARE:.0%}. Cost: a training step relative to PGD-3, the median of {runs} timing "
+                  "runs [their range], each timing the configuration trained here and resnet50-GELU at 128 px "
+                  f"(batch 16) in the same interleaved rounds, on {data['device']}.", '',
+                  f"| method | seeds | n | clean | clean, whole split | PGD-{data['pgd_steps']} | AutoAttack | "
+                  'ratio to AT [95%] | vs 90% | cost, as trained | cost, resnet50 proxy | passes |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|']
         for method, m in sorted(data['methods'].items(),  # untimed methods last
-                                key=lambda kv: kv[1][key] if kv[1].get(key) is not None else math.inf):
+                                key=lambda kv: trained_cost(kv[1]) if trained_cost(kv[1]) is not None else math.inf):
             def ms(k):
-                return f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}"
+                return f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" if m.get(k) else '—'
             ratio = m.get('ratio_to_at') or {}
-            share = (f"{ratio['mean']:.2f} [{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]" if ratio else
-                     (f"{m['autoattack']['mean'] / at:.2f}" if at else '—'))
-            costs = [f"{m[c]:.2f}" if m.get(c) is not None else '—' for c in ('cost_ratio', 'cost_ratio_demo')]
+            share = f"{ratio['mean']:.2f} [{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]" if ratio else '—'
             lines.append(f"| {method} | {len(m['autoattack']['values'])} | {m['autoattack'].get('n', '—')} | "
-                         f"{ms('clean')} | {ms('pgd50')} | {ms('autoattack')} | {share} | "
-                         f"{ratio.get('verdict', '—')} | {costs[0]} | {costs[1]} | {m.get('passes') or '—'} |")
-        met = [n for n, v in data.get('target', {}).items() if v == 'above']
-        open_ = [n for n, v in data.get('target', {}).items() if v == 'across']
-        if not any(m.get('ratio_to_at') for m in data['methods'].values()):
-            decision = 'not decided here: these runs kept no per-image results, so their ratios have no interval'
-        else:
-            decision = ((f"met by {', '.join(met)}" if met else 'no method meets it with its whole interval above 90%')
-                        + (f"; not decidable (interval across 90%): {', '.join(open_)}" if open_ else ''))
+                         f"{ms('clean')} | {ms('split_clean')} | {ms('pgd50')} | {ms('autoattack')} | {share} | "
+                         f"{ratio.get('verdict', '—')} | {_cost_cell(m, 'trained')} | {_cost_cell(m, 'proxy')} | "
+                         f"{m.get('passes') or '—'} |")
+        target = data.get('target', {})
+        met = [n for n, v in target.items() if v['robustness'] == 'above' and v['cost'] == 'within']
+        open_ = [f"{n} (robustness {v['robustness']}, cost {v['cost']})" for n, v in target.items() if n not in met
+                 and v['robustness'] != 'below']
+        decision = ((f"met by {', '.join(met)}" if met else 'no method meets it with its whole interval above 90% and '
+                     'every timing run within the cost')
+                    + (f"; not decidable: {', '.join(open_)}" if open_ else ''))
         front = ', '.join(data['pareto']) or '—'
-        lines += ['', f"Pareto front (AutoAttack vs {data['cost_setting']} cost): {front}.",
-                  '', f"Target, ≥ 90% of AT's AutoAttack at ≤ {TARGET_COST}× its step cost: {decision}.", '']
+        lines += ['', f"Pareto front (AutoAttack vs the cost as trained): {front}.",
+                  '', f"Target, ≥ 90% of AT's AutoAttack at ≤ {TARGET_COST}× its step cost as trained: {decision}.", '']
         projected = {n: m['ratio_to_at']['projected'] for n, m in data['methods'].items()
                      if m.get('ratio_to_at', {}).get('projected')}
         if projected:
@@ -314,37 +382,35 @@ def markdown(datasets: Dict[str, dict]) -> str:
                       "(the images' and the seeds' parts of the variance each scaled to the larger count): "
                       + '; '.join(f"{n} [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}], {p['verdict']}"
                                   for n, p in projected.items()) + '.', '']
-        if data.get('missing'):
-            lines += [f"Methods not run yet: {data['missing']}.", '']
-        if data.get('missing_runs'):
-            lines += [f"Runs not done yet (method-seed; -nN: on the larger sample): {data['missing_runs']}.", '']
     return '\n'.join(lines)
 
 
 def plot(datasets: Dict[str, dict], path: str) -> None:
-    """A panel per dataset: AutoAttack vs cost, seed error bars, the Pareto front and the target lines."""
+    """A panel per dataset: AutoAttack vs the cost as trained, seed error bars, the Pareto front and the target
+    lines (90% of AT's mean on the images every method shares with it, as the ratios are taken)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5), squeeze=False)
     for ax, data in zip(axes[0], datasets.values()):
-        key = cost_key(data)
-        points = {n: (m[key], m['autoattack']['mean']) for n, m in data['methods'].items() if m.get(key) is not None}
-        at = data['methods'].get('pgd', {}).get('autoattack', {}).get('mean')
+        points = {n: (trained_cost(m), m['autoattack']['mean']) for n, m in data['methods'].items()
+                  if trained_cost(m) is not None}
         for rank, (name, (cost, acc)) in enumerate(sorted(points.items(), key=lambda kv: kv[1][1])):
-            ax.errorbar(cost, acc, yerr=data['methods'][name]['autoattack']['std'], fmt='o', capsize=3)
+            low, high = data['methods'][name]['cost']['trained']['range']
+            ax.errorbar(cost, acc, yerr=data['methods'][name]['autoattack']['std'],
+                        xerr=[[cost - low], [high - cost]], fmt='o', capsize=3)
             ax.annotate(name, (cost, acc), textcoords='offset points', fontsize=7, xytext=(5, -9 if rank % 2 else 3))
         front = [points[n] for n in data['pareto'] if n in points]
         if front:
             ax.plot([p[0] for p in front], [p[1] for p in front], 'k--', lw=1, label='Pareto front')
-        if at:
-            ax.axhline(TARGET_SHARE * at, color='grey', lw=0.8, ls=':', label='90% of PGD-3 AT')
+        at_line = data.get('at_shared')
+        if at_line:
+            ax.axhline(TARGET_SHARE * at_line, color='grey', lw=0.8, ls=':', label='90% of PGD-3 AT')
             ax.axvline(TARGET_COST, color='grey', lw=0.8, ls='-.', label='0.5× PGD-3 cost')
-        ax.set_xlabel('training-step cost relative to PGD-3 (' + ('resnet50-GELU, 128 px, batch 16)'
-                      if key == 'cost_ratio' else 'the demo model)'))
+        ax.set_xlabel('training-step cost relative to PGD-3, as trained (median and range of the timing runs)')
         ax.set_ylabel(f"AutoAttack accuracy at ε {data['eps']} (%), mean ± std over seeds")
         ax.set_title(data['title'])
-        if ax.get_legend_handles_labels()[0]:  # a run without AT or timings draws no reference lines
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc='lower right')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -377,7 +443,8 @@ def wants_larger_sample(seeds: Sequence[int], near_seeds: Sequence[int], samples
 
 
 def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int], near_seeds: Sequence[int],
-                     samples: int, near_samples: int, work: str) -> Tuple[Dict[str, List[dict]], List[str]]:
+                     samples: int, near_samples: int, work: str,
+                     records: str = RESULTS) -> Tuple[Dict[str, List[dict]], List[str]]:
     """The scores of a study in progress, from the evaluations that are there, and the runs still missing.
 
     A method is scored on the larger sample once as many seeds as the base study's have it there
@@ -385,7 +452,8 @@ def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[i
     The missing runs are the base seeds not evaluated, and the larger sample's runs of AT and of the
     methods near the target."""
     def have(name, seed, n):
-        return os.path.exists(os.path.join(eval_folder(work, name, seed, n), 'results.json'))
+        return os.path.exists(record_path(bench.key, name, seed, n, records)) or \
+            os.path.exists(os.path.join(eval_folder(work, name, seed, n), 'results.json'))
     scores: Dict[str, List[dict]] = {}
     missing: List[str] = []
     for name in methods:
@@ -394,7 +462,7 @@ def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[i
             [s for s in seeds if have(name, s, samples)], samples)
         missing += [f'{name}-s{s}' for s in seeds if not have(name, s, samples) and s not in chosen]
         if chosen:
-            scores[name] = [evaluate(bench, name, s, '', work, n, False) for s in chosen]
+            scores[name] = [evaluate(bench, name, s, '', work, n, False, records) for s in chosen]
     if 'pgd' in scores and wants_larger_sample(seeds, near_seeds, samples, near_samples):
         missing += [f'{name}-s{s}-n{near_samples}' for name in near_target(scores) for s in near_seeds
                     if not have(name, s, near_samples)]
@@ -407,9 +475,11 @@ def method_entry(name: str, runs: List[dict], reference: Optional[List[dict]], c
     (projected to the larger study where the interval is across)."""
     entry = {key: summarize([r[key] for r in runs]) for key in ('clean', 'pgd50', 'autoattack')}
     entry['autoattack']['n'] = runs[0]['num_samples']
-    for setting, key in (('resnet50', 'cost_ratio'), ('demo', 'cost_ratio_demo')):
-        entry[key] = costs[setting].get(name, {}).get('ratio') if setting in costs else None
-    entry['passes'] = next((c[name]['passes'] for c in costs.values() if name in c), None)
+    split = [r.get('split_clean') for r in runs]
+    entry['split_clean'] = summarize(split) if all(v is not None for v in split) else None
+    entry['cost'] = {setting: cost_summary(costs[setting][name]) for setting in COST_SETTINGS
+                     if name in costs.get(setting, {})}
+    entry['passes'] = METHODS[name].passes if name in METHODS else None
     if reference is None:
         return entry
     ci = ratio_interval(runs, reference)
@@ -428,41 +498,39 @@ def main(argv: Optional[List[str]] = None) -> int:
     seeds = args.seeds or list(bench.seeds)
     samples = args.aa_samples or bench.samples
     near_samples, near_seeds = max(samples, bench.samples_near), sorted(set(seeds) | set(bench.seeds_near))
-    if args.quick:
-        seeds, samples, args.cost, args.cost_steps, args.no_near = seeds[:1], args.aa_samples or 16, ['demo'], 1, True
+    proxy = PROXY
+    if args.quick:  # the proxy is the trained configuration at a small batch: resnet50 takes minutes on a CPU
+        seeds, samples, args.cost_runs, args.cost_steps, args.no_near = seeds[:1], args.aa_samples or 16, 1, 1, True
+        proxy = tuple(a if a != bench.trained[bench.trained.index('-b') + 1] else '4' for a in bench.trained)
     if args.no_near:
         near_samples, near_seeds = samples, list(seeds)
-    work = args.work or os.path.join(args.output, 'work', args.dataset)
+    work = args.work or os.path.join(ROOT, 'output', 'frontier', args.dataset)
     scores: Dict[str, List[dict]] = {}
-    missing_runs: List[str] = []
     if args.evaluated_only:
-        scores, missing_runs = evaluated_scores(bench, args.methods, seeds, near_seeds, samples, near_samples, work)
+        scores, missing_runs = evaluated_scores(bench, args.methods, seeds, near_seeds, samples, near_samples, work,
+                                                args.records)
+        if missing_runs:
+            print(f"runs without a record (not on the page): {', '.join(missing_runs)}", flush=True)
     else:
         for name in args.methods:
-            scores[name] = [trained_and_evaluated(bench, name, seed, work, samples, args.quick) for seed in seeds]
+            scores[name] = [trained_and_evaluated(bench, name, seed, work, samples, args.quick, args.records)
+                            for seed in seeds]
     wants_near = wants_larger_sample(seeds, near_seeds, samples, near_samples)
     if not args.no_near and not args.evaluated_only and 'pgd' in scores and wants_near:
         for name in near_target(scores):  # the larger sample and more seeds where the target is close
-            scores[name] = [trained_and_evaluated(bench, name, seed, work, near_samples, args.quick)
+            scores[name] = [trained_and_evaluated(bench, name, seed, work, near_samples, args.quick, args.records)
                             for seed in near_seeds]
-    costs = {setting: time_steps(setting, args.methods, work, args.cost_steps) for setting in args.cost}
-    import torch
+    costs = time_steps(bench, list(scores), work, args.cost_steps, args.cost_runs, args.records, proxy) \
+        if args.cost_runs else {}
     data = {'title': bench.title, 'eps': bench.eps, 'pgd_steps': 5 if args.quick else 50,
-            'device': f"{os.cpu_count()}-core CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-            'methods': {}}
+            'device': ', '.join(costs.pop('_devices', None) or ['—']), 'cost_runs': args.cost_runs, 'methods': {}}
     for name, runs in scores.items():
         data['methods'][name] = method_entry(name, runs, scores.get('pgd'), costs, bench, args.quick)
-    datasets = load_datasets(os.path.join(args.output, 'frontier.json'))
-    if args.update and args.dataset in datasets:
-        kept = datasets[args.dataset]['methods']
-        data['methods'] = {**{n: m for n, m in kept.items() if n not in data['methods']}, **data['methods']}
-        if 'cost_setting' in datasets[args.dataset] and not costs:
-            data['cost_setting'] = datasets[args.dataset]['cost_setting']
-    data.setdefault('cost_setting', 'resnet50' if 'resnet50' in costs else 'demo')
-    data['missing'] = ', '.join(sorted(set(METHODS) - set(data['methods'])))
-    data['missing_runs'] = ', '.join(missing_runs)
+    if 'pgd' in scores:  # the target line of the figure: AT on the images every method shares with it
+        data['at_shared'] = robust_accuracy(scores['pgd'], shared_images(*scores.values()))
     decide(data)
-    datasets = {**datasets, args.dataset: data} if args.update else {args.dataset: data}
+    datasets = load_datasets(os.path.join(args.output, 'frontier.json')) if args.update else {}
+    datasets = {**datasets, args.dataset: data}
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, 'frontier.json'), 'w') as f:
         json.dump({'datasets': datasets}, f, indent=1)

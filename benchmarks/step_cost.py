@@ -24,6 +24,7 @@ training passes relative to PGD-3's passes: the floor of the finite difference o
 """
 import argparse
 import json
+import shlex
 import os
 import sys
 from typing import List, Optional
@@ -35,7 +36,7 @@ from cost.methods import METHODS  # noqa: E402
 from cost.passes import pass_costs  # noqa: E402
 from cost.profile import profile_step  # noqa: E402
 from cost.report import format_passes, format_table  # noqa: E402
-from cost.table import run_benchmark  # noqa: E402
+from cost.table import run_benchmark, run_interleaved  # noqa: E402
 from timm_gradreg.models.loading import ModelError  # noqa: E402
 from timm_gradreg.tasks import CompileModeError, check_compile_mode  # noqa: E402
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--act', default=None, help='swap ReLU-family activations to this one (e.g. gelu)')
     parser.add_argument('--num-classes', type=int, default=1000)
     parser.add_argument('--img-size', type=int, default=None, help='image size (default: the model\'s)')
+    parser.add_argument('--in-chans', type=int, default=3, help='input channels (default: 3)')
     parser.add_argument('-b', '--batch-size', type=int, default=16)
     parser.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     parser.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'), help='autocast dtype')
@@ -78,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='instead of the table, time the first-order passes the methods are made of (eager, '
                              'and compiled with --torchcompile) and print the cost of two training passes (the '
                              "finite difference's floor) relative to PGD-3's passes")
+    parser.add_argument('--interleave', nargs=2, action='append', default=[], metavar=('NAME', 'ARGS'),
+                        help='time another setting in the same rounds: its name and its options as one string (e.g. '
+                             '"--model resnet50 --act gelu --img-size 128 -b 16"); the results are keyed by name, '
+                             'this command line\'s setting as "main"; memory and the FD check are then skipped')
     parser.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -95,10 +101,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.profile:
             print(profile_step(args))
             return 0
-        result = pass_costs(args) if args.passes else run_benchmark(args)
+        if args.interleave:
+            settings = {'main': args, **{name: parser.parse_args(shlex.split(options) + ['--steps', str(args.steps),
+                                                                                   '--warmup', str(args.warmup)])
+                                         for name, options in args.interleave}}
+            result = {'settings': run_interleaved(settings)}
+        else:
+            result = pass_costs(args) if args.passes else run_benchmark(args)
     except (ModelError, CompileModeError) as e:
         parser.error(str(e))
-    print(format_passes(result) if args.passes else format_table(result))
+    if 'settings' in result:
+        print('\n\n'.join(f'[{name}]\n' + format_table(r) for name, r in result['settings'].items()))
+    else:
+        print(format_passes(result) if args.passes else format_table(result))
     if args.output:
         with open(args.output, 'w') as f:
             json.dump(result, f, indent=2)

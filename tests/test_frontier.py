@@ -1,4 +1,5 @@
-"""The frontier benchmark's smoke test: --quick trains, evaluates, times and writes its three outputs."""
+"""The frontier benchmark: --quick trains, evaluates, times, leaves its records and writes its three outputs; the
+statistics against hand-computed cases."""
 import json
 import os
 import subprocess
@@ -12,24 +13,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_frontier_writes_json_markdown_and_plot(tmp_path):
     pytest.importorskip('pyautoattack')
     pytest.importorskip('matplotlib')
-    out = tmp_path / 'frontier'
-    run = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'frontier.py'), '--quick', '--methods',
-                          'natural', 'gradnorm-every2', '--output', str(out)], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, 'TIMM_GRADREG_DATA': str(tmp_path / 'data')})
+    out, records = tmp_path / 'frontier', tmp_path / 'records'
+    argv = [sys.executable, os.path.join(ROOT, 'benchmarks', 'frontier.py'), '--quick', '--methods', 'natural',
+            'gradnorm-every2', '--output', str(out), '--records', str(records), '--work', str(tmp_path / 'work')]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, 'TIMM_GRADREG_DATA': str(tmp_path / 'data')})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.load(open(out / 'frontier.json'))['datasets']['digits']
     assert set(data['methods']) == {'natural', 'gradnorm-every2'}
     for method in data['methods'].values():
         assert 0 <= method['autoattack']['mean'] <= method['pgd50']['mean'] + 1e-9 <= 100.0 + 1e-9
         assert method['autoattack']['n'] == 16 and len(method['autoattack']['values']) == 1
-        assert method['cost_ratio'] is None and method['cost_ratio_demo'] > 0 and method['passes'] > 0
+        assert method['cost']['trained']['median'] > 0 and method['cost']['proxy']['median'] > 0
+        assert method['passes'] > 0
     assert data['methods']['natural']['passes'] == 2 and data['methods']['gradnorm-every2']['passes'] == 3.5
+    assert data['methods']['pgd' if 'pgd' in data['methods'] else 'natural']['cost']['trained']['runs']
+    # the records: one per evaluation, one per timing run, in the records folder (the work folder is not published)
+    assert sorted(os.listdir(records / 'digits' / 'eval')) == ['gradnorm-every2-s0-n16.json', 'natural-s0-n16.json']
+    cost = json.load(open(records / 'digits' / 'cost' / 'run-0.json'))
+    assert set(cost['settings']) == {'trained', 'proxy'} and cost['versions']['torch']
     assert (out / 'frontier.png').stat().st_size > 1000
     assert '| gradnorm-every2 |' in (out / 'frontier.md').read_text()
     # resumable: a second run redoes nothing and gives the same scores
-    again = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'frontier.py'), '--quick', '--methods',
-                            'natural', 'gradnorm-every2', '--output', str(out)], capture_output=True, text=True,
-                           timeout=300, env={**os.environ, 'TIMM_GRADREG_DATA': str(tmp_path / 'data')})
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, 'TIMM_GRADREG_DATA': str(tmp_path / 'data')})
     assert again.returncode == 0 and '$ ' not in again.stdout
     assert json.load(open(out / 'frontier.json'))['datasets']['digits']['methods'] == data['methods']
 
@@ -65,10 +72,13 @@ def _fake_evaluation(work, name, seed, n, robust_share, robust_below=None):
     folder = work / 'eval' / f'{name}-s{seed}-n{n}'
     folder.mkdir(parents=True)
     flags = (torch.arange(n) % 100 < robust_share) & (torch.arange(n) < (robust_below or n))
-    (folder / 'results.json').write_text(json.dumps({'models': [{
-        'clean_accuracy': 90.0, 'sweep': {'accuracy': [90.0, 80.0]}, 'num_samples': n,
-        'autoattack': {'robust_accuracy': 100.0 * flags.float().mean().item()}}]}))
-    torch.save({'indices': torch.arange(n), 'aa_robust': flags}, folder / f'flags_{name}.pt')
+    (folder / 'results.json').write_text(json.dumps({'config': {'subset_seed': 0, 'split': 'validation'}, 'models': [{
+        'label': name, 'clean_accuracy': 90.0, 'num_samples': n,
+        'sweep': {'eps': [0.0, 0.1], 'accuracy': [90.0, 80.0], 'steps': 50, 'losses': ['ce', 'dlr'], 'restarts': 1},
+        'autoattack': {'eps': 0.1, 'version': 'standard', 'robust_accuracy': 100.0 * flags.float().mean().item()}}]}))
+    clean = torch.arange(n) % 10 < 9
+    torch.save({'indices': torch.arange(n), 'clean': clean, 'sweep_robust': torch.stack([clean, flags]),
+                'aa_clean': clean, 'aa_robust': flags}, folder / f'flags_{name}.pt')
 
 
 def test_study_in_progress_takes_the_larger_sample_once_it_has_the_seeds_and_names_what_is_missing(tmp_path):
@@ -81,8 +91,13 @@ def test_study_in_progress_takes_the_larger_sample_once_it_has_the_seeds_and_nam
         _fake_evaluation(tmp_path, 'gradnorm', seed, 500, 62)  # 0.89 of AT: near the target
         _fake_evaluation(tmp_path, 'natural', seed, 500, 0)
     _fake_evaluation(tmp_path, 'gradnorm', 0, 1000, 62)  # one seed at 1000 is not enough to switch
+    records = tmp_path / 'records'
     scores, missing = frontier.evaluated_scores(bench, ['pgd', 'gradnorm', 'natural'], [0, 1, 2], [0, 1, 2, 3, 4],
-                                                500, 1000, str(tmp_path))
+                                                500, 1000, str(tmp_path), str(records))
+    # each evaluation left its record, which holds each image's results
+    record = json.loads((records / 'fashion_mnist' / 'eval' / 'gradnorm-s0-n500.json').read_text())
+    assert record['autoattack'] == ''.join('1' if i % 100 < 62 else '0' for i in range(500))
+    assert record['train_flags'][:2] == ['-c', 'fmnist/gradnorm'] and record['evaluation']['samples'] == 500
     assert [r['num_samples'] for r in scores['pgd']] == [1000] * 3
     assert [r['num_samples'] for r in scores['gradnorm']] == [500] * 2
     assert scores['gradnorm'][0]['autoattack'] == pytest.approx(62.0)
@@ -123,7 +138,7 @@ def test_a_panel_without_at_or_timings_plots_without_a_legend_warning(tmp_path):
     frontier = _frontier_module()
     scores = {'mean': 72.0, 'std': 0.0, 'values': [72.0]}
     data = {'title': 'one method', 'eps': 0.1, 'pareto': [],
-            'methods': {'trades': {'autoattack': scores, 'cost_ratio': None, 'cost_ratio_demo': None}}}
+            'methods': {'trades': {'autoattack': scores, 'cost': {}}}}
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         frontier.plot({'fashion_mnist': data}, str(tmp_path / 'one.png'))

@@ -23,7 +23,7 @@ def make_model(args: argparse.Namespace) -> nn.Module:
     if args.no_fused_attn:
         from timm.layers import set_fused_attn
         set_fused_attn(False)
-    kwargs = {'num_classes': args.num_classes}
+    kwargs = {'num_classes': args.num_classes, 'in_chans': getattr(args, 'in_chans', 3)}
     if args.img_size:
         kwargs['img_size'] = args.img_size
     try:
@@ -57,7 +57,7 @@ def fixed_batch(args, model: nn.Module, device: torch.device) -> Tuple[torch.Ten
     """The fixed random batch every step of a run trains on: images and labels."""
     size = input_size(args, model)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device, memory_format=memory_format(args))
+    x = torch.randn(args.batch_size, getattr(args, 'in_chans', 3), size, size, generator=generator).to(device, memory_format=memory_format(args))
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
     return x, y
 

@@ -21,6 +21,9 @@ class StepRunner:
         self.name, self.method = name, method
         self.model = model_copy(model, args, device)
         options = dict(method.options)
+        channels = getattr(args, 'in_chans', 3)
+        if channels != 3:  # the cost does not depend on the statistics, only on their shape
+            options.update(mean=(0.5,) * channels, std=(0.5,) * channels)
         self.task = create_task(method.task, self.model, verbose=False, **options)
         self.task.set_epoch(100.0)  # schedules at full strength
         if compiled:
