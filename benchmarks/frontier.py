@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the cost packa
 from cost.methods import METHODS as ALL_METHODS, REFERENCE, BenchMethod  # noqa: E402
 from frontier_records import RESULTS, read_evaluation_record, record_path, scores as record_scores  # noqa: E402
 from frontier_records import cost_record_path, write_cost_record, write_evaluation_record  # noqa: E402
+from timm_gradreg.evaluate.paired import t_quantile_975  # noqa: E402
 from timm_gradreg.tasks import task_options  # noqa: E402
 from timm_gradreg.train import parse_args  # noqa: E402
 
@@ -257,48 +258,50 @@ def robust_flags(side: Sequence[dict], images: Sequence[int]):
     return np.array([[run['robust'][i] for i in images] for run in side], dtype=np.float64)
 
 
+def _ratio_parts(runs: Sequence[dict], reference: Sequence[dict], draws: int = 2000, seed: int = 0):
+    """The ratio of mean AutoAttack accuracies on the shared images, its images' variance (a bootstrap over the
+    shared images, one draw for both sides: they were attacked on the same images; the seeds kept) and its seeds'
+    variance (the delta method on each side's per-seed accuracies; None with fewer than 2 seeds a side)."""
+    import numpy as np
+    shared = shared_images(runs, reference)
+    a, b = robust_flags(runs, shared), robust_flags(reference, shared)  # [seeds, images]
+    ratio = a.mean() / b.mean()
+    chosen = np.random.default_rng(seed).integers(0, len(shared), size=(draws, len(shared)))
+    boot_b = b[:, chosen].mean(axis=(0, 2))
+    image_var = float(np.var(a[:, chosen].mean(axis=(0, 2))[boot_b > 0] / boot_b[boot_b > 0]))
+    if len(runs) < 2 or len(reference) < 2:
+        return ratio, image_var, None, len(shared)
+    per_a, per_b = a.mean(axis=1), b.mean(axis=1)
+    seed_var = ratio ** 2 * (per_a.var(ddof=1) / per_a.mean() ** 2 / len(runs)
+                             + per_b.var(ddof=1) / per_b.mean() ** 2 / len(reference))
+    return ratio, image_var, float(seed_var), len(shared)
+
+
 def ratio_interval(runs: Sequence[dict], reference: Sequence[dict], draws: int = 2000,
                    seed: int = 0) -> Tuple[float, float]:
-    """95% bootstrap interval of mean AutoAttack accuracy / the reference's, over seeds and images.
-
-    Each draw resamples the images the two share (one draw for both: they were attacked on the same
-    images) and each side's seeds."""
-    import numpy as np
-    images = shared_images(runs, reference)
-    if not images:
+    """95% interval of mean AutoAttack accuracy / the reference's (docs/statistics.md): the images' part with the
+    normal quantile, the seeds' part with Student's t on the fewer seeds of the two sides less one (a normal
+    quantile over 3 seeds is far too narrow); the images' part alone with a single seed a side."""
+    if not shared_images(runs, reference):
         return float('nan'), float('nan')
-    rng = np.random.default_rng(seed)
-    chosen = rng.integers(0, len(images), size=(draws, len(images)))
-
-    def accuracy(side):
-        per_seed = robust_flags(side, images)[:, chosen].mean(axis=2)  # [seeds, draws]
-        picks = rng.integers(0, len(side), size=(draws, len(side)))
-        return per_seed[picks, np.arange(draws)[:, None]].mean(axis=1)
-    at = accuracy(reference)
-    ratios = np.sort(accuracy(runs)[at > 0] / at[at > 0])
-    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+    ratio, image_var, seed_var, _ = _ratio_parts(runs, reference, draws, seed)
+    t = t_quantile_975(min(len(runs), len(reference)) - 1) if seed_var is not None else 0.0
+    half = math.sqrt(1.959964 ** 2 * image_var + t ** 2 * (seed_var or 0.0))
+    return float(ratio - half), float(ratio + half)
 
 
 def projected_interval(runs: Sequence[dict], reference: Sequence[dict], seeds: int, images: int,
                        draws: int = 2000, seed: int = 0) -> Tuple[float, float]:
-    """About where the 95% interval of the ratio to AT would lie with ``seeds`` seeds a side on
-    ``images`` images, the estimate staying where it is: what a larger study could decide.
-
-    The ratio's variance is split into its images' part (a bootstrap over the shared images, the seeds
-    kept) and its seeds' part (the delta method on the per-seed accuracies); each is scaled to the new
-    counts (n / images, k / seeds)."""
-    import numpy as np
-    shared = shared_images(runs, reference)
-    if not shared or len(runs) < 2 or len(reference) < 2:
+    """About where the 95% interval of the ratio to AT would lie with ``seeds`` seeds a side on ``images`` images,
+    the estimate staying where it is: the images' part scaled by n / images, the seeds' part by k / seeds and
+    taken with Student's t on ``seeds`` − 1 degrees of freedom."""
+    if not shared_images(runs, reference):
         return float('nan'), float('nan')
-    a, b = robust_flags(runs, shared), robust_flags(reference, shared)  # [seeds, images]
-    ratio = a.mean() / b.mean()
-    chosen = np.random.default_rng(seed).integers(0, len(shared), size=(draws, len(shared)))
-    image_var = np.var(a[:, chosen].mean(axis=(0, 2)) / b[:, chosen].mean(axis=(0, 2)))
-    per_seed_a, per_seed_b = a.mean(axis=1), b.mean(axis=1)
-    seed_var = ratio ** 2 * (per_seed_a.var(ddof=1) / per_seed_a.mean() ** 2
-                             + per_seed_b.var(ddof=1) / per_seed_b.mean() ** 2) / seeds
-    half = 1.96 * float(np.sqrt(image_var * len(shared) / images + seed_var))
+    ratio, image_var, seed_var, shared = _ratio_parts(runs, reference, draws, seed)
+    if seed_var is None:
+        return float('nan'), float('nan')
+    k = min(len(runs), len(reference))
+    half = math.sqrt(1.959964 ** 2 * image_var * shared / images + t_quantile_975(seeds - 1) ** 2 * seed_var * k / seeds)
     return float(ratio - half), float(ratio + half)
 
 

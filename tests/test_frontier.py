@@ -63,6 +63,9 @@ def test_ratio_interval_covers_the_sampling_spread_and_decides_the_target():
     seeds = [{'robust': {i: i % 10 < k for i in range(1000)}} for k in (7, 8, 9)]  # seed spread widens it
     low, high = frontier.ratio_interval(seeds, at)
     assert low < 0.92 and high > 1.08  # the seeds alone span 0.875 to 1.125
+    # the seeds' part takes Student's t on 2 degrees of freedom (4.3027), not the normal's 1.96: seeds 70, 80, 90%
+    # against AT's alike seeds at 80% (no images' part between them beyond the bootstrap's), cv² 0.01/0.64 over 3
+    assert (high - low) / 2 >= 4.3027 * (0.01 / 0.64 / 3) ** 0.5
 
 
 def _fake_evaluation(work, name, seed, n, robust_share, robust_below=None):
@@ -123,10 +126,11 @@ def test_projected_interval_scales_the_image_and_seed_parts_by_hand():
     q_low, q_high = frontier.projected_interval(half, at, seeds=5, images=4000)
     assert q_high - q_low == pytest.approx((p_high - p_low) / 2, rel=1e-9)
     # images without end: only the seeds' part, the delta method by hand. Seeds at 70, 80, 90% (mean 80,
-    # variance 0.01, cv² 0.01/0.64) against AT's alike seeds at 80%: ratio 1, half-width 1.96·sqrt(cv²/5)
+    # variance 0.01, cv² 0.01/0.64) against AT's alike seeds at 80%: ratio 1, half-width t(4)·sqrt(cv²/5), Student's
+    # t 0.975 quantile on 4 degrees of freedom 2.7764 (a table's value)
     seeds = [{'robust': {i: i % 10 < k for i in range(1000)}} for k in (7, 8, 9)]
     low, high = frontier.projected_interval(seeds, at, seeds=5, images=10 ** 12)
-    assert (high - low) / 2 == pytest.approx(1.96 * (0.01 / 0.64 / 5) ** 0.5, rel=1e-4)
+    assert (high - low) / 2 == pytest.approx(2.7764 * (0.01 / 0.64 / 5) ** 0.5, rel=1e-4)
     assert frontier.verdict((low, high)) == 'across'
     # one seed has no seed spread to scale: no projection
     assert all(v != v for v in frontier.projected_interval(seeds[:1], at, seeds=5, images=1000))
