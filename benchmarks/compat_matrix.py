@@ -54,6 +54,8 @@ from torch.overrides import TorchFunctionMode
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from timm.layers import set_fast_norm  # noqa: E402
+
 from timm_gradreg import list_tasks  # noqa: E402
 from timm_gradreg.train import Trainer, TrainingError, parse_args  # noqa: E402
 
@@ -278,6 +280,8 @@ def _update(argv: Sequence[str], ties: Optional[_Ties] = None) -> Tuple[Optional
                 trainer.fit()
         except (TrainingError, RuntimeError) as e:
             return None, f'timm-train: error: {e}'.splitlines()[0]
+        finally:
+            set_fast_norm(False)  # --fast-norm is process-wide in timm: the next cell starts without it
         module = trainer.task.get_trainable_module()
         after = getattr(module, '_orig_mod', module).state_dict()  # a compiled module keeps the model there
         update = {k: (before[k].double() - after[k].double()) / LR for k in before if before[k].is_floating_point()

@@ -106,3 +106,17 @@ def test_gpu_memory_must_be_positive(value, capsys):
     with pytest.raises(SystemExit) as e:
         train_main(['-c', 'demo/digits_gradnorm', '--dry-run', '--gpu-memory', value])
     assert e.value.code == 2 and f'--gpu-memory is GiB per GPU, > 0; got {float(value)}' in capsys.readouterr().err
+
+
+def test_fast_norm_predicts_what_the_native_norms_do():
+    """--fast-norm (process-wide in timm) builds norm layers that query autocast for their tensor's device; the
+    prediction's meta-device step runs them natively: the same bytes, no error."""
+    from timm.layers import set_fast_norm
+    argv = ['--model', 'test_vit', '--model-kwargs', 'img_size=32', '--input-size', '3', '32', '32', '--num-classes',
+            '10', '--dry-run']
+    native = predict_memory(resolve_config(parse_args(argv)[0]))
+    try:
+        fast = predict_memory(resolve_config(parse_args([*argv, '--fast-norm'])[0]))
+    finally:
+        set_fast_norm(False)
+    assert fast.activations_per_sample == native.activations_per_sample > 0

@@ -155,6 +155,14 @@ def _optimizer_state_bytes(cfg: argparse.Namespace, model: nn.Module) -> int:
     return _state_bytes(v for state in optimizer.state.values() for v in state.values())
 
 
+def _native_norms(model: nn.Module) -> None:
+    """timm's norm layers switched from their fast kernels to the native ones for the meta-device step (a fast
+    norm queries autocast for the tensor's device, which meta has none of); the bytes saved are the same."""
+    for module in model.modules():
+        if getattr(module, '_fast_norm', False):  # timm's norm layers keep the flag they were built with
+            module._fast_norm = False
+
+
 def predict_memory(cfg: argparse.Namespace, dtype: Optional[torch.dtype] = None) -> MemoryPrediction:
     """The memory of one training step of the resolved configuration ``cfg`` (see the module docstring).
 
@@ -166,6 +174,7 @@ def predict_memory(cfg: argparse.Namespace, dtype: Optional[torch.dtype] = None)
     with torch.device('meta'):
         model = create_train_model(cfg, pretrained=False, load_checkpoint=False)
     model.to(dtype)
+    _native_norms(model)
     with warnings.catch_warnings():  # the task's advice (e.g. on ReLU) is for training, not for this count
         warnings.simplefilter('ignore')
         two, four = (_step_activations(cfg, model, b, dtype) for b in (2, 4))  # BatchNorm needs 2
