@@ -271,9 +271,8 @@ def _ratio_parts(runs: Sequence[dict], reference: Sequence[dict], draws: int = 2
     image_var = float(np.var(a[:, chosen].mean(axis=(0, 2))[boot_b > 0] / boot_b[boot_b > 0]))
     if len(runs) < 2 or len(reference) < 2:
         return ratio, image_var, None, len(shared)
-    per_a, per_b = a.mean(axis=1), b.mean(axis=1)
-    seed_var = ratio ** 2 * (per_a.var(ddof=1) / per_a.mean() ** 2 / len(runs)
-                             + per_b.var(ddof=1) / per_b.mean() ** 2 / len(reference))
+    per_a, per_b = a.mean(axis=1), b.mean(axis=1)  # Var(A/B) ≈ Var(A)/B² + A²·Var(B)/B⁴ (A may be 0)
+    seed_var = (per_a.var(ddof=1) / len(runs) + ratio ** 2 * per_b.var(ddof=1) / len(reference)) / per_b.mean() ** 2
     return ratio, image_var, float(seed_var), len(shared)
 
 
@@ -350,8 +349,8 @@ def markdown(datasets: Dict[str, dict]) -> str:
                   f"AutoAttack standard and PGD-{data['pgd_steps']} on the last checkpoint, on a seeded subset of the "
                   "test split (n images per method; a larger n extends the smaller sample); clean accuracy on that "
                   "subset and on the whole test split; mean ± std over seeds; the ratio to PGD-3 AT on the images "
-                  "both share, with its 95% bootstrap interval over seeds and images, and where that interval lies "
-                  f"against {TARGET_SHARE:.0%}. Cost: a training step relative to PGD-3, the median of {runs} timing "
+                  "both share, with its 95% interval (docs/statistics.md: the images bootstrapped, the seeds' part "
+                  f"with Student's t), and where that interval lies against {TARGET_SHARE:.0%}. Cost: a training step relative to PGD-3, the median of {runs} timing "
                   "runs [their range], each timing the configuration trained here and resnet50-GELU at 128 px "
                   f"(batch 16) in the same interleaved rounds, on {data['device']}.", '',
                   f"| method | seeds | n | clean | clean, whole split | PGD-{data['pgd_steps']} | AutoAttack | "
