@@ -6,15 +6,18 @@
     python benchmarks/frontier.py --quick --output /tmp/frontier   # a smoke test: 1 seed, 2 epochs
 
 Each method trains with timm-train from the benchmark's recipes (same model, schedule and ε; the FGSM
-step of fgsm and gradalign warmed up as PGD-3's), is evaluated by gradreg-eval on the last checkpoint
-(AutoAttack standard and PGD-50 at ε, on a seeded subset of the test split), and has a training step
-timed against PGD-3 by benchmarks/step_cost.py in one interleaved run, on the demo model and on
-resnet50-GELU at 128 px, batch 16. Methods within 5 points of 90% of AT's AutoAttack accuracy (and AT
-itself) get the benchmark's larger sample and more seeds. Each method's AutoAttack ratio to AT has a
-95% bootstrap interval over seeds and images, and the target (≥ 90% of AT at ≤ 0.5× its step cost) is
-decided with it. Writes frontier.json (a level per dataset), frontier.md and frontier.png (a panel per
-dataset). Resumable: a run whose checkpoint or evaluation exists is not redone; --cost with no setting
-skips the timing, so two processes can share the training (one thread each) and a third times and merges.
+step of fgsm and gradalign warmed up as PGD-3's) and is evaluated by gradreg-eval on the last checkpoint
+(AutoAttack standard and PGD-50 at ε, on a seeded subset of the test split); each evaluation leaves a
+compact record in results/frontier/DATASET/eval/ (frontier_records.py). Training steps are timed against
+PGD-3 by benchmarks/step_cost.py in COST_RUNS runs, each timing the configuration the benchmark trains
+and the resnet50-GELU 128 px proxy in the same interleaved rounds, each leaving a record in
+results/frontier/DATASET/cost/. Methods within 5 points of 90% of AT's AutoAttack accuracy (and AT
+itself) get the benchmark's larger sample and more seeds. Each method's AutoAttack ratio to AT has a 95%
+interval (docs/statistics.md); the target (≥ 90% of AT at ≤ 0.5× its step cost as trained) is decided
+with it and with the timing runs' range. Writes frontier.json, frontier.md and frontier.png from the
+records alone. Resumable: a run whose record exists is neither trained, attacked nor timed again;
+--cost-runs 0 skips the timing, so two processes can share the training (one thread each) and a last
+``--evaluated-only`` run times and renders.
 """
 import argparse
 import json
