@@ -602,21 +602,21 @@ def check_args(args: argparse.Namespace) -> None:
         for name in names:
             if getattr(args, name, None) not in (None, False, 0, []):
                 raise ValueError(f"--{name.replace('_', '-')}: {reason}.")
-    double_backprop = task_cls.needs_double_backprop(**task_kwargs(args.gradreg, args))
+    kwargs = task_kwargs(args.gradreg, args)
+    double_backprop = task_cls.needs_double_backprop(**kwargs)
     if double_backprop and args.torchscript:
         raise ValueError(f'--torchscript cannot be used with --gradreg {args.gradreg}: a scripted model runs no '
                          'Python-level ops, and double backprop needs the rewritten ones. Use --torchcompile with a '
                          'first-order method, or drop --torchscript.')
-    check_sync_bn_for_task(args.gradreg, task_kwargs(args.gradreg, args), args.sync_bn and not args.bn_eval
-                        and not args.train_in_eval_mode)
+    check_sync_bn_for_task(args.gradreg, kwargs, args.sync_bn and not args.bn_eval and not args.train_in_eval_mode)
     if double_backprop and args.model_dtype in ('float16', 'bfloat16'):
         raise ValueError(f'--model-dtype {args.model_dtype} cannot be used with --gradreg {args.gradreg}: per-pixel '
                          'input gradients underflow in low-precision weights. Use --amp --amp-dtype bfloat16.')
-    check_precision(args.gradreg, task_kwargs(args.gradreg, args), args.amp, args.model_dtype)
+    check_precision(args.gradreg, kwargs, args.amp, args.model_dtype)
     if args.model_dtype not in (None, 'float32') and args.amp:
         raise ValueError('--model-dtype float16/bfloat16 and --amp are alternatives: pick one.')
     check_compile_mode(args.torchcompile_mode, args.torchcompile)
-    if args.torchcompile and task_cls.needs_double_backprop(**task_kwargs(args.gradreg, args)):
+    if args.torchcompile and double_backprop:
         raise ValueError(compile_refusal(task_cls, args.gradreg))
     check_eval_metric(args.eval_metric, args.adv_val_steps)
     check_fsdp(args)

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from ..tasks import get_task_class
+from ..tasks import get_task_class, task_kwargs
 from ..utils.sharding import fully_shard
 
 __all__ = ['FSDP_REFUSED_OPTIONS', 'check_fsdp', 'fsdp_task_kwargs', 'fsdp_units', 'shard_model', 'full_state',
@@ -46,7 +46,6 @@ def check_fsdp(args: argparse.Namespace) -> Optional[str]:
         if is_on(value):
             flag = f"--{name.replace('_', '-')}" + ('' if isinstance(value, bool) else f' {value}')
             raise ValueError(f'{flag} cannot be used with --fsdp: {reason}. Drop one of them.')
-    from ..tasks import task_kwargs
     kwargs = task_kwargs(args.gradreg, args)
     task_cls = get_task_class(args.gradreg)
     if not task_cls.needs_double_backprop(**kwargs):

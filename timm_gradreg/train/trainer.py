@@ -438,7 +438,7 @@ class Trainer:
         epoch = checkpoint.get('epoch')
         return None if epoch is None else epoch + int(checkpoint.get('version', 1) > 1)
 
-    def full_state(self) -> Dict[str, Any]:
+    def gathered_state(self) -> Dict[str, Any]:
         """Under ``--fsdp``, the unsharded model and optimizer state a checkpoint stores, gathered by every process
         (call it on all of them); else nothing (the saver reads the model itself)."""
         if not self.cfg.fsdp:
@@ -638,7 +638,7 @@ class Trainer:
     def save_recovery(self, epoch: int, update_idx: int) -> Optional[str]:
         """A recovery checkpoint at this step boundary: everything to continue with the next step, the RNG
         states included, so a resumed run replays the uninterrupted one."""
-        gathered = self.full_state()
+        gathered = self.gathered_state()
         if self.saver is None:
             return None
         self.saver.extra_state = {RESUME_KEY: {'epoch': epoch, 'updates': update_idx + 1, 'rng': get_rng_state()},
@@ -781,7 +781,7 @@ class Trainer:
                                      write_header=not os.path.exists(summary) or os.path.getsize(summary) == 0,
                                      lr=sum(lrs) / len(lrs))
             latest = (eval_metrics or train_metrics)[self.eval_metric]
-            gathered = self.full_state()
+            gathered = self.gathered_state()
             if self.saver is not None:
                 self.saver.extra_state = gathered
                 try:
