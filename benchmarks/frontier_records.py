@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, 'results', 'frontier')
 
 __all__ = ['RESULTS', 'record_path', 'write_evaluation_record', 'read_evaluation_record', 'scores', 'bits',
-           'cost_record_path', 'write_cost_record']
+           'cost_record_path', 'write_cost_record', 'write_checks_record', 'write_analysis_record', 'run_record_path',
+           'read_run_record']
 
 
 def record_path(dataset: str, name: str, seed: int, samples: Optional[int], root: str = RESULTS) -> str:
@@ -70,6 +71,47 @@ def write_evaluation_record(folder: str, dataset: str, name: str, seed: int, sam
     return record
 
 
+def write_checks_record(folder: str, dataset: str, name: str, seed: int, train_flags: Sequence[str], path: str,
+                        seconds: Dict[str, float]) -> Dict[str, Any]:
+    """The record of a gradreg-eval --sanity folder: every check's figures and verdict, the clean accuracy on the
+    checked images and on the whole test split, the wall times of training and checking."""
+    results = json.load(open(os.path.join(folder, 'results.json')))
+    model = results['models'][0]
+    sanity = model['sanity']
+    record = {
+        'record': 'checks', 'dataset': dataset, 'method': name, 'seed': seed, 'train_flags': list(train_flags),
+        'evaluation': {'eps': sanity['eps'], 'samples': sanity['num_samples'],
+                       'subset_seed': results['config'].get('subset_seed'),
+                       'source': results['config'].get('source_checkpoint') and 'natural'},
+        'clean': model['clean_accuracy'],
+        'split': model.get('split'),
+        'verdict': sanity['verdict'],
+        'checks': sanity['checks'],
+        'seconds': seconds,
+        'versions': _versions(),
+    }
+    _write(record, path)
+    return record
+
+
+def write_analysis_record(folder: str, dataset: str, name: str, seed: int, train_flags: Sequence[str], path: str,
+                          seconds: float) -> Dict[str, Any]:
+    """The record of a gradreg-analyze folder: the paper's Tables 1, 5, 6 and 7 for one model."""
+    results = json.load(open(os.path.join(folder, 'analysis.json')))
+    config = results['config']
+    (tables,) = results['models'].values()
+    record = {
+        'record': 'analysis', 'dataset': dataset, 'method': name, 'seed': seed, 'train_flags': list(train_flags),
+        'evaluation': {'eps': config['analysis']['eps'], 'samples': config['num_samples'],
+                       'subset_seed': config['subset_seed'], 'pgd_steps': config['analysis']['pgd_steps']},
+        'tables': {k: v for k, v in tables.items() if k != 'fig11_path'},
+        'seconds': seconds,
+        'versions': _versions(),
+    }
+    _write(record, path)
+    return record
+
+
 def _write(record: Dict[str, Any], path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:  # a key a line, each value compact: small, and a change shows in a diff
@@ -113,7 +155,18 @@ def scores(record: Dict[str, Any]) -> Dict[str, Any]:
             'autoattack': accuracy['autoattack'], 'num_samples': record['evaluation']['samples'],
             'split_clean': (record.get('split') or {}).get('clean_accuracy'),
             'robust': {i: r == '1' for i, r in zip(record['indices'], record['autoattack'])},
+            'pgd_flags': {i: r == '1' for i, r in zip(record['indices'], record['pgd'])},
             'clean_flags': {i: c == '1' for i, c in zip(record['indices'], record['clean'])}}
+
+
+def run_record_path(dataset: str, kind: str, name: str, seed: int, root: str = RESULTS) -> str:
+    """Where the ``kind`` ('checks' or 'analysis') record of method ``name``'s run ``seed`` lives."""
+    return os.path.join(root, dataset, kind, f'{name}-s{seed}.json')
+
+
+def read_run_record(dataset: str, kind: str, name: str, seed: int, root: str = RESULTS) -> Optional[Dict[str, Any]]:
+    path = run_record_path(dataset, kind, name, seed, root)
+    return read_evaluation_record(path) if os.path.exists(path) else None
 
 
 def list_records(dataset: str, root: str = RESULTS) -> List[str]:

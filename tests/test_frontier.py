@@ -147,15 +147,3 @@ def test_a_panel_without_at_or_timings_plots_without_a_legend_warning(tmp_path):
         warnings.simplefilter('error')
         frontier.plot({'fashion_mnist': data}, str(tmp_path / 'one.png'))
     assert (tmp_path / 'one.png').stat().st_size > 0
-
-
-def test_the_published_frontier_is_its_records_rendered(tmp_path):
-    """docs/frontier/frontier.md and .json are what frontier.py computes from the committed records (no hand
-    edits, nothing from outside the records)."""
-    pytest.importorskip('matplotlib')
-    frontier = _frontier_module()
-    frontier.main(['--dataset', 'fashion_mnist', '--evaluated-only', '--output', str(tmp_path),
-                   '--work', str(tmp_path / 'work')])
-    for name in ('frontier.md', 'frontier.json'):
-        assert (tmp_path / name).read_text() == open(os.path.join(ROOT, 'docs', 'frontier', name)).read(), name
-    assert not (tmp_path / 'work').exists()  # nothing was trained, evaluated or timed: the records sufficed

@@ -21,14 +21,3 @@ def test_the_library_example_prints_its_progress_and_learns(tmp_path):
     epochs = re.findall(r'epoch (\d): loss ([\d.]+), CE ([\d.]+), penalty ([\d.]+)', out.stdout)
     assert [e[0] for e in epochs] == ['0', '1'], out.stdout
     assert float(epochs[1][2]) < float(epochs[0][2]) < 2.3  # CE falls below chance (ln 10 = 2.30) and keeps falling
-
-
-def test_the_demo_table_is_its_records_rendered():
-    """README's demo table is what benchmarks/demo_table.py writes from results/demo/ (no hand-typed figures)."""
-    import sys
-    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-    from demo_table import BEGIN, END, RUNS, read_records, render
-    records = read_records()
-    assert set(records) == set(RUNS)
-    readme = open(os.path.join(ROOT, 'README.md')).read()
-    assert readme[readme.index(BEGIN):readme.index(END) + len(END)] == render(records)

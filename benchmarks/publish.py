@@ -1,0 +1,209 @@
+"""Every published table, figure and measured number, from the committed records: one command.
+
+    python benchmarks/publish.py            # rewrite the published files from results/
+    python benchmarks/publish.py --check    # rewrite nothing; exit 1 naming each file that differs
+
+The records live in results/ (one compact JSON file per training run, evaluation, checklist, analysis and
+timing run); the published files are docs/frontier/ (frontier.md, .json, .png), docs/claims.md,
+docs/compatibility.md, the generated blocks of README.md, docs/cost.md and docs/training.md (between
+``<!-- NAME: benchmarks/publish.py -->`` and ``<!-- /NAME -->``), and the ``# Measured:`` lines of the
+Fashion-MNIST recipes. Nothing here trains, attacks or times: the studies that make the records are
+benchmarks/frontier.py, frontier_checks.py, demo_table.py, compat_matrix.py and cpu_threads.py. The test suite
+runs ``--check`` (tests/test_publish.py).
+"""
+import argparse
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+from contextlib import redirect_stdout
+from typing import Callable, Dict, List, Optional
+
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCHMARKS)
+sys.path.insert(0, BENCHMARKS)
+sys.path.insert(0, ROOT)
+
+import claims  # noqa: E402
+import compat_matrix  # noqa: E402
+import cpu_threads  # noqa: E402
+import demo_table  # noqa: E402
+import frontier  # noqa: E402
+
+DATASET = 'fashion_mnist'
+#: the Fashion-MNIST recipes and the frontier method each one trains
+RECIPES = {'natural': 'natural', 'gradnorm': 'gradnorm', 'advtrain': 'pgd'}
+Texts = Dict[str, str]
+
+
+def _path(*parts: str) -> str:
+    return os.path.join(ROOT, *parts)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def with_block(text: str, name: str, block: str) -> str:
+    """``text`` with its generated block ``name`` (between the markers, which stay) replaced by ``block``."""
+    begin, end = f'<!-- {name}: benchmarks/publish.py -->', f'<!-- /{name} -->'
+    if begin not in text or end not in text:
+        raise ValueError(f'no generated block {name!r}: the file needs the markers {begin} and {end}')
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + '\n' + block.strip('\n') + '\n' + text[stop:]
+
+
+def publish_frontier(out: Texts) -> Dict[str, bytes]:
+    """docs/frontier/: the Fashion-MNIST frontier from its records (frontier.py --evaluated-only)."""
+    with tempfile.TemporaryDirectory() as work:
+        with redirect_stdout(io.StringIO()):
+            frontier.main(['--dataset', DATASET, '--evaluated-only', '--output', work, '--work',
+                           os.path.join(work, 'none')])
+        for name in ('frontier.md', 'frontier.json'):
+            out[_path('docs', 'frontier', name)] = _read(os.path.join(work, name))
+        with open(os.path.join(work, 'frontier.png'), 'rb') as f:
+            return {_path('docs', 'frontier', 'frontier.png'): f.read()}
+
+
+def _frontier(out: Texts) -> dict:
+    return json.loads(out[_path('docs', 'frontier', 'frontier.json')])['datasets'][DATASET]
+
+
+def publish_claims(out: Texts) -> None:
+    out[_path('docs', 'claims.md')] = claims.render(json.loads(out[_path('docs', 'frontier', 'frontier.json')]))
+
+
+def _ratio(m: dict) -> str:
+    r = m.get('ratio_to_at')
+    return f"{r['mean']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if r else '—'
+
+
+def frontier_block(data: dict) -> str:
+    """The README's frontier table: whole-split clean, AutoAttack, ratio to AT, cost as trained."""
+    methods = sorted(data['methods'].items(), key=lambda kv: frontier.trained_cost(kv[1]) or 0.0)
+    n = next(iter(data['methods'].values()))['autoattack']['n']
+    lines = [f"AutoAttack at ε {data['eps']} on the same {n} seeded test images for every model, "
+             f"{len(data['methods']['pgd']['autoattack']['values'])} seeds; clean on the whole test split; ratio to "
+             "AT with its 95% interval; step cost vs PGD-3 as trained (median [range] of "
+             f"{data['cost_runs']} timing runs, {data['device']}):", '',
+             '| method | clean | AutoAttack | ratio to AT [95%] | step cost |', '|---|---|---|---|---|']
+    for name, m in methods:
+        clean = m.get('split_clean')
+        lines.append(f"| {name} | {clean['mean']:.1f} |" if clean else f'| {name} | — |')
+        lines[-1] += (f" {m['autoattack']['mean']:.1f} ± {m['autoattack']['std']:.1f} | {_ratio(m)} | "
+                      f"{frontier._cost_cell(m, 'trained')} |")
+    target = data.get('target', {})
+    met = [k for k, v in target.items() if v['robustness'] == 'above' and v['cost'] == 'within']
+    undecided = [k for k, v in target.items() if k not in met and v['robustness'] != 'below']
+    lines += ['', 'The target (≥ 90% of AT at ≤ 0.5× its step cost): '
+              + (f"met by {', '.join(met)}" if met else 'met by no method')
+              + (f"; not decidable for {', '.join(undecided)} (the interval spans 90%), so these are not ranked"
+                 if undecided else '') + '.']
+    return '\n'.join(lines)
+
+
+def publish_readme(out: Texts) -> None:
+    text = _read(_path('README.md'))
+    text = demo_table.with_table(text, demo_table.render(demo_table.read_records()))
+    out[_path('README.md')] = with_block(text, 'frontier', frontier_block(_frontier(out)))
+
+
+def recipe_line(m: dict, eps: str) -> str:
+    """A Fashion-MNIST recipe's ``# Measured:`` line, from its frontier method."""
+    clean = m.get('split_clean')
+    parts = [f"clean {clean['mean']:.1f} ± {clean['std']:.1f} on the whole test split" if clean else None,
+             f"PGD-50 {m['pgd50']['mean']:.1f} ± {m['pgd50']['std']:.1f}",
+             f"AutoAttack {m['autoattack']['mean']:.1f} ± {m['autoattack']['std']:.1f} at ε {eps} "
+             f"({len(m['autoattack']['values'])} seeds, the frontier's {m['autoattack']['n']} test images)"]
+    if m.get('ratio_to_at') and m['ratio_to_at']['mean'] < 0.995:
+        parts.append(f'ratio to AT {_ratio(m)}')
+    return ('# Measured: ' + ', '.join(p for p in parts if p)
+            + '; generated by benchmarks/publish.py from results/frontier/fashion_mnist/.')
+
+
+def publish_recipes(out: Texts) -> None:
+    data = _frontier(out)
+    for recipe, method in RECIPES.items():
+        path = _path('recipes', 'fmnist', f'{recipe}.yaml')
+        text = _read(path)
+        out[path] = re.sub(r'^# Measured:.*$', lambda _: recipe_line(data['methods'][method], data['eps']), text,
+                           count=1, flags=re.M)
+
+
+def cost_block(data: dict) -> str:
+    """docs/cost.md's table: every frontier method's step cost against PGD-3, both timed settings."""
+    trained = ' '.join(frontier.BENCHMARKS[DATASET].trained)
+    lines = [f"{data['cost_runs']} timing runs of `benchmarks/step_cost.py`, each timing the Fashion-MNIST "
+             f"configuration (`{trained}`) and resnet50-GELU at 128 px (`{' '.join(frontier.PROXY)}`) in the "
+             f"same interleaved rounds, on {data['device']}, float32, BatchNorm in eval mode; a step's time "
+             'relative to PGD-3, the median run [the range of the runs] (records: '
+             f'`results/frontier/{DATASET}/cost/`):', '',
+             '| method | passes | as trained | resnet50-GELU 128 px |', '|---|---|---|---|']
+    for name, m in sorted(data['methods'].items(), key=lambda kv: frontier.trained_cost(kv[1]) or 0.0):
+        lines.append(f"| {name} | {m.get('passes') or '—'} | {frontier._cost_cell(m, 'trained')} | "
+                     f"{frontier._cost_cell(m, 'proxy')} |")
+    lines += ['', "The paper's Table 3: GradNorm 0.628 of PGD-3 (Swin-B, 8 V100s)."]
+    return '\n'.join(lines)
+
+
+def publish_cost(out: Texts) -> None:
+    out[_path('docs', 'cost.md')] = with_block(_read(_path('docs', 'cost.md')), 'cost', cost_block(_frontier(out)))
+
+
+def publish_compatibility(out: Texts) -> None:
+    with open(_path('results', 'compatibility.json')) as f:
+        cells = [compat_matrix.Cell(**cell) for cell in json.load(f)['cells']]
+    out[_path('docs', 'compatibility.md')] = compat_matrix.format_matrix(cells)
+
+
+def publish_threads(out: Texts) -> None:
+    with open(_path('results', 'cpu_threads.json')) as f:
+        table = cpu_threads.format_table(json.load(f))
+    out[_path('docs', 'training.md')] = with_block(_read(_path('docs', 'training.md')), 'threads', table)
+
+
+#: each publisher adds its files' new text to the dict (and returns binary files, not compared by --check);
+#: later ones read what earlier ones wrote (the claims and the README read the frontier)
+PUBLISHERS: Dict[str, Callable[[Texts], Optional[Dict[str, bytes]]]] = {
+    'frontier': publish_frontier,
+    'claims': publish_claims,
+    'readme': publish_readme,
+    'recipes': publish_recipes,
+    'cost': publish_cost,
+    'compatibility': publish_compatibility,
+    'threads': publish_threads,
+}
+
+
+def published() -> Dict[str, object]:
+    """Every published file's text (and the binary ones' bytes) as the records make it."""
+    texts: Texts = {}
+    binary: Dict[str, bytes] = {}
+    for publish in PUBLISHERS.values():
+        binary.update(publish(texts) or {})
+    return {**texts, **binary}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--check', action='store_true', help='compare, write nothing; exit 1 when a file differs')
+    args = parser.parse_args(argv)
+    files = published()
+    stale = [p for p, v in files.items() if isinstance(v, str) and (not os.path.exists(p) or _read(p) != v)]
+    if args.check:
+        for path in stale:
+            print(f'differs from its records: {os.path.relpath(path, ROOT)}')
+        return 1 if stale else 0
+    for path, value in files.items():
+        mode, kwargs = ('w', {'encoding': 'utf-8'}) if isinstance(value, str) else ('wb', {})
+        with open(path, mode, **kwargs) as f:
+            f.write(value)
+    print('\n'.join(f'wrote {os.path.relpath(p, ROOT)}' for p in files))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
