@@ -12,7 +12,7 @@ test images at the frontier's ε, with the natural model of the same seed as the
 accuracy. For natural, gradnorm and pgd, ``gradreg-analyze`` on 100 test images writes the paper's Tables 1, 5, 6
 and 7 (results/frontier/DATASET/analysis/NAME-s0.json). Checkpoints and gradreg-eval folders stay in the work
 folder, out of git. Resumable: a run whose record exists is skipped; two processes with disjoint --methods share
-the work (one thread each).
+the work (one thread each). Where a check fails, the method's other seeds are trained again and checked too.
 """
 import argparse
 import json
@@ -24,7 +24,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from frontier import BENCHMARKS, METHODS, ROOT, eval_folder, evaluate, run, train, train_flags  # noqa: E402
-from frontier_records import RESULTS, read_evaluation_record, record_path, run_record_path  # noqa: E402
+from frontier_records import RESULTS, read_evaluation_record, read_run_record, record_path, run_record_path  # noqa: E402
 from frontier_records import write_analysis_record, write_checks_record  # noqa: E402
 
 #: the models whose input gradients the paper characterizes: natural, the regularized and the adversarial one
@@ -77,6 +77,12 @@ def check_run(bench, name: str, seed: int, work: str, records: str) -> None:
                               time.perf_counter() - started)
 
 
+def flagged(dataset: str, name: str, seed: int, records: str) -> bool:
+    """Whether a check failed in the run's checklist record."""
+    record = read_run_record(dataset, 'checks', name, seed, records)
+    return record is not None and any(c['passed'] is False for c in record['checks'])
+
+
 def reevaluate(bench, name: str, seed: int, checkpoint: str, work: str, records: str) -> None:
     """An evaluation record without the whole-split clean accuracy (nor a larger sample's record with it) is
     replaced by the evaluation of this retraining (clean, PGD-50 and AutoAttack as the frontier evaluates, and
@@ -106,6 +112,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = args.work or os.path.join(ROOT, 'output', 'frontier', bench.key)
     for name in args.methods:
         check_run(bench, name, args.seed, work, args.records)
+        if flagged(bench.key, name, args.seed, args.records):  # a flag: the checklist on the other seeds too
+            for seed in bench.seeds:
+                if seed != args.seed:
+                    check_run(bench, name, seed, work, args.records)
         print(json.dumps({'done': name}), flush=True)
     return 0
 

@@ -13,6 +13,9 @@ them against the predicted growth of activation memory (ratio printed). On CUDA 
 measured with torch.cuda.max_memory_allocated against the whole predicted peak.
 """
 import argparse
+import json
+import os
+import platform
 import re
 import resource
 import subprocess
@@ -30,7 +33,8 @@ from timm_gradreg.train.memory import GIB, USABLE_SHARE, MemoryPrediction, predi
 GPUS: Dict[str, float] = {'V100-32GB': 32, 'A100-40GB': 40, 'A100-80GB': 80, 'H100-80GB': 80}
 #: recipe:batch:batch of the default check (the study's own sizes: small enough for 2 CPU cores)
 CHECKS = ('cifar10/preact_resnet18_gradnorm:32:160', 'imagenet/resnet50_gelu_gradnorm:2:6',
-          'imagenet/swin_base_gradnorm:1:3')
+          'imagenet/swin_base_gradnorm:1:3', 'imagenet/resnet50_gelu_advtrain:2:6', 'cifar10/preact_resnet18_natural:32:160')
+RECORD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results', 'memory_checks.json')
 
 
 def training_recipes() -> List[str]:
@@ -111,18 +115,34 @@ def measured_in_fresh_process(name: str, batch: int) -> int:
     return int(run.stdout.split()[-1])
 
 
-def check(spec: str) -> str:
+def check(spec: str) -> dict:
+    """One check's record: the saved-tensor growth the hooks count, and the measured peak growth, from B1 to B2."""
     name, small, large = spec.split(':')
     small, large = int(small), int(large)
     prediction = predict_memory(recipe_config(name, 1))
     a, b = measured_in_fresh_process(name, small), measured_in_fresh_process(name, large)
-    predicted = prediction.activations_per_sample * (large - small)
-    line = (f'| {name} | {small} → {large} | {predicted / 2 ** 20:.0f} MiB | {(b - a) / 2 ** 20:.0f} MiB | '
-            f'{(b - a) / predicted:.2f} |')
+    row = {'recipe': name, 'batches': [small, large], 'saved_growth': prediction.activations_per_sample * (large - small),
+           'measured': [a, b], 'device': 'cuda' if torch.cuda.is_available() else 'cpu'}
     if torch.cuda.is_available():
-        line += f' {b / prediction.peak(large):.2f} (max_memory_allocated / predicted peak at {large}) |'
-    print(line, flush=True)
+        row['predicted_peak'] = prediction.peak(large)
+    print(check_row(row), flush=True)
+    return row
+
+
+def check_row(row: dict) -> str:
+    (small, large), (a, b) = row['batches'], row['measured']
+    line = (f"| {row['recipe']} | {small} → {large} | {row['saved_growth'] / 2 ** 20:.0f} MiB | "
+            f"{(b - a) / 2 ** 20:.0f} MiB | {(b - a) / row['saved_growth']:.2f} |")
+    if row.get('predicted_peak'):
+        line += f" {b / row['predicted_peak']:.2f} (max_memory_allocated / predicted peak at {large}) |"
     return line
+
+
+def check_table(record: dict) -> str:
+    """The checks' table from their record."""
+    return (f"{record['machine']}, torch {record['torch']}:\n\n"
+            '| recipe | batch | saved-tensor growth (hooks) | measured peak growth (RSS) | ratio |\n'
+            '|---|---|---|---|---|\n' + '\n'.join(check_row(row) for row in record['checks']) + '\n')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -132,6 +152,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='CPU checks: peak growth from batch B1 to B2 against the prediction (none: skip)')
     parser.add_argument('--no-table', action='store_true')
     parser.add_argument('--output', default=None, help='write the markdown here as well')
+    parser.add_argument('--record', default=None, metavar='FILE',
+                        help=f'write the checks\' record here (the published one: {os.path.relpath(RECORD)})')
     parser.add_argument('--measure', nargs=2, metavar=('RECIPE', 'BATCH'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -141,8 +163,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.no_table:
         parts.append(table(args.recipes or training_recipes()))
     if args.check:
-        parts.append('| recipe | batch | saved-tensor growth (hooks) | measured peak growth (RSS) | ratio |\n'
-                     '|---|---|---|---|---|\n' + '\n'.join(check(spec) for spec in args.check) + '\n')
+        record = {'machine': torch.cuda.get_device_name() if torch.cuda.is_available() else
+                  f'{os.cpu_count()}-core CPU ({platform.machine()})', 'torch': torch.__version__,
+                  'checks': [check(spec) for spec in args.check]}
+        parts.append(check_table(record))
+        if args.record:
+            with open(args.record, 'w') as f:
+                json.dump(record, f, indent=1)
     text = '\n'.join(parts)
     print(text)
     if args.output:

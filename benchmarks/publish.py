@@ -5,7 +5,7 @@
 
 The records live in results/ (one compact JSON file per training run, evaluation, checklist, analysis and
 timing run); the published files are docs/frontier/ (frontier.md, .json, .png), docs/claims.md,
-docs/compatibility.md, the generated blocks of README.md, docs/cost.md and docs/training.md (between
+docs/compatibility.md, the generated blocks of README.md, docs/cost.md, docs/training.md and docs/scale.md (between
 ``<!-- NAME: benchmarks/publish.py -->`` and ``<!-- /NAME -->``), and the ``# Measured:`` lines of the
 Fashion-MNIST recipes. Nothing here trains, attacks or times: the studies that make the records are
 benchmarks/frontier.py, frontier_checks.py, demo_table.py, compat_matrix.py and cpu_threads.py. The test suite
@@ -31,6 +31,8 @@ import compat_matrix  # noqa: E402
 import cpu_threads  # noqa: E402
 import demo_table  # noqa: E402
 import frontier  # noqa: E402
+import memory_scale  # noqa: E402
+from timm_gradreg.train.memory import TRANSIENT_FACTOR  # noqa: E402
 
 DATASET = 'fashion_mnist'
 #: the Fashion-MNIST recipes and the frontier method each one trains
@@ -165,6 +167,27 @@ def publish_threads(out: Texts) -> None:
     out[_path('docs', 'training.md')] = with_block(_read(_path('docs', 'training.md')), 'threads', table)
 
 
+def memory_block(record: dict) -> str:
+    """docs/scale.md's check of the memory prediction: the table, and where the prediction's factor lies."""
+    def ratios(double_backprop: bool) -> List[float]:
+        return [(r['measured'][1] - r['measured'][0]) / r['saved_growth'] for r in record['checks']
+                if ('gradnorm' in r['recipe']) == double_backprop]
+    twice, once = ratios(True), ratios(False)
+    text = memory_scale.check_table(record)
+    if twice:
+        text += (f"\nWith double backprop the ratios lie between {min(twice):.2f} and {max(twice):.2f}; the prediction "
+                 f"multiplies the saved bytes by {TRANSIENT_FACTOR}")
+        text += (f", which for natural and adversarial training ({min(once):.2f}–{max(once):.2f}) makes it "
+                 'conservative.' if once else '.')
+    return text
+
+
+def publish_memory(out: Texts) -> None:
+    with open(_path('results', 'memory_checks.json')) as f:
+        block = memory_block(json.load(f))
+    out[_path('docs', 'scale.md')] = with_block(_read(_path('docs', 'scale.md')), 'memory', block)
+
+
 #: each publisher adds its files' new text to the dict (and returns binary files, not compared by --check);
 #: later ones read what earlier ones wrote (the claims and the README read the frontier)
 PUBLISHERS: Dict[str, Callable[[Texts], Optional[Dict[str, bytes]]]] = {
@@ -175,6 +198,7 @@ PUBLISHERS: Dict[str, Callable[[Texts], Optional[Dict[str, bytes]]]] = {
     'cost': publish_cost,
     'compatibility': publish_compatibility,
     'threads': publish_threads,
+    'memory': publish_memory,
 }
 
 
