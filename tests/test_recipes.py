@@ -70,10 +70,12 @@ CIFAR = {'model': 'preact_resnet18_cifar', 'model_kwargs': {'act_layer': 'gelu'}
          'warmup_lr': 1e-6, 'mixup': 0.8, 'cutmix': 1.0, 'smoothing': 0.1}
 # Table 9 caption: natural training 50 epochs; AT and GradNorm 300 epochs, here from the natural run's end
 _FROM_NATURAL = {'initial_checkpoint': 'output/cifar10/preact_resnet18_natural/last.pth.tar', 'epochs': 300}
-# ResNet-50 + GELU edge (configs_logit/logitsobel_resnet_gelu_hard05*.yaml, run_train.sh on 7 processes)
+# ResNet-50 + GELU edge (configs_logit/logitsobel_resnet_gelu_hard05*.yaml, run_train.sh on 7 processes): seed 42;
+# the logit and saliency script (adversarial_training_logit.py) trains in model.train(), the loss-gradient one
+# (adversarial_training_logit_loss.py) in model.eval()
 RESNET_EDGE = {**EDGE, 'model': 'resnet50', 'initial_checkpoint': 'output/imagenet/resnet50_gelu_finetune/last.pth.tar',
                'epochs': 100, 'decay_epochs': 30, 'lr_base': 1.25e-3, 'warmup_lr': 1e-6, 'clip_grad': 1.0,
-               'global_batch_size': 266, 'lr': 1.25e-3 * 266 / 512, 'train_in_eval_mode': False}
+               'global_batch_size': 266, 'lr': 1.25e-3 * 266 / 512, 'seed': 42}
 
 # recipe -> (the paper run's process count, expected resolved values)
 EXPECTED = {
@@ -109,9 +111,11 @@ EXPECTED = {
     # configs_cifar/gradnorm_prn18_gelu.yaml: λ 0.8/1.2, decay 25, clip_grad 1.0
     'cifar10/preact_resnet18_gradnorm.yaml': (2, {**CIFAR, **_FROM_NATURAL, 'gradreg': 'gradnorm', 'gn_ce_weight': 0.8,
                                                   'gn_weight': 1.2, 'decay_epochs': 25, 'clip_grad': 1.0}),
-    # configs_cifar/advtrain_prn18_gelu.yaml: decay 15, clip_grad null, attack_criterion mixup
+    # configs_cifar/advtrain_prn18_gelu.yaml: decay 15, clip_grad null, attack_criterion mixup; the attack the config
+    # leaves at adversarial_training_cifar.py's defaults: --attack-eps 8/255, --attack-step 16/255/3, --attack-it 3
     'cifar10/preact_resnet18_advtrain.yaml': (2, {**CIFAR, **_FROM_NATURAL, 'gradreg': 'pgd', 'decay_epochs': 15,
-                                                  'clip_grad': None, 'attack_select': 'batch'}),
+                                                  'clip_grad': None, 'attack_select': 'batch', 'attack_eps': 8 / 255,
+                                                  'attack_step_size': 16 / 255 / 3, 'attack_steps': 3}),
 }
 for _act in ('relu', 'gelu', 'silu'):
     _start = {'initial_checkpoint': f'output/imagenet/resnet50_{_act}_finetune/last.pth.tar'}
@@ -122,8 +126,9 @@ for _act in ('relu', 'gelu', 'silu'):
     EXPECTED[f'imagenet/resnet50_{_act}_finetune.yaml'] = (4, {
         'model': 'resnet50', 'pretrained': True, 'epochs': 3, 'gradreg': 'natural', 'train_in_eval_mode': True,
         'swap_activations': None if _act == 'relu' else _act})
-for _suffix, _target in (('', 'logit'), ('_saliency', 'saliency'), ('_loss', 'loss')):  # Fig. 14 rows
-    EXPECTED[f'imagenet/resnet50_gelu_edge{_suffix}.yaml'] = (7, {**G21_COMMON, **RESNET_EDGE, 'edge_target': _target})
+for _suffix, _target, _eval in (('', 'logit', False), ('_saliency', 'saliency', False), ('_loss', 'loss', True)):
+    EXPECTED[f'imagenet/resnet50_gelu_edge{_suffix}.yaml'] = (7, {**G21_COMMON, **RESNET_EDGE, 'edge_target': _target,
+                                                                  'train_in_eval_mode': _eval})
 
 # The result each recipe claims, typed from the paper: (where, numbers). Tables 2, 4, 5, 8, 9 and Fig. 5.
 CLAIMS = {
@@ -135,7 +140,7 @@ CLAIMS = {
     'imagenet/swin_base_gradnorm_control.yaml': ('Table 8', '77.76', '51.66'),
     'imagenet/swin_base_gradnorm_noise.yaml': ('Table 8', '77.84', '52.04'),
     'imagenet/swin_base_gradnorm_pgd_inputs.yaml': ('Table 8', '76.62', '56.49'),
-    'imagenet/swin_base_gradnorm_green.yaml': ('Section 5.2',),
+    'imagenet/swin_base_gradnorm_green.yaml': ('Section 5.2', '77.38', '51.38'),
     'imagenet/swin_base_fgsm.yaml': ('Appendix B', 'Figure 12'),
     'imagenet/resnet50_relu_gradnorm.yaml': ('Table 4', '16.94', '6.82'),
     'imagenet/resnet50_gelu_gradnorm.yaml': ('Table 4', '60.34', '30.00'),
@@ -143,7 +148,7 @@ CLAIMS = {
     'imagenet/resnet50_relu_advtrain.yaml': ('Table 4', '59.46', '31.60'),
     'imagenet/resnet50_gelu_advtrain.yaml': ('Table 4', '59.34', '32.64'),
     'imagenet/resnet50_silu_advtrain.yaml': ('Table 4', '60.58', '33.40'),
-    'imagenet/resnet50_gelu_edge.yaml': ('Appendix E', 'Figure 14'),
+    'imagenet/resnet50_gelu_edge.yaml': ('Appendix E', 'Figure 14', '128 epochs rather than 100'),
     'imagenet/resnet50_gelu_edge_saliency.yaml': ('Appendix E', 'Figure 14'),
     'imagenet/resnet50_gelu_edge_loss.yaml': ('Appendix E', 'Figure 14'),
     'cifar10/preact_resnet18_natural.yaml': ('Table 9', '89.38'),
@@ -173,11 +178,15 @@ def _header(name):
 
 
 def _dry_run(main, argv, capsys):
-    if main is train_main:  # the memory prediction has tests of its own (test_memory.py)
-        argv = [*argv, '--no-predict-memory']
+    """A recipe's dry run, the memory prediction on (a training recipe's dry run ends with it)."""
     assert main(argv) == 0
     out = capsys.readouterr().out
-    return yaml.safe_load(out), [line for line in out.splitlines() if line.startswith('# ')]
+    comments = [line for line in out.splitlines() if line.startswith('# ')]
+    memory = [line for line in comments if line.startswith(('# predicted peak per GPU: ', '# fits in ',
+                                                            '# does not fit in '))]
+    if main is train_main:
+        assert memory and memory[0].startswith('# predicted peak per GPU: '), comments[-3:]
+    return yaml.safe_load(out), [line for line in comments if line not in memory]
 
 
 def _assert_values(resolved, expected, name):
@@ -230,8 +239,8 @@ def test_evaluation_recipe(name, capsys):
 
 
 @pytest.mark.parametrize('world,advice', [
-    (8, 'differs from the paper\'s 532: 532 is not reachable on 8 processes'),  # G.2.2: 38 x 7 x 2
-    (4, 'differs from the paper\'s 532: --batch-size 19 --grad-accum-steps 7 restores it'),  # 532 = 4·19·7
+    (8, 'differs from the reproduced run\'s 532: 532 is not reachable on 8 processes'),  # G.2.2: 38 x 7 x 2
+    (4, 'differs from the reproduced run\'s 532: --batch-size 19 --grad-accum-steps 7 restores it'),  # 532 = 4·19·7
 ])
 def test_dry_run_says_when_the_global_batch_is_not_the_papers(world, advice, capsys):
     _, notes = _dry_run(train_main, ['-c', 'imagenet/swin_base_gradnorm', '--dry-run', '--world-size', str(world)],

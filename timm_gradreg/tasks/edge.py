@@ -16,16 +16,18 @@ __all__ = ['EdgeTask', 'EDGE_TARGETS', 'CLASS_SAMPLERS']
 
 
 def _hard_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """One-hot class drawn from softmax(logits / T), without gradient."""
+    """One-hot class drawn from softmax(logits / T), without gradient (no argument validation: it reads values,
+    which the memory prediction's meta tensors do not have; the draw is the same)."""
     with torch.no_grad():
-        index = torch.distributions.Categorical(logits=logits.detach() / temperature).sample()
+        index = torch.distributions.Categorical(logits=logits.detach() / temperature, validate_args=False).sample()
     return torch.nn.functional.one_hot(index, logits.shape[-1]).to(logits.dtype)
 
 
 def _relaxed_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Relaxed (Gumbel-softmax) one-hot at temperature T, differentiable in the logits (official 'smooth')."""
     return torch.distributions.RelaxedOneHotCategorical(
-        torch.tensor(temperature, device=logits.device, dtype=logits.dtype), logits=logits).rsample()
+        torch.tensor(temperature, device=logits.device, dtype=logits.dtype), logits=logits,
+        validate_args=False).rsample()
 
 
 #: How the target class is drawn from the logits.

@@ -80,7 +80,8 @@ def batch_for_global(target: int, world_size: int, max_per_process: int, max_acc
 
 
 def global_batch_note(cfg: argparse.Namespace) -> Optional[str]:
-    """One line when the resolved global batch is not the paper's (``--paper-global-batch``): the
+    """One line when the resolved global batch is not the reproduced run's (``--paper-global-batch``: the paper's,
+    or its official config's where the paper gives none): the
     ``--batch-size``/``--grad-accum-steps`` that restore it on this many processes, or the closest."""
     target = getattr(cfg, 'paper_global_batch', None)
     if not target or cfg.global_batch_size == target:
@@ -93,8 +94,8 @@ def global_batch_note(cfg: argparse.Namespace) -> Optional[str]:
     else:
         advice = (f'{target} is not reachable on {cfg.world_size} processes with at most {cfg.batch_size} per process; '
                   f'the closest is {how} ({reached}; timm scales the lr)')
-    return (f'global batch {cfg.global_batch_size} on {cfg.world_size} processes differs from the paper\'s {target}: '
-            f'{advice}')
+    return (f'global batch {cfg.global_batch_size} on {cfg.world_size} processes differs from the reproduced run\'s '
+            f'{target}: {advice}')
 
 
 def mixup_active(cfg: argparse.Namespace) -> bool:

@@ -212,7 +212,7 @@ def default_gpu_memory() -> Optional[float]:
 
 def memory_advice(cfg: argparse.Namespace, prediction: MemoryPrediction, gpu_memory_gib: float) -> str:
     """Whether the run fits in ``gpu_memory_gib`` per GPU (USABLE_SHARE of it), and if not, the per-GPU
-    batch and ``--grad-accum-steps`` that keep its global batch (the paper's, where the recipe names it)."""
+    batch and ``--grad-accum-steps`` that keep its global batch (the reproduced run's, where the recipe names it)."""
     budget = gpu_memory_gib * GIB * USABLE_SHARE
     fits = prediction.max_batch(budget)
     where = f'{gpu_memory_gib:g} GiB per GPU ({USABLE_SHARE:.0%} usable)'
