@@ -177,7 +177,10 @@ def memory_block(record: dict) -> str:
     if twice:
         text += (f"\nWith double backprop the ratios lie between {min(twice):.2f} and {max(twice):.2f}; the prediction "
                  f"multiplies the saved bytes by {TRANSIENT_FACTOR}")
-        text += (f", which for natural and adversarial training ({min(once):.2f}–{max(once):.2f}) makes it "
+        if max(twice) > TRANSIENT_FACTOR:
+            text += (f", {max(twice) / TRANSIENT_FACTOR - 1:.0%} short of the largest: plan with that margin (a "
+                     'smaller --gpu-memory)')
+        text += (f"; for natural and adversarial training ({min(once):.2f}–{max(once):.2f}) the same factor makes it "
                  'conservative.' if once else '.')
     return text
 
