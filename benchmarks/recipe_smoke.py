@@ -3,7 +3,7 @@ setting, task, and a schedule position past the warm-ups.
 
     python benchmarks/recipe_smoke.py                                   # every imagenet/ and cifar10/ recipe
     python benchmarks/recipe_smoke.py --recipes imagenet/swin_base_gradnorm cifar10/preact_resnet18_gradnorm
-    python benchmarks/recipe_smoke.py --routes launch --train-py ../shared/timm-train/train-main-aa4b5850.py
+    python benchmarks/recipe_smoke.py --routes launch --train-py tests/fixtures/timm_train/train-main-aa4b5850.py
 
 Each recipe trains through timm-train on a synthetic image folder (random images at the recipe's input
 size; 2 steps at batch 2 per process) from a random initialization (pretrained weights off: nothing
@@ -33,8 +33,8 @@ from timm_gradreg.recipes import list_recipes
 START_EPOCH = 6
 DDP_TOLERANCE = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: timm's own train.py for the installed timm (../shared/timm-train: unmodified copies)
-SHARED_TRAIN_PY = os.path.join(ROOT, '..', 'shared', 'timm-train', 'train-main-aa4b5850.py')
+#: timm's own train.py (tests/fixtures/timm_train: unmodified Apache-2.0 copies)
+STOCK_TRAIN_PY = os.path.join(ROOT, 'tests', 'fixtures', 'timm_train', 'train-main-aa4b5850.py')
 
 
 def synthetic_folder(root: str, size: int, train: int = 4, val: int = 2, classes: int = 2) -> str:
@@ -90,7 +90,7 @@ def _run_launch(name: str, config: Dict, data: str, init: str, start: int, out: 
     return run.returncode
 
 
-def smoke(name: str, work: str, route: str = 'timm-train', train_py: str = SHARED_TRAIN_PY, device: str = 'cpu') -> Dict:
+def smoke(name: str, work: str, route: str = 'timm-train', train_py: str = STOCK_TRAIN_PY, device: str = 'cpu') -> Dict:
     """Train the recipe for its epoch START_EPOCH on the synthetic folder (timm-train on ``device``); loss, weight
     change, time per step."""
     config = _recipe_config(name)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
              and r.command == 'timm-train']
     parser.add_argument('--recipes', nargs='+', default=names, choices=names)
     parser.add_argument('--routes', nargs='+', default=['timm-train', 'launch'], choices=['timm-train', 'launch'])
-    parser.add_argument('--train-py', default=SHARED_TRAIN_PY, help="timm's train.py for the launch route")
+    parser.add_argument('--train-py', default=STOCK_TRAIN_PY, help="timm's train.py for the launch route")
     parser.add_argument('--ddp-check', nargs='*', default=['imagenet/swin_base_gradnorm'], choices=names,
                         help='recipes whose gradient on two gloo processes must equal one process on the joint batch '
                              '(rel <= 1e-5; none: skip)')

@@ -8,9 +8,8 @@ from PIL import Image
 
 from timm_gradreg.recipes import RECIPE_DIR
 
-#: timm's own train.py, unmodified, by revision (../shared/timm-train beside the project; a user's checkout has none)
-STOCK_TRAIN_PY_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
-                                                   'shared', 'timm-train'))
+#: timm's own train.py, unmodified, by revision (Apache-2.0 copies shipped as test fixtures, with timm's license)
+STOCK_TRAIN_PY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'timm_train')
 STOCK_TRAIN_PY_FILES = {'v1.0.27': os.path.join(STOCK_TRAIN_PY_DIR, 'train-v1.0.27.py'),
                         'main': os.path.join(STOCK_TRAIN_PY_DIR, 'train-main-aa4b5850.py')}
 

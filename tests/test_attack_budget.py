@@ -12,7 +12,7 @@ import torch
 from timm_gradreg.analyze import AnalysisConfig
 from timm_gradreg.cli.analyze import build_parser as analyze_parser
 from timm_gradreg.cli.evaluate import build_parser as eval_parser
-from timm_gradreg.cli.launch import _gradreg_parser as launch_parser
+from timm_gradreg.train.launch import gradreg_parser as launch_parser
 from timm_gradreg.core.budget import AttackBudgetError
 from timm_gradreg.evaluate import PGDSweepConfig, SanityContext, run_autoattack, worst_case_correct
 from timm_gradreg.tasks import create_task

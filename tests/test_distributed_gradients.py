@@ -23,7 +23,7 @@ import torch
 
 from timm_gradreg.utils.sharding import fully_shard
 
-from helpers import STOCK_TRAIN_PY_DIR, stock_train_py, tiny_train_argv, write_image_folder
+from helpers import stock_train_py, tiny_train_argv, write_image_folder
 
 #: TRADES with its start noise a function of each image (the same however the batch is split across processes).
 PLUGIN = textwrap.dedent('''
@@ -102,7 +102,7 @@ def _trainable() -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-#: How a step is run: timm-train, or gradreg-launch driving timm's own train.py (../shared/timm-train).
+#: How a step is run: timm-train, or gradreg-launch driving timm's own train.py (tests/fixtures/timm_train).
 PROGRAMS = {'timm-train': ['-m', 'timm_gradreg.cli.train'],
             'gradreg-launch': ['-m', 'timm_gradreg.cli.launch', stock_train_py()]}
 
@@ -146,8 +146,7 @@ def _step(data, start, env, output, processes, batchnorm, family, program='timm-
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason='SyncBatchNorm runs on these GPUs')
 @pytest.mark.parametrize('program', [
-    'timm-train', pytest.param('gradreg-launch', marks=pytest.mark.skipif(
-        not os.path.isfile(stock_train_py()), reason=f"timm's train.py is not in {STOCK_TRAIN_PY_DIR}"))])
+    'timm-train', 'gradreg-launch'])
 def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_line(setup, tmp_path, program):
     data, start, env = setup
     run = _timm_train(tiny_train_argv(data, tmp_path, 'run', '--epochs', '1', '--sync-bn', '--no-bn-eval',
@@ -159,8 +158,7 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_line(setup, tmp_path,
 
 
 @pytest.mark.parametrize('program', [
-    'timm-train', pytest.param('gradreg-launch', marks=pytest.mark.skipif(
-        not os.path.isfile(stock_train_py()), reason=f"timm's train.py is not in {STOCK_TRAIN_PY_DIR}"))])
+    'timm-train', 'gradreg-launch'])
 @pytest.mark.parametrize('batchnorm', list(BATCHNORM))
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_two_processes_take_the_step_of_one(setup, tmp_path, family, batchnorm, program):

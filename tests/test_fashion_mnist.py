@@ -6,7 +6,7 @@ import pytest
 
 from timm_gradreg.data import FASHION_MNIST_FILES, prepare_fashion_mnist, resolve_dataset
 
-from helpers import write_fashion_mnist_subset
+from helpers import stock_train_py, write_fashion_mnist_subset
 
 
 @pytest.fixture
@@ -85,16 +85,11 @@ def test_two_sources_never_share_an_unpacked_copy(tmp_path, cache):
     assert sizes == [8, 12]
 
 
-SHARED_TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'timm-train',
-                            'train-main-aa4b5850.py')
-
-
-@pytest.mark.skipif(not os.path.isfile(SHARED_TRAIN), reason="timm's train.py is not in ../shared/timm-train")
 def test_gradreg_launch_drives_timms_train_py_on_fashion_mnist(tmp_path, cache):
     import subprocess
     import sys
     folder = write_fashion_mnist_subset(tmp_path / 'idx', 32, 16)
-    run = subprocess.run([sys.executable, '-m', 'timm_gradreg.cli.launch', SHARED_TRAIN, '-c', 'fmnist/gradnorm',
+    run = subprocess.run([sys.executable, '-m', 'timm_gradreg.cli.launch', stock_train_py(), '-c', 'fmnist/gradnorm',
                           '--data-dir', folder, '--epochs', '1', '--warmup-epochs', '0', '-b', '16', '--device', 'cpu',
                           '--adv-val-steps', '2', '--output', str(tmp_path / 'out')],
                          capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})

@@ -150,7 +150,7 @@ def test_help_lists_the_gradreg_options():
 
 
 def test_a_packaged_recipe_reaches_train_py_as_its_file(tmp_path, monkeypatch):
-    from timm_gradreg.cli.launch import split_gradreg_args
+    from timm_gradreg.train.launch import split_gradreg_args
     from timm_gradreg.recipes import find_recipe
     monkeypatch.chdir(tmp_path)
     options, rest = split_gradreg_args(['-c', 'demo/digits_gradnorm', '--epochs', '1', '--gn-weight', '0.5'])

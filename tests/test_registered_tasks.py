@@ -6,15 +6,15 @@ import torch.nn.functional as F
 from timm.task import ClassificationTask
 
 from timm_gradreg import create_task, list_tasks
-from timm_gradreg.tasks import get_task_class, task_options, task_parameters
+from timm_gradreg.tasks import get_task_class, task_info, task_options, task_parameters
 
 from conftest import TinyNet
 
 
-def _task(name, **kwargs):
+def _task(name, epoch=100.0, **kwargs):
     torch.manual_seed(0)
     task = create_task(name, TinyNet(), verbose=False, **kwargs)
-    task.set_epoch(100.0)  # past every warm-up
+    task.set_epoch(epoch)  # 100: past every warm-up
     return task
 
 
@@ -46,11 +46,13 @@ def test_a_training_step_gives_a_finite_loss_its_parts_and_gradients(name, soft,
 def test_the_task_state_survives_a_checkpoint(name, batch):
     x, y = batch
     task = _task(name)
+    task.set_epoch(37.25)
     task(x, y)
     state = task.get_task_state()
-    restored = _task(name)
+    restored = _task(name, epoch=0.0)  # a fresh task: its own position, not the saved one
+    assert restored.get_task_state() != state
     restored.load_task_state(state)
-    assert restored.get_task_state() == state
+    assert restored.get_task_state() == state and restored.epoch == 37.25
 
 
 @pytest.mark.parametrize('name', list_tasks())
@@ -61,11 +63,16 @@ def test_every_option_sets_a_constructor_argument(name):
 
 
 @pytest.mark.parametrize('name', list_tasks())
-def test_torch_compile_is_refused_exactly_where_double_backprop_is_needed(name):
+def test_torch_compile_is_refused_exactly_where_double_backprop_is_needed(name, batch):
     task = _task(name)
-    if get_task_class(name).needs_double_backprop():
+    if task_info(name).needs_double_backprop({}):
         with pytest.raises(RuntimeError, match=f'--torchcompile cannot be used with --gradreg {name}'):
             task.compile(backend='eager')
+        return
+    task.compile(backend='eager')  # a first-order task compiles its modules and still trains
+    out = task(*batch)
+    out['loss'].backward()
+    assert torch.isfinite(out['loss']) and any(p.grad is not None for p in task.trainable_module.parameters())
 
 
 def test_each_options_help_shows_the_default_the_task_has():

@@ -6,10 +6,10 @@ import timm
 import yaml
 
 from timm_gradreg.recipes import RECIPE_DIR
-from timm_gradreg.tasks import create_task, fraction, get_task_class, task_kwargs
+from timm_gradreg.tasks import create_task, fraction, get_task_class, task_info, task_kwargs
 from timm_gradreg.train.args import build_parser, parse_args
 
-from helpers import STOCK_TRAIN_PY_DIR, STOCK_TRAIN_PY_FILES, training_recipes
+from helpers import STOCK_TRAIN_PY_FILES, training_recipes
 
 RECIPES = training_recipes()
 
@@ -114,7 +114,7 @@ def test_incompatible_combinations_are_refused(capsys, argv, needle):
 ])
 def test_first_order_methods_compile(argv):
     args, _ = parse_args(argv)
-    assert not get_task_class(args.gradreg).needs_double_backprop(**task_kwargs(args.gradreg, args))
+    assert not task_info(args.gradreg).needs_double_backprop(task_kwargs(args.gradreg, args))
 
 
 @pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.relpath(r, RECIPE_DIR) for r in RECIPES])
@@ -127,11 +127,9 @@ def test_every_recipe_builds_its_task(recipe):
 
 
 def _stock_keys(revision):
-    """The option names (args.yaml keys) of timm's own train.py at ``revision`` (../shared/timm-train)."""
+    """The option names (args.yaml keys) of timm's own train.py at ``revision`` (tests/fixtures/timm_train)."""
     import importlib.util
     path = STOCK_TRAIN_PY_FILES[revision]
-    if not os.path.isfile(path):
-        pytest.skip(f"timm's train.py is not in {STOCK_TRAIN_PY_DIR} (a user's checkout)")
     spec = importlib.util.spec_from_file_location(f'stock_train_{revision.replace(".", "_")}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

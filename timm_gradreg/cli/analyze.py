@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional
 from ..analyze import AnalysisConfig, analyze_model, channel_histograms, gradient_grid, gradnorm_histograms, path_figure
 from ..evaluate import create_pixel_dataset, create_pixel_loader, load_batches, select_indices, write_json
 from ..models.loading import ModelError
-from ..tasks import attack_count, attack_radius, number
+from ..core.values import attack_count, attack_radius, number
 from ..utils.parser import ArgumentParser
-from .common import add_data_args, add_model_args, init_device, resolve_models
+from ..evaluate.pipeline import init_device, resolve_models
+from .common import add_data_args, add_model_args
 from .console import command, setup_console_logging
 
 _logger = logging.getLogger('timm_gradreg.analyze')

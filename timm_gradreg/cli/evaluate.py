@@ -5,30 +5,25 @@ AutoAttack 'standard' at one ε, and the gradient-masking checklist of Carlini e
 tables (JSON, CSV, markdown) and the accuracy-vs-ε plot, one line per model.
 """
 import argparse
-import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import torch
 import torch.distributed as dist
 import yaml
 
 from ..core.attacks import PGD_STEP_FACTOR
-from ..core.normalization import normalized_model
-from ..evaluate import (DEFAULT_SWEEP_EPS, PGDSweepConfig, SanityContext, create_pixel_dataset, create_pixel_loader,
-                        list_checks, load_batches, markdown_report, masking_verdict, pgd_sweep, plot_robust_curves,
-                        run_autoattack, run_sanity_checks, select_indices, write_json, write_sweep_csv)
-from ..evaluate.interval import format_accuracy, wilson_interval
-from ..models.loading import ModelError, load_eval_model
-from ..tasks import attack_count, attack_radius, number, pixel_amount
-from ..utils.files import OutputPathError, atomic_save, check_output_path
+from ..core.values import attack_count, attack_radius, number, pixel_amount
+from ..evaluate import DEFAULT_SWEEP_EPS, list_checks
+from ..evaluate.interval import format_accuracy
+from ..evaluate.pipeline import Evaluator
+from ..models.loading import ModelError
+from ..recipes import config_path
+from ..utils.files import OutputPathError, check_output_path
 from ..utils.parser import ArgumentParser
 from ..utils.yaml_config import parse_with_config
-from .common import ModelSpec, add_data_args, add_model_args, gather_rows, init_device, resolve_models
+from .common import add_data_args, add_model_args
 from .console import command, setup_console_logging
-
-_logger = logging.getLogger('timm_gradreg.eval')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,104 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sweep_state(args, spec: ModelSpec, rank: int, config, indices) -> Tuple[Optional[str], Dict[str, Any]]:
-    """Where a finished PGD sweep is kept (None without --output) and what it must match to be reused."""
-    key = {'checkpoint': spec.checkpoint, 'config': repr(config), 'indices': list(map(int, indices)), 'seed': args.seed}
-    path = os.path.join(args.output, f'sweep_{spec.label}_rank{rank}.pt') if args.output else None
-    return path, key
-
-
-def _finished_sweep(args, spec: ModelSpec, rank: int, config, indices):
-    """The PGD sweep of an earlier, interrupted run with the same model, settings and images, if any."""
-    path, key = _sweep_state(args, spec, rank, config, indices)
-    if not path or not os.path.exists(path):
-        return None
-    kept = torch.load(path, map_location='cpu', weights_only=False)
-    if kept.get('key') != key:
-        return None
-    _logger.info(f'{spec.label}: resumed the PGD sweep finished in an earlier run ({path})')
-    return kept['sweep']
-
-
-def _keep_sweep(args, spec: ModelSpec, rank: int, config, indices, sweep) -> None:
-    path, key = _sweep_state(args, spec, rank, config, indices)
-    if path:
-        atomic_save({'key': key, 'sweep': sweep}, path)
-
-
-def _evaluate_model(spec: ModelSpec, args, device, rank: int, world: int, source: Optional[ModelSpec]):
-    dataset = create_pixel_dataset(args.dataset, args.data_dir, args.split, spec.data_config)
-    indices = select_indices(dataset, args.subset, args.num_samples, args.subset_seed)
-    loader, mine = create_pixel_loader(dataset, indices, args.batch_size, args.workers, rank, world)
-    show = not args.no_progress and rank == 0
-    result: Dict[str, Any] = {'label': spec.label, 'checkpoint': spec.checkpoint, 'num_samples': len(indices),
-                              'data_config': {k: list(v) if isinstance(v, tuple) else v
-                                              for k, v in spec.data_config.items()}}
-    flags: Dict[str, Any] = {}
-    torch.manual_seed(args.seed + rank)
-    if not args.no_sweep:
-        config = PGDSweepConfig(eps=args.eps, steps=args.steps, restarts=args.restarts, losses=args.losses,
-                                step_size_factor=args.step_size_factor)
-        sweep = _finished_sweep(args, spec, rank, config, indices)
-        if sweep is None:
-            sweep = pgd_sweep(spec.model, loader, config, device, show_progress=show, desc=f'{spec.label} PGD')
-            _keep_sweep(args, spec, rank, config, indices, sweep)
-        order, (clean, robust) = gather_rows(mine, sweep.clean, sweep.robust)
-        result['clean_accuracy'] = 100.0 * clean.float().mean().item()
-        result['sweep'] = {'eps': sweep.eps, 'accuracy': [100.0 * r.float().mean().item() for r in robust],
-                           'steps': args.steps, 'losses': list(args.losses), 'restarts': args.restarts}
-        flags.update(indices=order, clean=clean, sweep_robust=robust, sweep_eps=sweep.eps)
-    if args.autoattack:
-        x, y = load_batches(loader, device)
-        runs = []
-        for eps in args.aa_eps:
-            tag = '' if len(args.aa_eps) == 1 else f'_eps{eps * 255:g}'
-            state = os.path.join(args.output, f'autoattack_{spec.label}{tag}_rank{rank}.json') if args.output else None
-            aa = run_autoattack(spec.model, x, y, eps=eps, version=args.aa_version,
-                                batch_size=args.aa_batch_size or args.batch_size, device=device, seed=args.seed,
-                                state_path=state, show_progress=show, desc=f'{spec.label} AutoAttack {eps * 255:g}/255')
-            order, (clean, robust) = gather_rows(mine, aa.clean, aa.robust)
-            result.setdefault('clean_accuracy', 100.0 * clean.float().mean().item())
-            accuracy = 100.0 * robust.float().mean().item()
-            runs.append({'eps': eps, 'version': args.aa_version, 'backend': aa.backend, 'robust_accuracy': accuracy,
-                         'ci95': list(wilson_interval(accuracy, robust.numel())),
-                         'after_each_attack': aa.per_attack if world == 1 else None})
-            flags.update({'indices': order, 'aa_clean': clean, f'aa_robust{tag}': robust})
-        result['autoattack'] = runs[0]  # the first ε; every ε in 'autoattack_by_eps' when several are given
-        if len(runs) > 1:
-            result['autoattack_by_eps'] = runs
-    if args.sanity and rank == 0:
-        sanity_idx = indices[:args.sanity_samples]
-        sanity_loader, _ = create_pixel_loader(dataset, sanity_idx, args.batch_size, args.workers)
-        x, y = load_batches(sanity_loader, device)
-        ctx = SanityContext(spec.model, x, y, eps=args.sanity_eps or max(args.aa_eps), steps=args.sanity_steps,
-                            tolerance=args.tolerance, source_model=source.model if source else None,
-                            square_queries=args.square_queries, seed=args.seed)
-        checks = run_sanity_checks(ctx, args.sanity_checks, show_progress=show, desc=f'{spec.label} checklist')
-        result['sanity'] = {'eps': ctx.eps, 'num_samples': len(sanity_idx), 'verdict': masking_verdict(checks),
-                            'checks': [c.as_dict() for c in checks]}
-        _logger.info(f"{spec.label}: {result['sanity']['verdict']}")
-    if 'clean_accuracy' not in result:
-        x, y = load_batches(loader, device)
-        with torch.no_grad():
-            correct = spec.model(x).argmax(-1) == y
-        result['clean_accuracy'] = 100.0 * gather_rows(mine, correct)[1][0].float().mean().item()
-    if len(indices) < len(dataset) and world == 1 and not args.no_split_accuracy:  # the sample beside the split
-        result['split'] = {'num_samples': len(dataset),
-                           'clean_accuracy': _clean_accuracy(spec.model, dataset, args, device)}
-    return result, flags
-
-
-def _clean_accuracy(model, dataset, args, device) -> float:
-    """Clean top-1 (%) of ``model`` on every image of ``dataset``, a batch at a time."""
-    loader, _ = create_pixel_loader(dataset, list(range(len(dataset))), args.batch_size, args.workers)
-    correct = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item()
-    return 100.0 * correct / len(dataset)
-
-
 def _print_summary(models: List[Dict[str, Any]]) -> None:
     """Per model: clean, the PGD sweep (ε in /255: accuracy), AutoAttack with its 95% interval, the checklist."""
     print(f"Summary, {models[0]['num_samples']} samples per model (95% Wilson intervals):")
@@ -207,7 +104,7 @@ def _print_summary(models: List[Dict[str, Any]]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     setup_console_logging()
     parser = build_parser()
-    args, _ = parse_with_config(parser, argv)
+    args, _ = parse_with_config(parser, argv, locate=config_path)
     if args.dry_run:
         print(yaml.safe_dump(vars(args), sort_keys=False), end='')
         return 0
@@ -224,20 +121,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'gradreg-eval: error: {e}', file=sys.stderr)
             return 2
         os.makedirs(args.output, exist_ok=True)  # the resumable AutoAttack state goes there as it runs
+    evaluator = None
     try:
-        device = init_device(args)
-        rank, world = args.rank, args.world_size
-        specs = resolve_models(args, device)
-        source = None
-        if args.source_checkpoint:
-            model, cfg = load_eval_model(args.source_checkpoint, args.source_model)
-            source = ModelSpec('source', normalized_model(model, cfg['mean'], cfg['std']).to(device).eval(), cfg,
-                               args.source_checkpoint)
-        results, all_flags = [], {}
-        for spec in specs:
-            result, flags = _evaluate_model(spec, args, device, rank, world, source)
-            results.append(result)
-            all_flags[spec.label] = flags
+        evaluator = Evaluator(args)
+        results = evaluator.run()
     except (ModelError, ValueError, FileNotFoundError, ImportError) as e:
         if created and not os.listdir(args.output):
             os.rmdir(args.output)
@@ -250,24 +137,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-    if rank == 0:
+    if evaluator.rank == 0:
         _print_summary(results)
         if args.output:
-            config = {k: v for k, v in vars(args).items() if k not in ('rank', 'world_size', 'local_rank')}
-            write_json(os.path.join(args.output, 'results.json'), {'config': config, 'models': results})
-            for label, flags in all_flags.items():
-                torch.save(flags, os.path.join(args.output, f'flags_{label}.pt'))
-            swept = [r for r in results if 'sweep' in r]
-            if swept:
-                write_sweep_csv(os.path.join(args.output, 'sweep.csv'), swept)
-                plot_robust_curves(os.path.join(args.output, 'robust_curve.png'), swept)
-            with open(os.path.join(args.output, 'report.md'), 'w') as f:
-                f.write(markdown_report(results, config))
-            written = ['results.json', 'report.md', 'sweep.csv', 'robust_curve.png']
-            print(f"Wrote to {os.path.abspath(args.output)}: "
-                  f"{', '.join(f for f in written if os.path.exists(os.path.join(args.output, f)))}, flags_*.pt")
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+            written = evaluator.write(args.output)
+            print(f"Wrote to {os.path.abspath(args.output)}: {', '.join(written)}")
+    evaluator.close()
     return 0
 
 

@@ -18,7 +18,8 @@ from typing import List
 
 from ..utils.registry import close_matches
 
-__all__ = ['RECIPE_DIR', 'PATCH', 'Recipe', 'list_recipes', 'find_recipe', 'recipe_table', 'RecipeNotFound']
+__all__ = ['RECIPE_DIR', 'PATCH', 'Recipe', 'list_recipes', 'find_recipe', 'recipe_table', 'RecipeNotFound',
+           'config_path']
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CHECKOUT = os.path.dirname(os.path.dirname(_HERE))
@@ -99,3 +100,15 @@ def recipe_table() -> str:
         lines += [recipe.name, f'    {recipe.title}', f'    {result}', f'    {recipe.command} -c {recipe.name}']
     lines += ['', f'A local file of the same name wins. Folder: {RECIPE_DIR}']
     return '\n'.join(lines) + '\n'
+
+
+def config_path(path: str) -> str:
+    """The file a ``-c`` value names: ``path`` if it exists, else the packaged recipe of that name
+    (``demo/digits_gradnorm``)."""
+    from ..utils.yaml_config import ConfigError
+    if os.path.exists(path):
+        return path
+    try:
+        return find_recipe(path)
+    except RecipeNotFound as e:
+        raise ConfigError(f'config {e}') from None

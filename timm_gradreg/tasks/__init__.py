@@ -4,10 +4,11 @@ Each method is one module that registers its class with its options
 (``register_task(name, options=[...])``); every front end reads them from the registry.
 ``placement`` holds the strategies of where an input-gradient penalty is taken in a step.
 """
-from ._registry import (TaskEntry, all_task_options, create_task, get_task_class, list_tasks, register_task,
-                        task_kwargs, task_options, task_parameters)
+from ._registry import (PrecisionLimit, TaskEntry, all_task_options, create_task, get_task_class, list_tasks,
+                        register_task, task_info, task_kwargs, task_options, task_parameters)
 from .adversarial import AdversarialTask, FGSMTask, PGDTask
-from .base import CompileModeError, GradRegTask, check_compile_mode, compile_refusal
+from .base import GradRegTask
+from .checks import CompileModeError, TaskSetupError, check_compile_mode, check_task_setup
 from .cure import CURETask
 from .edge import EdgeTask
 from .gradalign import GradAlignTask

@@ -1,7 +1,7 @@
 """Name -> task registry: each task's class and its options, and the factory that builds it."""
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -9,21 +9,56 @@ from ..utils.registry import Registry, closest
 from .options import Option, options_to_kwargs, resolve_default, unique_options
 
 __all__ = ['register_task', 'list_tasks', 'get_task_class', 'create_task', 'task_parameters', 'task_options',
-           'task_kwargs', 'all_task_options', 'TaskEntry']
+           'task_kwargs', 'all_task_options', 'task_info', 'TaskEntry', 'PrecisionLimit']
+
+
+@dataclass(frozen=True)
+class PrecisionLimit:
+    """A task whose step loses its digits in half precision: refused under ``--amp`` (and, with ``weights``,
+    half-precision weights) when its options match ``when`` (always where it is empty). ``message`` is the
+    refusal, with ``{option}`` for the option that asked for half precision."""
+    message: str
+    when: Mapping[str, Any] = field(default_factory=dict)
+    weights: bool = False
+
+    def applies(self, kwargs: Mapping[str, Any]) -> bool:
+        return all(kwargs.get(k) == v for k, v in self.when.items())
 
 
 @dataclass(frozen=True)
 class TaskEntry:
-    """A registered task: its class, its options and the title of their help group."""
+    """A registered task: its class, its options, the title of their help group, and what it needs of autograd
+    and precision (as timm's ``OptimInfo`` declares ``second_order``).
+
+    ``double_backprop``: the task differentiates an input gradient (``create_graph``), so torch.compile,
+    TorchScript, half-precision weights and SyncBatchNorm cannot run it; ``first_order_kwargs``: the options that
+    make it first-order (GradNorm by finite differences), where it has such a form; ``precision_limit``: where
+    half precision ruins its step. ``tasks.checks.check_task_setup`` reads them.
+    """
     cls: type
     options: Tuple[Option, ...]
     title: str
+    double_backprop: bool = False
+    first_order_kwargs: Optional[Mapping[str, Any]] = None
+    precision_limit: Optional[PrecisionLimit] = None
+
+    def needs_double_backprop(self, kwargs: Mapping[str, Any]) -> bool:
+        """Whether the task built with these options (``create_task`` kwargs) needs double backprop."""
+        first_order = self.first_order_kwargs
+        return self.double_backprop and not (first_order and all(kwargs.get(k) == v for k, v in first_order.items()))
+
+    def first_order_flags(self) -> str:
+        """The command-line form of ``first_order_kwargs`` ('' where there is none), e.g. '--gradnorm-impl fd'."""
+        flags = {option.kwarg: option.flag for option in self.options}
+        return ' '.join(f'{flags.get(k, k)} {v}' for k, v in (self.first_order_kwargs or {}).items())
 
 
 _TASKS: Registry[TaskEntry] = Registry('gradreg task')
 
 
-def register_task(name: str, options: Sequence[Option] = (), title: Optional[str] = None) -> Callable[[type], type]:
+def register_task(name: str, options: Sequence[Option] = (), title: Optional[str] = None, *,
+                  double_backprop: bool = False, first_order_kwargs: Optional[Mapping[str, Any]] = None,
+                  precision_limit: Optional[PrecisionLimit] = None) -> Callable[[type], type]:
     """Class decorator: make the task available to ``create_task(name, ...)`` and its options to every
     front end (timm-train flags and YAML keys, the train.py launcher).
 
@@ -31,13 +66,19 @@ def register_task(name: str, options: Sequence[Option] = (), title: Optional[str
         name: Task name (``--gradreg NAME``).
         options: The task's ``Option``s; a flag shared with another task must be declared identically.
         title: Help-group title for the options (default: the name).
+        double_backprop: The task needs double backprop (with its default options).
+        first_order_kwargs: The options under which it needs none (its first-order form), if any.
+        precision_limit: Where half precision ruins its step, if anywhere.
     """
     def _register(cls: type) -> type:
         for option in options:
             resolve_default(option, cls)  # fail at registration, not at parse time
         unique_options([list(options)] + [list(e.options) for n, e in _TASKS.items() if n != name])
+        if first_order_kwargs and not double_backprop:
+            raise ValueError(f'task {name!r}: first_order_kwargs name the first-order form of a double-backprop task')
         cls.task_name = name
-        _TASKS.register(name, TaskEntry(cls, tuple(options), title or name))
+        _TASKS.register(name, TaskEntry(cls, tuple(options), title or name, double_backprop,
+                                        dict(first_order_kwargs) if first_order_kwargs else None, precision_limit))
         return cls
     return _register
 
@@ -49,6 +90,11 @@ def list_tasks() -> List[str]:
 
 def get_task_class(name: str) -> type:
     return _TASKS.get(name).cls
+
+
+def task_info(name: str) -> TaskEntry:
+    """The registry entry of a task: its class, options and what it needs of autograd."""
+    return _TASKS.get(name)
 
 
 def task_options(name: str) -> List[Option]:

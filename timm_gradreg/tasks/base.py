@@ -11,33 +11,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..core.input_grad import loss_and_input_gradient
 from ..core.normalization import PixelSpace, Stats
-from ..utils._private import TASK_TAKES_CRITERION_KWARGS, classification_criterion, compile_mode_names
+from ..utils._private import TASK_TAKES_CRITERION_KWARGS, classification_criterion
+from ._registry import task_info
+from .checks import TaskSetupError, check_compile_mode, check_task_setup
 
-__all__ = ['GradRegTask', 'CompileModeError', 'check_compile_mode', 'compile_refusal']
-
-
-class CompileModeError(ValueError):
-    """A ``torch.compile`` mode that cannot be used: unknown to torch, or given without a backend."""
-
-
-def check_compile_mode(mode: Optional[str], backend: Optional[str] = 'inductor') -> None:
-    """Refuse a ``torch.compile`` mode that torch does not know (naming the ones it does), or one
-    given without a backend to compile with (``--torchcompile-mode`` without ``--torchcompile``)."""
-    if mode is None:
-        return
-    if not backend:
-        raise CompileModeError(f'--torchcompile-mode {mode} has no effect without --torchcompile: add '
-                               '--torchcompile, or drop the mode.')
-    valid = compile_mode_names()
-    if mode not in valid:
-        raise CompileModeError(f"unknown torch.compile mode {mode!r}; valid: {', '.join(valid)}")
-
-
-def compile_refusal(task_cls: type, gradreg: str) -> str:
-    """The one line refusing ``--torchcompile`` for a task that needs double backprop."""
-    alternative = f' or {task_cls.compile_alternative}' if task_cls.compile_alternative else ''
-    return (f'--torchcompile cannot be used with --gradreg {gradreg}: torch.compile does not support the double '
-            f'backward it needs. Train without --torchcompile{alternative}.')
+__all__ = ['GradRegTask']
 
 
 class GradRegTask(ClassificationTask, abc.ABC):
@@ -58,23 +36,12 @@ class GradRegTask(ClassificationTask, abc.ABC):
     """
 
     task_name = ''
-    #: Task needs ``create_graph`` double backprop (no torch.compile, no fused SDPA).
-    double_backprop = False
     #: Whether the loss depends on set_epoch() (a warm-up or growing weight); set per instance.
     uses_schedule = False
-    #: What to use instead of torch.compile when the task needs double backprop (shown in errors).
-    compile_alternative = ''
-    #: The options that make a double-backprop task first-order (None: it has no first-order form).
-    first_order_kwargs: Optional[Dict[str, Any]] = None
     #: timm loss types (``--loss``) the task trains with; None: any.
     loss_types: Optional[Tuple[str, ...]] = None
     #: Why other loss types do not apply (shown in errors).
     loss_types_reason = ''
-
-    @classmethod
-    def needs_double_backprop(cls, **task_kwargs) -> bool:
-        """Whether a task built with these options needs double backward (no torch.compile)."""
-        return cls.double_backprop
 
     def __init__(
             self,
@@ -152,10 +119,22 @@ class GradRegTask(ClassificationTask, abc.ABC):
             device_ids = None
         return super().prepare_distributed(device_ids=device_ids, **ddp_kwargs)
 
+    def setup_kwargs(self) -> Dict[str, Any]:
+        """The options of this task that its registry entry's capabilities depend on (``first_order_kwargs``)."""
+        keys = task_info(self.task_name).first_order_kwargs or {}
+        return {k: getattr(self, k) for k in keys if hasattr(self, k)}
+
+    @property
+    def needs_double_backprop(self) -> bool:
+        """Whether this task, with its options, differentiates an input gradient (no torch.compile)."""
+        return task_info(self.task_name).needs_double_backprop(self.setup_kwargs())
+
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs):
         check_compile_mode(mode, backend)
-        if self.double_backprop:
-            raise RuntimeError(compile_refusal(type(self), self.task_name))
+        try:
+            check_task_setup(self.task_name, self.setup_kwargs(), compile=backend)
+        except TaskSetupError as e:
+            raise RuntimeError(str(e)) from None
         return super().compile(backend=backend, mode=mode, **compile_kwargs)
 
     def pixel_loss_gradient(self, input: torch.Tensor, target: torch.Tensor, create_graph: bool = True,

@@ -28,7 +28,7 @@ _OPTIONS = [
 ]
 
 
-@register_task('cure', options=_OPTIONS)
+@register_task('cure', options=_OPTIONS, double_backprop=True)
 class CURETask(GradRegTask):
     """CE + γ·mean_b ‖∇ₓℓ(x_b + z_b) − ∇ₓℓ(x_b)‖₂² (or ‖·‖₂), z = h·sign(∇ₓℓ(x)) / ‖sign(∇ₓℓ(x))‖₂.
 
@@ -47,7 +47,6 @@ class CURETask(GradRegTask):
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
-    double_backprop = True
 
     def __init__(self, model, criterion=None, *, weight: float = 4.0, h: float = 1.5, norm: str = 'squared',
                  **kwargs):

@@ -82,7 +82,7 @@ _OPTIONS = [
 ]
 
 
-@register_task('edge', options=_OPTIONS, title='Edge alignment (--gradreg edge)')
+@register_task('edge', options=_OPTIONS, title='Edge alignment (--gradreg edge)', double_backprop=True)
 class EdgeTask(GradRegTask):
     """CE + w(t)·(2 − 2·cos(∇ₓ f(x)_t, teacher(x))), trained by double backprop.
 
@@ -106,7 +106,6 @@ class EdgeTask(GradRegTask):
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
-    double_backprop = True
     loss_types = ('ce',)
     loss_types_reason = 'it aligns the gradient of a class logit sampled from the softmax.'
 

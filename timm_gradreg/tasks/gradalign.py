@@ -38,7 +38,7 @@ _OPTIONS = [
 ]
 
 
-@register_task('gradalign', options=_OPTIONS)
+@register_task('gradalign', options=_OPTIONS, double_backprop=True)
 class GradAlignTask(GradRegTask):
     """CE(f(x + δ_FGSM), y) + λ·(1 − mean_b cos(∇ₓℓ(x_b), ∇ₓℓ(x_b + η_b))), η ~ U(−ε, ε)^d.
 
@@ -58,7 +58,6 @@ class GradAlignTask(GradRegTask):
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
-    double_backprop = True
 
     def __init__(self, model, criterion=None, *, weight: Optional[float] = None, eps: float = 4 / 255,
                  step_size: Optional[float] = None, random_start: bool = False, warmup_epochs: float = 0.0,

@@ -12,7 +12,7 @@ from ..core.penalties import Sigma, gradnorm_penalty, penalty_direction, resolve
 from ..core.schedules import LinearWarmup
 from ..models.activations import find_kinks
 from ..utils._private import foreach_mul_
-from ._registry import create_task, register_task
+from ._registry import PrecisionLimit, create_task, register_task
 from .adversarial import ATTACK_EPS, ATTACK_SELECT, ATTACK_STEP_SIZE, ATTACK_STEPS, ATTACK_WARMUP, ATTACK_WARMUP_PER
 from .base import GradRegTask
 from .options import Option, attack_radius, number, pixel_amount, sigma_value
@@ -151,16 +151,15 @@ def _finite_difference_sharded(task: 'GradNormTask', x: torch.Tensor, target: to
 
 @dataclass(frozen=True)
 class PenaltyGradient:
-    """How the penalty's parameter gradient is computed: ``step(task, x, target, ce_weight, weight)``, and
-    whether it needs a double backward (then no torch.compile and no fused attention kernels)."""
+    """How the penalty's parameter gradient is computed: ``step(task, x, target, ce_weight, weight)`` (which one
+    needs a double backward is declared once, on the task's registry entry: ``first_order_kwargs``)."""
     step: Callable[..., Dict[str, torch.Tensor]]
-    double_backprop: bool
 
 
 #: How the penalty's parameter gradient is computed: exact double backprop, or finite differences
 #: of two first-order passes (works with torch.compile and fused attention, less memory).
-GRADNORM_IMPLS: Dict[str, PenaltyGradient] = {'double_backprop': PenaltyGradient(_double_backprop, True),
-                                              'fd': PenaltyGradient(_finite_difference, False)}
+GRADNORM_IMPLS: Dict[str, PenaltyGradient] = {'double_backprop': PenaltyGradient(_double_backprop),
+                                              'fd': PenaltyGradient(_finite_difference)}
 
 
 def _penalty_gradient(impl: str) -> PenaltyGradient:
@@ -214,7 +213,15 @@ _OPTIONS = [
 ]
 
 
-@register_task('gradnorm', options=_OPTIONS, title='GradNorm (--gradreg gradnorm)')
+#: The finite difference under mixed precision (measured: benchmarks/compat_matrix.py)
+FD_UNDER_AMP = PrecisionLimit(
+    '--gradnorm-impl fd cannot be used with {option}: the finite difference of two low-precision passes cancels '
+    'most of its digits (measured in docs/compatibility.md). Train the finite difference in float32 (it works with '
+    '--torchcompile), or double backprop (--gradnorm-impl double_backprop) under --amp.', when={'impl': 'fd'})
+
+
+@register_task('gradnorm', options=_OPTIONS, title='GradNorm (--gradreg gradnorm)', double_backprop=True,
+               first_order_kwargs={'impl': 'fd'}, precision_limit=FD_UNDER_AMP)
 class GradNormTask(GradRegTask):
     """λ_CE·CE + λ_GN·w(t)·(ε/σ)·mean_b ||∇ₓCE_b||_1, trained by double backprop or finite differences.
 
@@ -265,13 +272,6 @@ class GradNormTask(GradRegTask):
         >>> task.set_epoch(epoch + i / steps); out = task(x, y); out['loss'].backward()
     """
 
-    compile_alternative = "use --gradnorm-impl fd (impl='fd')"
-    first_order_kwargs = {'impl': 'fd'}
-
-    @classmethod
-    def needs_double_backprop(cls, impl: str = 'double_backprop', **kwargs) -> bool:
-        return _penalty_gradient(impl).double_backprop
-
     def __init__(
             self,
             model,
@@ -305,7 +305,6 @@ class GradNormTask(GradRegTask):
             raise ValueError(f'fd_step must be in (0, 1] (a fraction of the ε step), got {fd_step}')
         self.impl = impl
         self.penalty_gradient = _penalty_gradient(impl)
-        self.double_backprop = self.penalty_gradient.double_backprop
         self.fd_step = float(fd_step)
         if inputs not in GRADNORM_INPUTS:
             raise ValueError(f"Unknown GradNorm inputs {inputs!r}; valid: {', '.join(GRADNORM_INPUTS)}")

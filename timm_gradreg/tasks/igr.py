@@ -15,7 +15,7 @@ _OPTIONS = [Option('--igr-weight', 'weight', number(0),
                    metavar='W', group='Input gradient regularization (--gradreg igr)')]
 
 
-@register_task('igr', options=_OPTIONS)
+@register_task('igr', options=_OPTIONS, double_backprop=True)
 class InputGradientTask(GradRegTask):
     """CE + λ·½‖∇ₓ CE‖₂², CE the batch mean and the gradient w.r.t. [0, 1] pixels, by double backprop.
 
@@ -30,7 +30,6 @@ class InputGradientTask(GradRegTask):
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
-    double_backprop = True
 
     def __init__(self, model, criterion=None, *, weight: float = 1e4, **kwargs):
         super().__init__(model, criterion, **kwargs)

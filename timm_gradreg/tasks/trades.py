@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..core.budget import check_attack_budget
 from ..models.modes import eval_mode, frozen_parameters
-from ._registry import register_task
+from ._registry import PrecisionLimit, register_task
 from .base import GradRegTask
 from .options import Option, attack_count, attack_radius, number
 
@@ -28,7 +28,15 @@ def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Ten
     return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction='none').sum(1)
 
 
-@register_task('trades', options=_OPTIONS)
+#: TRADES in half precision (measured: benchmarks/compat_matrix.py)
+HALF_PRECISION = PrecisionLimit(
+    '{option} cannot be used with --gradreg trades: its KL term is driven by the difference of two nearly equal '
+    'predictions (the clean image and one within ε of it), which half-precision logits round away (measured in '
+    'docs/compatibility.md). Train TRADES in float32 (on GPUs the step keeps TF32 matmuls, which timm turns on).',
+    weights=True)
+
+
+@register_task('trades', options=_OPTIONS, precision_limit=HALF_PRECISION)
 class TRADESTask(GradRegTask):
     """CE(f(x), y) + β·mean_b KL(p(x_b) ‖ p(x'_b)), x' maximizing the KL in the L∞ ε-ball.
 

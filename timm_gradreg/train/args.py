@@ -14,9 +14,10 @@ from timm import utils
 
 from ..models.activations import add_swap_args
 from ..data import is_demo_dataset
-from ..recipes import list_recipes, recipe_table
-from ..tasks import (all_task_options, attack_count, attack_radius, check_compile_mode, compile_refusal, get_task_class,
-                     list_tasks, number, task_kwargs, task_options)
+from ..recipes import config_path, list_recipes, recipe_table
+from ..tasks import (all_task_options, attack_count, attack_radius, check_compile_mode, check_task_setup,
+                     get_task_class, list_tasks, number, task_kwargs, task_options)
+from ..tasks.checks import DISTILLATION_REFUSAL
 from ..utils.parser import ArgumentParser
 from ..utils.plugins import load_plugins
 from ..utils.yaml_config import ConfigError, config_keys, flags_given, load_config, parse_with_config
@@ -24,8 +25,7 @@ from .fsdp import check_fsdp
 from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args',
-           'check_distributed_options', 'check_sync_bn_for_task', 'check_precision',
-           'check_method_options', 'with_demo_recipe', 'ConfigError']
+           'check_distributed_options', 'check_method_options', 'with_demo_recipe', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
 
@@ -387,8 +387,6 @@ UNSUPPORTED = {
     ('train_img_sizes', 'train_batch_sizes', 'train_size_probs', 'train_batches_per_epoch'): (
         'variable-size training is not run by timm-train; run timm\'s train.py through gradreg-launch'),
     ('naflex_loader',): 'NaFlex training is not run by timm-train; run timm\'s train.py through gradreg-launch',
-    ('kd_model_name',): ('knowledge distillation builds its own task and cannot be combined with a gradreg method in '
-                         'timm-train; for distillation run timm\'s train.py through gradreg-launch --gradreg natural'),
 }
 
 
@@ -461,15 +459,20 @@ def add_threads_arg(parser: argparse.ArgumentParser) -> None:
                              'OMP_NUM_THREADS, which torchrun sets to 1, also counts)')
 
 
+#: said after an unknown config key that resembles no timm-train option
+NEWER_TRAIN_PY_HINT = (" (an option of a newer timm's train.py? timm-train follows the train.py of its timm release; "
+                       'run that train.py through gradreg-launch)')
+
+
 def parse_args(argv: Optional[Sequence[str]] = None,
                parser: Optional[argparse.ArgumentParser] = None) -> Tuple[argparse.Namespace, str]:
     """Parse ``argv`` (YAML defaults from -c/--config, then flags); returns (args, args as YAML text)."""
     parser = parser or build_parser()
     argv = with_demo_recipe(list(sys.argv[1:] if argv is None else argv))
-    args, args_text = parse_with_config(parser, argv)
+    args, args_text = parse_with_config(parser, argv, locate=config_path, unknown_hint=NEWER_TRAIN_PY_HINT)
     try:
         check_args(args)
-        config = config_keys(args.config) if args.config else {}
+        config = config_keys(args.config, config_path) if args.config else {}
         check_method_options(args.gradreg, flags_given(parser, argv),
                              config.get('gradreg', parser.get_default('gradreg')), set(config))
     except ValueError as e:
@@ -540,42 +543,6 @@ _POSITIVE = {'epochs': ('--epochs', 'the number of scheduled epochs; --stop-epoc
              'validation_batch_size': ('-vb/--validation-batch-size', 'images per validation batch')}
 
 
-#: Why finite-difference GradNorm is refused under mixed precision (measured: benchmarks/compat_matrix.py).
-FD_UNDER_AMP = ('--gradnorm-impl fd cannot be used with --amp: the finite difference of two low-precision passes '
-                'cancels most of its digits (measured in docs/compatibility.md). Train the finite difference in '
-                'float32 (it works with --torchcompile), or double backprop (--gradnorm-impl double_backprop) under '
-                '--amp.')
-
-#: Why TRADES is refused in half precision (measured: benchmarks/compat_matrix.py).
-TRADES_IN_HALF_PRECISION = ('{option} cannot be used with --gradreg trades: its KL term is driven by the difference '
-                            'of two nearly equal predictions (the clean image and one within ε of it), which '
-                            'half-precision logits round away (measured in docs/compatibility.md). Train TRADES in '
-                            'float32 (on GPUs the step keeps TF32 matmuls, which timm turns on).')
-
-
-def check_precision(gradreg: str, kwargs: Dict[str, Any], amp: bool, model_dtype: Optional[str] = None) -> None:
-    """Refuse the methods whose step loses its digits in half precision: finite-difference GradNorm under --amp,
-    TRADES under --amp or a half-precision model."""
-    if amp and kwargs.get('impl') == 'fd':
-        raise ValueError(FD_UNDER_AMP)
-    if gradreg == 'trades' and (amp or model_dtype in ('float16', 'bfloat16')):
-        raise ValueError(TRADES_IN_HALF_PRECISION.format(option='--amp' if amp else f'--model-dtype {model_dtype}'))
-
-
-def check_sync_bn_for_task(gradreg: str, kwargs: Dict[str, Any], sync_bn: bool) -> None:
-    """Refuse ``--sync-bn`` for a task that needs double backprop: torch's SyncBatchNorm backward (an in-place
-    all-reduce, ``batch_norm_backward_elemt``) has no derivative of its own, so the second backward cannot pass it."""
-    task_cls = get_task_class(gradreg)
-    if not sync_bn or not task_cls.needs_double_backprop(**kwargs):
-        return
-    first_order = task_cls.first_order_kwargs
-    alternative = f', train by its first-order form ({", ".join(f"{k}={v!r}" for k, v in first_order.items())})' \
-        if first_order else ''
-    raise ValueError(f"--sync-bn cannot be used with --gradreg {gradreg}: it needs double backprop, and torch's "
-                     'SyncBatchNorm backward (an all-reduce and batch_norm_backward_elemt) is not differentiable. '
-                     f'Freeze BatchNorm (--bn-eval, as the paper does){alternative}, or drop --sync-bn.')
-
-
 def check_distributed_options(sync_bn: bool, aug_repeats: float, world_size: int, device_type: str) -> None:
     """Refuse the options that need processes this run does not have: ``--sync-bn`` on CPUs (torch's
     SyncBatchNorm runs on GPUs), ``--aug-repeats`` in one process (timm's sampler spreads repeats over processes)."""
@@ -602,22 +569,14 @@ def check_args(args: argparse.Namespace) -> None:
         for name in names:
             if getattr(args, name, None) not in (None, False, 0, []):
                 raise ValueError(f"--{name.replace('_', '-')}: {reason}.")
-    kwargs = task_kwargs(args.gradreg, args)
-    double_backprop = task_cls.needs_double_backprop(**kwargs)
-    if double_backprop and args.torchscript:
-        raise ValueError(f'--torchscript cannot be used with --gradreg {args.gradreg}: a scripted model runs no '
-                         'Python-level ops, and double backprop needs the rewritten ones. Use --torchcompile with a '
-                         'first-order method, or drop --torchscript.')
-    check_sync_bn_for_task(args.gradreg, kwargs, args.sync_bn and not args.bn_eval and not args.train_in_eval_mode)
-    if double_backprop and args.model_dtype in ('float16', 'bfloat16'):
-        raise ValueError(f'--model-dtype {args.model_dtype} cannot be used with --gradreg {args.gradreg}: per-pixel '
-                         'input gradients underflow in low-precision weights. Use --amp --amp-dtype bfloat16.')
-    check_precision(args.gradreg, kwargs, args.amp, args.model_dtype)
+    if args.kd_model_name:  # timm-train runs no distillation task, whatever the method
+        raise ValueError(DISTILLATION_REFUSAL)
+    check_task_setup(args.gradreg, task_kwargs(args.gradreg, args), compile=args.torchcompile,
+                     torchscript=args.torchscript, model_dtype=args.model_dtype, amp=args.amp,
+                     sync_bn=args.sync_bn and not args.bn_eval and not args.train_in_eval_mode)
     if args.model_dtype not in (None, 'float32') and args.amp:
         raise ValueError('--model-dtype float16/bfloat16 and --amp are alternatives: pick one.')
     check_compile_mode(args.torchcompile_mode, args.torchcompile)
-    if args.torchcompile and double_backprop:
-        raise ValueError(compile_refusal(task_cls, args.gradreg))
     check_eval_metric(args.eval_metric, args.adv_val_steps)
     check_fsdp(args)
     if (args.bn_eval or args.train_in_eval_mode) and args.sync_bn:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from ..tasks import get_task_class, task_kwargs
+from ..tasks import task_info, task_kwargs
 from ..utils.sharding import fully_shard
 
 __all__ = ['FSDP_REFUSED_OPTIONS', 'check_fsdp', 'fsdp_task_kwargs', 'fsdp_units', 'shard_model', 'full_state',
@@ -47,23 +47,23 @@ def check_fsdp(args: argparse.Namespace) -> Optional[str]:
             flag = f"--{name.replace('_', '-')}" + ('' if isinstance(value, bool) else f' {value}')
             raise ValueError(f'{flag} cannot be used with --fsdp: {reason}. Drop one of them.')
     kwargs = task_kwargs(args.gradreg, args)
-    task_cls = get_task_class(args.gradreg)
-    if not task_cls.needs_double_backprop(**kwargs):
+    entry = task_info(args.gradreg)
+    if not entry.needs_double_backprop(kwargs):
         return None
-    if task_cls.first_order_kwargs is None:
+    if entry.first_order_kwargs is None:
         raise ValueError(f'--fsdp cannot be used with --gradreg {args.gradreg}: it needs double backprop, and FSDP2 '
                          'reduce-scatters parameter gradients in hooks that the second backward does not pass (the '
                          'sharded gradients stay empty); it has no first-order form. Train it with DDP (drop --fsdp).')
-    options = ', '.join(f'{k}={v!r}' for k, v in task_cls.first_order_kwargs.items())
+    options = ', '.join(f'{k}={v!r}' for k, v in entry.first_order_kwargs.items())
     return (f'--gradreg {args.gradreg} under --fsdp trains by its first-order form ({options}): FSDP2 does not pass '
             'the second backward of double backprop to its gradient hooks.')
 
 
 def fsdp_task_kwargs(args: argparse.Namespace, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """The task's options under ``--fsdp``: a double-backprop task's first-order form where it has one."""
-    task_cls = get_task_class(args.gradreg)
-    if getattr(args, 'fsdp', False) and task_cls.needs_double_backprop(**kwargs) and task_cls.first_order_kwargs:
-        return {**kwargs, **task_cls.first_order_kwargs}
+    entry = task_info(args.gradreg)
+    if getattr(args, 'fsdp', False) and entry.needs_double_backprop(kwargs) and entry.first_order_kwargs:
+        return {**kwargs, **entry.first_order_kwargs}
     return kwargs
 
 

@@ -109,10 +109,8 @@ class Trainer:
         self.device: Optional[torch.device] = None
         self.amp_autocast: Any = suppress
         self.loss_scaler: Optional[NativeScaler] = None
-        self.num_classes: Optional[int] = None
         self.data_config: Dict[str, Any] = {}
         self.space: Optional[PixelSpace] = None
-        self.mixup_active = False
         self.loader_train: Any = None
         self.loader_eval: Any = None
         self.mixup_fn: Optional[Mixup] = None
@@ -175,7 +173,6 @@ class Trainer:
 
     def build_model(self) -> nn.Module:
         model = create_train_model(self.cfg, log=self.log, check_functional=self.is_primary)
-        self.num_classes = model.num_classes
         self.log(f'Model {safe_model_name(self.cfg.model)} created, param count: '
                  f'{sum(p.numel() for p in model.parameters())}')
         return model
@@ -339,6 +336,7 @@ class Trainer:
             _logger.warning(note)
         self.amp_autocast, self.loss_scaler = self.build_amp()
         model = self.build_model()
+        num_classes = model.num_classes  # before any wrapper (TorchScript, FSDP) hides the attribute
         self.data_config = resolve_data_config(vars(cfg), model=model, verbose=self.is_primary)
         self.space = PixelSpace.from_data_config(self.data_config)
         model.to(device=self.device, dtype=self.model_dtype)
@@ -350,11 +348,10 @@ class Trainer:
             model = convert_sync_batchnorm(model)
         if cfg.fsdp:
             model = self.shard(model)
-        self.mixup_active = mixup_active(cfg)
         datasets = self.build_datasets(self.data_config)
-        self.check_classes(datasets[0], self.num_classes)
+        self.check_classes(datasets[0], num_classes)
         self.loader_train, self.loader_eval, self.mixup_fn = self.build_loaders(*datasets, self.data_config,
-                                                                                self.num_classes)
+                                                                                num_classes)
 
         self.task = self.build_task(model, self.data_config, self.loss_scaler)
         self.optimizer = self.build_optimizer(self.task.get_trainable_module())

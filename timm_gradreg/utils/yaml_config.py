@@ -5,16 +5,17 @@ timm, an unknown key is an error naming the closest valid key, and each value is
 checked as its command-line flag would be (``lr: fast`` or ``input_size: 224`` fail).
 """
 import argparse
-import os
-from typing import Any, Dict, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import yaml
 from timm import utils
 
-from ..recipes import RecipeNotFound, find_recipe
 from .registry import closest
 
-__all__ = ['ConfigError', 'config_path', 'load_config', 'parse_with_config', 'flags_given', 'config_keys']
+__all__ = ['ConfigError', 'load_config', 'parse_with_config', 'flags_given', 'config_keys', 'Locate']
+
+#: Where a ``-c`` value names its file: the path itself, or e.g. a packaged recipe (``recipes.config_path``)
+Locate = Callable[[str], str]
 
 
 class ConfigError(ValueError):
@@ -66,22 +67,18 @@ def _convert(action: argparse.Action, key: str, value: Any) -> Any:
     return one(value)
 
 
-def config_path(path: str) -> str:
-    """The file ``path`` if it exists, else the packaged recipe of that name (``demo/digits_gradnorm``)."""
-    if os.path.exists(path):
-        return path
-    try:
-        return find_recipe(path)
-    except RecipeNotFound as e:
-        raise ConfigError(f'config {e}') from None
+def _as_given(path: str) -> str:
+    return path
 
 
-def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[str]] = None) -> Dict[str, Any]:
-    """Read a YAML config (a file or a packaged recipe name) and return parser defaults, strictly checked.
+def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[str]] = None, *,
+                locate: Locate = _as_given, unknown_hint: str = '') -> Dict[str, Any]:
+    """Read a YAML config and return parser defaults, strictly checked.
 
-    ``only``: read just these keys (the rest of the file belongs to another parser).
+    ``only``: read just these keys (the rest of the file belongs to another parser); ``locate``: the file a
+    ``-c`` value names; ``unknown_hint``: said after an unknown key that resembles no option.
     """
-    path = config_path(path)
+    path = locate(path)
     try:
         with open(path) as f:
             cfg = yaml.safe_load(f)
@@ -101,10 +98,7 @@ def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[s
             continue
         if key not in actions:
             close = closest(key, list(actions))
-            hint = f"; did you mean '{close}'?" if close else f'; see {parser.prog} --help'
-            if parser.prog == 'timm-train' and not close:
-                hint += (" (an option of a newer timm's train.py? timm-train follows the train.py of its timm "
-                         'release; run that train.py through gradreg-launch)')
+            hint = f"; did you mean '{close}'?" if close else f'; see {parser.prog} --help{unknown_hint}'
             raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
         defaults[key] = _convert(actions[key], raw_key, value)
     return defaults
@@ -125,14 +119,14 @@ def flags_given(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
     return {dest for dest, value in vars(parsed).items() if value is not unset}
 
 
-def config_keys(path: str) -> Dict[str, Any]:
+def config_keys(path: str, locate: Locate = _as_given) -> Dict[str, Any]:
     """The raw keys and values of a YAML config already checked by ``load_config`` (dashes as underscores)."""
-    with open(config_path(path)) as f:
+    with open(locate(path)) as f:
         return {str(k).replace('-', '_'): v for k, v in (yaml.safe_load(f) or {}).items()}
 
 
-def parse_with_config(parser: argparse.ArgumentParser,
-                      argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, *,
+                      locate: Locate = _as_given, unknown_hint: str = '') -> Tuple[argparse.Namespace, str]:
     """Parse ``argv``: YAML defaults from ``-c/--config`` (strict), then the flags; returns (args, args as YAML).
 
     A bad config is a usage error (``parser.error``): one line naming the key and what is wrong.
@@ -142,7 +136,7 @@ def parse_with_config(parser: argparse.ArgumentParser,
     args_config, remaining = config_parser.parse_known_args(argv)
     if args_config.config:
         try:
-            parser.set_defaults(**load_config(parser, args_config.config))
+            parser.set_defaults(**load_config(parser, args_config.config, locate=locate, unknown_hint=unknown_hint))
         except ConfigError as e:
             parser.error(str(e))
     args = parser.parse_args(remaining)
