@@ -116,7 +116,7 @@ OPTIONS: Dict[str, CompatOption] = {o.name: o for o in [
 #: task variants of the matrix: (label, --gradreg and its deterministic settings)
 TASKS: Dict[str, Tuple[str, ...]] = {
     **{name: ('--gradreg', name) for name in list_tasks()},
-    'gradnorm-fd': ('--gradreg', 'gradnorm', '--gradnorm-impl', 'fd'),
+    'gradnorm-fd': ('--gradreg', 'gradnorm', '--gn-impl', 'fd'),
 }
 _WARMUPS = {'gradnorm': ('--gn-warmup-epochs', '0'), 'pgd': ('--attack-warmup-epochs', '0'),
             'fgsm': ('--attack-warmup-epochs', '0')}

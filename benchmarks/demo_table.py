@@ -30,7 +30,7 @@ BEGIN, END = '<!-- demo: benchmarks/demo_table.py -->', '<!-- /demo -->'
 RUNS: Dict[str, tuple] = {
     'digits_natural': ('`digits_natural`', ['-c', 'demo/digits_natural']),
     'digits_gradnorm': ('`digits_gradnorm` (λ_GN 2)', ['-c', 'demo/digits_gradnorm']),
-    'digits_gradnorm_fd': ('`digits_gradnorm --gradnorm-impl fd`', ['-c', 'demo/digits_gradnorm', '--gradnorm-impl',
+    'digits_gradnorm_fd': ('`digits_gradnorm --gn-impl fd`', ['-c', 'demo/digits_gradnorm', '--gn-impl',
                                                                      'fd']),
     'digits_advtrain': ('`digits_advtrain` (PGD-3)', ['-c', 'demo/digits_advtrain']),
 }

@@ -107,9 +107,57 @@ def frontier_block(data: dict) -> str:
     return '\n'.join(lines)
 
 
+#: the README's option table: (flags, meaning); {dest} is the option's default as timm-train's parser has it,
+#: {task__dest} the default of that task's constructor (where tasks share the flag with different defaults)
+OPTION_ROWS = (
+    ('`--gradreg NAME`', 'the training method: {tasks}'),
+    ('`--gn-ce-weight`, `--gn-weight`, `--gn-eps`, `--gn-sigma`',
+     'GradNorm λ_CE, λ_GN ({gn_ce_weight}, {gn_weight}), ε ({gn_eps}), σ ({gn_sigma}, or `channel`)'),
+    ('`--gn-warmup-epochs`, `--gn-inputs`, `--gn-impl`, `--gn-fd-step`',
+     'λ_GN warm-up ({gn_warmup_epochs}, per iteration), penalty inputs ({gn_inputs}), {gn_impl} or fd '
+     '(step {gn_fd_step})'),
+    ('`--attack-eps`, `--attack-step-size`, `--attack-steps`, `--attack-warmup-epochs`',
+     'training attack of `pgd`/`fgsm` ({attack_eps}, {pgd__attack_step_size}, {attack_steps}, {attack_warmup_epochs})'),
+    ('`--edge-teacher`, `--edge-sigma`, `--edge-temperature`, `--edge-cosine`, `--edge-weight-{{start,growth,cap}}`',
+     'edge alignment ({edge_teacher}, {edge_sigma}, {edge_temperature}, {edge_cosine}, '
+     '{edge_weight_start}/{edge_weight_growth}/{edge_weight_cap})'),
+    ('`--swap-activations ACT`, `--bn-eval`', 'ReLU family → ACT before training; BatchNorm frozen in eval mode'),
+    ('`--adv-val-steps`, `--adv-val-eps`, `--adv-val-step-size`',
+     'robust validation, reported as `advtop1` ({adv_val_steps}, {adv_val_eps}, {adv_val_step_size})'),
+    ('`--stop-epoch N`, `--dry-run [--world-size N]`',
+     'stop after N epochs (continue with `--resume`); print the resolved config, exit'),
+)
+
+
+def options_block() -> str:
+    """The README's option table, its defaults read from timm-train's parser and the tasks' constructors."""
+    import inspect
+    from timm_gradreg.tasks import get_task_class, list_tasks, task_options
+    from timm_gradreg.tasks.options import format_default
+    from timm_gradreg.train import build_parser
+    defaults = {a.dest: a.default for a in build_parser()._actions}
+
+    class Defaults(dict):
+        def __missing__(self, key):
+            if key == 'tasks':
+                return ', '.join(list_tasks())
+            if '__' in key:
+                task, dest = key.split('__')
+                option = next(o for o in task_options(task) if o.dest == dest)
+                cls = get_task_class(task)
+                value = next(k.__init__ for k in cls.__mro__ if option.kwarg in inspect.signature(k.__init__).parameters)
+                return format_default(inspect.signature(value).parameters[option.kwarg].default)
+            value = defaults[key]
+            return format_default(value) if not isinstance(value, str) else value
+    lines = ['| option | meaning (default) |', '|---|---|']
+    lines += [f'| {flags.format_map(Defaults())} | {meaning.format_map(Defaults())} |' for flags, meaning in OPTION_ROWS]
+    return '\n'.join(lines)
+
+
 def publish_readme(out: Texts) -> None:
     text = _read(_path('README.md'))
     text = demo_table.with_table(text, demo_table.render(demo_table.read_records()))
+    text = with_block(text, 'options', options_block())
     out[_path('README.md')] = with_block(text, 'frontier', frontier_block(_frontier(out)))
 
 

@@ -99,7 +99,7 @@ def test_a_sign_tie_is_resolved_as_the_reference_resolves_it():
 
 def test_double_backprop_under_torch_compile_is_refused_with_the_alternative(work):
     cell = measure_cell('gradnorm', OPTIONS['torchcompile'], work)
-    assert '--torchcompile' in cell.refused and '--gradnorm-impl fd' in cell.refused
+    assert '--torchcompile' in cell.refused and '--gn-impl fd' in cell.refused
 
 
 def test_a_wrong_step_is_caught():

@@ -69,7 +69,7 @@ COUNTER = textwrap.dedent('''
 
 FAMILIES = {
     'double backprop': ['--gradreg', 'gradnorm', '--gn-warmup-epochs', '0', '--gn-weight', '2'],
-    'finite differences': ['--gradreg', 'gradnorm', '--gradnorm-impl', 'fd', '--gn-warmup-epochs', '0',
+    'finite differences': ['--gradreg', 'gradnorm', '--gn-impl', 'fd', '--gn-warmup-epochs', '0',
                            '--gn-weight', '2'],
     'attack-based': ['--gradreg', 'pgd', '--no-attack-random-start', '--attack-warmup-epochs', '0',
                      '--attack-eps', '8/255', '--attack-step-size', '4/255', '--attack-steps', '2'],

@@ -117,7 +117,7 @@ def test_uniform_inputs_are_the_official_random_start(tiny_net, batch):
 def test_uniform_half_width_defaults_to_the_official_factor_of_eps(tiny_net):
     """adversarial_training.py: --random_start_eps_factor defaults to 0.5 (half-width ε·0.5 = 2/255 at 4/255)."""
     task = create_task('gradnorm', tiny_net, inputs='uniform', eps=4 / 255, verbose=False)
-    assert task.uniform_eps == pytest.approx(4 / 255 * 0.5, abs=1e-15)
+    assert task.penalty_inputs.radius(task) == pytest.approx(4 / 255 * 0.5, abs=1e-15)
 
 
 # --- the official PGD (adv/adv_utils.py: adv_generator with replace_best) --------------------------------

@@ -135,7 +135,7 @@ def test_bad_options_are_refused_in_one_line(script, tmp_path):
     assert run.returncode == 2 and "config key 'gn_weight'" in run.stderr and 'Traceback' not in run.stderr
     run = _launch(script, '--gradreg', 'gradnorm', '--torchcompile', 'inductor', '--output', tmp_path / 'x.json')
     assert run.returncode == 2 and 'gradreg-launch: error: --torchcompile cannot be used with --gradreg gradnorm' in \
-        run.stderr and 'gradnorm-impl fd' in run.stderr
+        run.stderr and 'gn-impl fd' in run.stderr
     run = _launch(tmp_path / 'missing.py', '--gradreg', 'pgd')
     assert run.returncode == 2 and "train script '" in run.stderr and 'does not exist' in run.stderr
     not_timm = tmp_path / 'other.py'

@@ -384,7 +384,11 @@ def test_gradnorm_every_k_keeps_its_phase_through_the_task_state():
 @pytest.mark.parametrize('options, message', [({'every': 0}, 'every must be an integer >= 1, got 0'),
                                               ({'penalty_fraction': 1.5}, 'penalty_fraction must be in (0, 1]'),
                                               ({'resolution': 0.0}, 'resolution must be in (0, 1], got 0.0'),
-                                              ({'impl': 'exact'}, "Unknown GradNorm impl 'exact'; valid: double_backprop, fd")])
+                                              ({'impl': 'exact'}, "Unknown GradNorm parameter-gradient rule 'exact'. "
+                                                                  'Valid: double_backprop, fd.'),
+                                              ({'inputs': 'pgd', 'fd_step': 0.2},
+                                               "GradNorm option 'fd_step' applies to impl='fd', not "
+                                               "impl='double_backprop'")])
 def test_gradnorm_strategy_options_are_checked(options, message):
     model, *_ = _setup()
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -1,12 +1,15 @@
 """The generic contract of a gradreg task, checked for every registered task by being registered (as timm's
 tests do for its optimizers): a third-party task registered by a plugin gets the same checks."""
+import inspect
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from timm.task import ClassificationTask
 
 from timm_gradreg import create_task, list_tasks
-from timm_gradreg.tasks import get_task_class, task_info, task_options, task_parameters
+from timm_gradreg.tasks import FROM_TASK, fraction, get_task_class, task_info, task_options, task_parameters
 
 from conftest import TinyNet
 
@@ -60,6 +63,42 @@ def test_every_option_sets_a_constructor_argument(name):
     parameters = task_parameters(name)  # the constructor's keyword arguments, through its base classes
     for option in task_options(name):
         assert option.kwarg in parameters, f'{option.flag} -> {option.kwarg} is not an argument of task {name}'
+        if option.owner is not None:  # a part's option: an argument of the part it builds
+            assert option.kwarg in inspect.signature(option.owner).parameters, (option.flag, option.owner)
+
+
+def _constructor_default(option, task_cls):
+    for klass in (option.owner or task_cls).__mro__:
+        parameter = inspect.signature(klass.__init__).parameters.get(option.kwarg)
+        if parameter is not None:
+            return parameter.default
+    raise AssertionError(f'{option.flag}: no constructor takes {option.kwarg}')
+
+
+@pytest.mark.parametrize('name', list_tasks())
+def test_the_parser_the_constructor_and_the_docstring_agree_on_every_default(name):
+    """One option, one default: what timm-train's parser gives (and its help shows), what the constructor that
+    takes it defaults to, and what the constructor's docstring says in its '(default)' where it says one."""
+    from timm_gradreg.tasks.options import format_default
+    from timm_gradreg.train import build_parser
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    task_cls = get_task_class(name)
+    for option in task_options(name):
+        expected = _constructor_default(option, task_cls)
+        action = actions[option.dest]
+        if option.default is not FROM_TASK:  # a flag shared by tasks whose constructors differ: its own default
+            assert option.default in (None, expected), (option.flag, option.default, expected)
+            continue
+        assert action.default == expected, (option.flag, action.default, expected)
+        if expected is not None:
+            assert f'(default: {format_default(expected)})' in action.help, (option.flag, action.help)
+        doc = inspect.getdoc(option.owner or task_cls) or ''
+        said = re.search(rf'^\s*{option.kwarg}: .*?\(([^()]*)\)\.?$', doc, flags=re.M)
+        if said and re.fullmatch(r'[\d./]+', said.group(1)):
+            assert fraction(said.group(1)) == pytest.approx(expected, rel=1e-12), (option.flag, said.group(1))
+        elif said and re.fullmatch(r"'\w+'", said.group(1)):
+            assert said.group(1).strip("'") == expected, (option.flag, said.group(1), expected)
 
 
 @pytest.mark.parametrize('name', list_tasks())

@@ -6,7 +6,7 @@ import timm
 import yaml
 
 from timm_gradreg.recipes import RECIPE_DIR
-from timm_gradreg.tasks import create_task, fraction, get_task_class, task_info, task_kwargs
+from timm_gradreg.tasks import create_task, fraction, task_info, task_kwargs
 from timm_gradreg.train.args import build_parser, parse_args
 
 from helpers import STOCK_TRAIN_PY_FILES, training_recipes
@@ -109,7 +109,7 @@ def test_incompatible_combinations_are_refused(capsys, argv, needle):
 
 @pytest.mark.parametrize('argv', [
     ['--gradreg', 'pgd', '--torchcompile', '--torchcompile-mode', 'max-autotune'],
-    ['--gradreg', 'gradnorm', '--gradnorm-impl', 'fd', '--torchcompile'],
+    ['--gradreg', 'gradnorm', '--gn-impl', 'fd', '--torchcompile'],
     ['--gradreg', 'natural', '--torchcompile'],
 ])
 def test_first_order_methods_compile(argv):
@@ -194,3 +194,23 @@ def test_the_demo_set_without_a_config_takes_the_demo_recipe(method, recipe, exp
     assert args.opt == 'adamw' and args.gradreg == method and args.epochs == 3  # flags still win
     assert args.experiment == experiment
     assert f'the settings of recipe {recipe} apply' in caplog.text
+
+
+def test_renamed_flags_keep_their_old_names_on_the_command_line_and_in_configs(tmp_path):
+    """--gradnorm-impl and --fd-step (and their config keys) are --gn-impl and --gn-fd-step."""
+    new, _ = parse_args(['--gradreg', 'gradnorm', '--gn-impl', 'fd', '--gn-fd-step', '0.25'])
+    old, _ = parse_args(['--gradreg', 'gradnorm', '--gradnorm-impl', 'fd', '--fd-step', '0.25'])
+    path = tmp_path / 'old.yaml'
+    path.write_text(yaml.safe_dump({'gradreg': 'gradnorm', 'gradnorm_impl': 'fd', 'fd_step': 0.25}))
+    config, _ = parse_args(['-c', str(path)])
+    for args in (new, old, config):
+        assert task_kwargs('gradnorm', args) == {**task_kwargs('gradnorm', new), 'impl': 'fd', 'fd_step': 0.25}
+        assert args.gn_impl == 'fd' and args.gn_fd_step == 0.25
+
+
+def test_an_option_of_a_part_not_chosen_is_not_passed():
+    """--gn-noise-std has a default for --gn-inputs noise; other inputs do not take it."""
+    args, _ = parse_args(['--gradreg', 'gradnorm'])
+    assert 'noise_std' not in task_kwargs('gradnorm', args) and 'fd_step' not in task_kwargs('gradnorm', args)
+    args, _ = parse_args(['--gradreg', 'gradnorm', '--gn-inputs', 'noise', '--gn-noise-std', '0.05'])
+    assert task_kwargs('gradnorm', args)['noise_std'] == 0.05

@@ -48,7 +48,7 @@ class TaskEntry:
         return self.double_backprop and not (first_order and all(kwargs.get(k) == v for k, v in first_order.items()))
 
     def first_order_flags(self) -> str:
-        """The command-line form of ``first_order_kwargs`` ('' where there is none), e.g. '--gradnorm-impl fd'."""
+        """The command-line form of ``first_order_kwargs`` ('' where there is none), e.g. '--gn-impl fd'."""
         flags = {option.kwarg: option.flag for option in self.options}
         return ' '.join(f'{flags.get(k, k)} {v}' for k, v in (self.first_order_kwargs or {}).items())
 
@@ -119,7 +119,8 @@ def task_kwargs(name: str, config: Any) -> Dict[str, Any]:
 
 
 def task_parameters(name: str) -> List[str]:
-    """Keyword arguments the task accepts beyond those of timm's ClassificationTask."""
+    """Keyword arguments the task accepts beyond those of timm's ClassificationTask: its constructor's, through
+    its base classes, then the options of its parts (taken as keyword arguments by the part chosen)."""
     cls = get_task_class(name)
     params = []
     for klass in cls.__mro__:
@@ -128,6 +129,7 @@ def task_parameters(name: str) -> List[str]:
         for p in list(inspect.signature(klass.__init__).parameters.values())[1:]:
             if p.kind == p.KEYWORD_ONLY and p.name not in params:
                 params.append(p.name)
+    params += [o.kwarg for o in task_options(name) if o.owner is not None and o.kwarg not in params]
     return params
 
 

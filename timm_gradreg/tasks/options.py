@@ -13,12 +13,12 @@ beside ``create_optimizer_v2``.
 import argparse
 import inspect
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..core.values import attack_count, attack_radius, fraction, number, pixel_amount, sigma_value
 
 __all__ = ['Option', 'fraction', 'number', 'pixel_amount', 'attack_radius', 'attack_count', 'sigma_value', 'FROM_TASK',
-           'options_to_kwargs', 'resolve_default', 'unique_options']
+           'options_to_kwargs', 'resolve_default', 'unique_options', 'register_part', 'create_part', 'part_options']
 
 
 class _FromTask:
@@ -39,10 +39,14 @@ def format_default(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ' '.join(format_default(v) for v in value)
     if isinstance(value, float):
-        in_255 = value * 255
-        if value and not value.is_integer() and abs(in_255 - round(in_255)) < 1e-9:
-            return f'{round(in_255)}/255'
-        return f'{value:g}'
+        short = f'{value:g}'
+        if value.is_integer() or len(short.lstrip('0.').replace('.', '')) <= 3:  # 0.8, 0.225: as they are
+            return short
+        for divisor, suffix in ((255, '/255'), (765, '/255/3')):  # 4/255, 8/255/3: as ε and steps are written
+            scaled = value * divisor
+            if abs(scaled - round(scaled)) < 1e-9:
+                return f'{round(scaled)}{suffix}'
+        return short
     return str(value)
 
 
@@ -61,6 +65,11 @@ class Option:
         choices: Valid values, or a function returning them (read when a parser is built, so names
             registered later are included).
         group: Title of the help group (default: the task's).
+        aliases: Older flags that still work (a config may use their key).
+        owner: The class whose constructor takes the value and holds its default (None: the task's); set by
+            ``register_part`` for the options of a task's part.
+        applies: (switch, value): the option is used only when the task option ``switch`` is ``value`` (the
+            part it builds is chosen); set by ``register_part``.
     """
     flag: str
     kwarg: str
@@ -71,10 +80,24 @@ class Option:
     metavar: Optional[str] = None
     nargs: Optional[str] = None
     group: Optional[str] = None
+    aliases: Tuple[str, ...] = ()
+    owner: Optional[type] = None
+    applies: Optional[Tuple[str, Any]] = None
 
     def __post_init__(self):
-        if not self.flag.startswith('--'):
-            raise ValueError(f"option flag must start with '--', got {self.flag!r}")
+        for flag in (self.flag, *self.aliases):
+            if not flag.startswith('--'):
+                raise ValueError(f"option flag must start with '--', got {flag!r}")
+
+    @property
+    def flags(self) -> Tuple[str, ...]:
+        """The flag and its aliases, as ``add_argument`` takes them."""
+        return (self.flag, *self.aliases)
+
+    @property
+    def alias_dests(self) -> Tuple[str, ...]:
+        """The config keys of the aliases."""
+        return tuple(a[2:].replace('-', '_') for a in self.aliases)
 
     @property
     def dest(self) -> str:
@@ -102,14 +125,19 @@ class Option:
         return kwargs
 
     def same_argument(self, other: 'Option') -> bool:
-        """Whether two declarations define the same flag identically (they may set different kwargs)."""
-        return replace(self, kwarg='') == replace(other, kwarg='')
+        """Whether two declarations define the same flag identically (they may set different kwargs, of
+        different classes)."""
+        def argument(option):
+            return replace(option, kwarg='', owner=None, applies=None)
+        return argument(self) == argument(other)
 
 
 def resolve_default(option: Option, cls: type) -> Any:
-    """The option's default; ``FROM_TASK`` looks it up in ``cls``'s constructor signature."""
+    """The option's default; ``FROM_TASK`` looks it up in the constructor signature of its owner (a task's part)
+    or of ``cls``."""
     if option.default is not FROM_TASK:
         return option.default
+    cls = option.owner or cls
     for klass in cls.__mro__:
         parameter = inspect.signature(klass.__init__).parameters.get(option.kwarg)
         if parameter is not None and parameter.default is not inspect.Parameter.empty:
@@ -118,12 +146,15 @@ def resolve_default(option: Option, cls: type) -> Any:
 
 
 def options_to_kwargs(options: Iterable[Option], config: Any) -> Dict[str, Any]:
-    """Keyword arguments from parsed values (an argparse Namespace or a mapping); None is left out."""
+    """Keyword arguments from parsed values (an argparse Namespace or a mapping); None is left out, and so are
+    the options of a part that the run does not choose."""
+    options = list(options)
     values = config if isinstance(config, dict) else vars(config)
+    chosen = {option.kwarg: values.get(option.dest) for option in options if option.applies is None}
     kwargs = {}
     for option in options:
         value = values.get(option.dest)
-        if value is not None:
+        if value is not None and (option.applies is None or chosen.get(option.applies[0]) == option.applies[1]):
             kwargs[option.kwarg] = value
     return kwargs
 
@@ -137,3 +168,38 @@ def unique_options(option_lists: Iterable[List[Option]]) -> List[Option]:
             if not first.same_argument(option):
                 raise ValueError(f'option {option.flag} is declared twice with different settings')
     return list(seen.values())
+
+
+def register_part(registry: Any, switch: str, name: str, options: Sequence[Option] = ()) -> Callable[[type], type]:
+    """Class decorator: register a part of a task (a strategy the task option ``switch`` chooses by ``name``, e.g.
+    GradNorm's ``inputs='noise'``) with the options it is built from. Each option's default is read from the
+    part's constructor, and it is passed only when the part is chosen."""
+    def _register(cls: type) -> type:
+        cls.options = tuple(replace(option, owner=cls, applies=(switch, name)) for option in options)
+        for option in cls.options:
+            resolve_default(option, cls)  # fail at registration, not at parse time
+        registry.register(name, cls)
+        return cls
+    return _register
+
+
+def part_options(registry: Any) -> List[Option]:
+    """The options of every part in ``registry``, in registration order of the parts."""
+    return [option for _, cls in registry.items() for option in cls.options]
+
+
+def create_part(registry: Any, switch: str, name: Any, kwargs: Dict[str, Any]) -> Any:
+    """The part ``name`` of ``registry`` built from ``kwargs`` (an instance is used as it is); an option of
+    another part is refused, naming the part it belongs to."""
+    if not isinstance(name, str):
+        if kwargs:
+            raise ValueError(f"options {sorted(kwargs)} build a part by name; {switch}={name!r} is built already")
+        return name
+    cls = registry.get(name)
+    own = {option.kwarg for option in cls.options}
+    for key in kwargs:
+        if key not in own:
+            owners = [n for n, other in registry.items() if key in {o.kwarg for o in other.options}]
+            raise ValueError(f"option {key!r} applies to {switch}={' or '.join(map(repr, owners))}, not "
+                             f"{switch}={name!r}")
+    return cls(**kwargs)

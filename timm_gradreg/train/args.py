@@ -25,7 +25,7 @@ from .fsdp import check_fsdp
 from .validate import check_eval_metric
 
 __all__ = ['build_parser', 'add_gradreg_args', 'add_threads_arg', 'parse_args', 'load_config', 'check_args',
-           'check_distributed_options', 'check_method_options', 'with_demo_recipe', 'ConfigError']
+           'check_distributed_options', 'check_method_options', 'check_part_options', 'with_demo_recipe', 'ConfigError']
 
 _logger = logging.getLogger(__name__)
 
@@ -449,7 +449,7 @@ def add_gradreg_args(parser: argparse.ArgumentParser) -> None:
     for title, option, default in all_task_options():
         if title not in groups:
             groups[title] = parser.add_argument_group(title)
-        groups[title].add_argument(option.flag, **option.argparse_kwargs(default))
+        groups[title].add_argument(*option.flags, **option.argparse_kwargs(default))
 
 
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:
@@ -473,8 +473,9 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     try:
         check_args(args)
         config = config_keys(args.config, config_path) if args.config else {}
-        check_method_options(args.gradreg, flags_given(parser, argv),
-                             config.get('gradreg', parser.get_default('gradreg')), set(config))
+        given = flags_given(parser, argv)
+        check_method_options(args.gradreg, given, config.get('gradreg', parser.get_default('gradreg')), set(config))
+        check_part_options(args.gradreg, args, given | set(config))
     except ValueError as e:
         parser.error(str(e))
     return args, args_text
@@ -533,6 +534,22 @@ def check_method_options(method: str, flags: Set[str], config_method: Optional[s
             raise ValueError(f"{name} is an option of --gradreg {' / '.join(methods)}, and this run trains "
                              f'--gradreg {against}, which would ignore it: drop it, or train '
                              + (f'--gradreg {methods[0]}.' if len(methods) == 1 else 'one of those methods.'))
+
+
+def check_part_options(method: str, args: argparse.Namespace, given: Set[str]) -> None:
+    """Refuse an option of a part the run does not choose (``--gn-noise-std`` without ``--gn-inputs noise``),
+    which it would ignore; ``given``: the dests set by the command line or the config."""
+    options = task_options(method)
+    switches = {option.kwarg: option for option in options if option.applies is None}
+    for option in options:
+        if option.applies is None or option.dest not in given:
+            continue
+        switch = switches[option.applies[0]]
+        chosen = getattr(args, switch.dest)
+        if chosen != option.applies[1]:
+            raise ValueError(f'{option.flag} is an option of {switch.flag} {option.applies[1]}, and this run takes '
+                             f'{switch.flag} {chosen}, which would ignore it: drop it, or add {switch.flag} '
+                             f'{option.applies[1]}.')
 
 
 # --- option combinations and task options ------------------------------------------------------

@@ -7,7 +7,7 @@ optimizer state are sharded, and a block's parameters are gathered for its forwa
 What the sharding allows: first-order steps (natural, the attacks, TRADES, finite-difference GradNorm). Double
 backprop does not run: FSDP2 reduce-scatters parameter gradients in the hooks of the backward that reaches a
 block's forward, and the second backward of a double backprop runs through the first one's graph, so the
-sharded gradients stay empty. A task with a first-order form (GradNorm: ``--gradnorm-impl fd``) is switched to
+sharded gradients stay empty. A task with a first-order form (GradNorm: ``--gn-impl fd``) is switched to
 it with one line; the others are refused by name.
 """
 import argparse

@@ -45,7 +45,8 @@ from ..utils.parser import ArgumentParser
 from ..utils.threads import set_cpu_threads
 from ..recipes import config_path
 from ..utils.yaml_config import ConfigError, flags_given, load_config
-from .args import add_gradreg_args, add_threads_arg, check_distributed_options, check_method_options
+from .args import (add_gradreg_args, add_threads_arg, check_distributed_options, check_method_options,
+                   check_part_options)
 from .trainer import schedule_position
 from .validate import check_eval_metric, robust_accuracy
 
@@ -90,7 +91,9 @@ def split_gradreg_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[st
         argv = _with_config(argv, path)
     args, rest = parser.parse_known_args(argv)
     try:
-        check_method_options(args.gradreg, flags_given(parser, argv), defaults.get('gradreg'), set(defaults))
+        given = flags_given(parser, argv)
+        check_method_options(args.gradreg, given, defaults.get('gradreg'), set(defaults))
+        check_part_options(args.gradreg, args, given | set(defaults))
     except ValueError as e:
         raise LaunchError(str(e)) from None
     return args, rest

@@ -23,7 +23,14 @@ class ConfigError(ValueError):
 
 
 def _actions_by_dest(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+    """Each option's action by its config key: its dest, and the key of each older flag it still takes."""
+    actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+    for action in list(actions.values()):
+        for flag in action.option_strings:
+            key = flag.lstrip('-').replace('-', '_')
+            if flag.startswith('--') and key != action.dest:
+                actions.setdefault(key, action)
+    return actions
 
 
 def _convert(action: argparse.Action, key: str, value: Any) -> Any:
@@ -100,7 +107,7 @@ def load_config(parser: argparse.ArgumentParser, path: str, only: Optional[Set[s
             close = closest(key, list(actions))
             hint = f"; did you mean '{close}'?" if close else f'; see {parser.prog} --help{unknown_hint}'
             raise ConfigError(f"unknown key '{raw_key}' in config '{path}'{hint}")
-        defaults[key] = _convert(actions[key], raw_key, value)
+        defaults[actions[key].dest] = _convert(actions[key], raw_key, value)
     return defaults
 
 
