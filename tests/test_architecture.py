@@ -8,7 +8,7 @@ import timm_gradreg
 PACKAGE = os.path.dirname(timm_gradreg.__file__)
 #: subpackage -> layer; an import may go to a lower layer or to the same subpackage, never up or sideways
 LAYERS = {'utils': 0, 'double_backward': 1, 'models': 1, 'recipes': 1, 'data': 1, 'core': 2, 'tasks': 3,
-          'evaluate': 4, 'analyze': 4, 'train': 5, 'cli': 6}
+          'evaluate': 4, 'analyze': 4, 'hub': 5, 'train': 6, 'cli': 7}
 
 
 def _imports():

@@ -240,7 +240,10 @@ class Evaluator:
         swept = [r for r in self.results if 'sweep' in r]
         if swept:
             write_sweep_csv(os.path.join(output, 'sweep.csv'), swept)
-            plot_robust_curves(os.path.join(output, 'robust_curve.png'), swept)
+            try:
+                plot_robust_curves(os.path.join(output, 'robust_curve.png'), swept)
+            except ImportError:
+                _logger.warning('matplotlib is not installed: no robust_curve.png (pip install "timm-gradreg[eval]")')
         with open(os.path.join(output, 'report.md'), 'w') as f:
             f.write(markdown_report(self.results, config))
         names = ['results.json', 'report.md', 'sweep.csv', 'robust_curve.png']

@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from ..core.values import attack_count, attack_radius, fraction, number, pixel_amount, sigma_value
 
 __all__ = ['Option', 'fraction', 'number', 'pixel_amount', 'attack_radius', 'attack_count', 'sigma_value', 'FROM_TASK',
-           'options_to_kwargs', 'resolve_default', 'unique_options', 'register_part', 'create_part', 'part_options']
+           'options_to_kwargs', 'resolve_default', 'unique_options', 'TaskPart', 'register_part', 'create_part',
+           'part_options']
 
 
 class _FromTask:
@@ -168,6 +169,20 @@ def unique_options(option_lists: Iterable[List[Option]]) -> List[Option]:
             if not first.same_argument(option):
                 raise ValueError(f'option {option.flag} is declared twice with different settings')
     return list(seen.values())
+
+
+class TaskPart:
+    """A part of a task chosen by name (``register_part``): the options it is built from, and its settings as
+    its repr shows them."""
+
+    #: The options this part is built from (set by its registration).
+    options: Tuple[Option, ...] = ()
+
+    def extra_repr(self) -> str:
+        return ''
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.extra_repr()})'
 
 
 def register_part(registry: Any, switch: str, name: str, options: Sequence[Option] = ()) -> Callable[[type], type]:

@@ -7,7 +7,8 @@ A rule is called as ``rule(task, x, target, ce_weight, weight)`` and returns the
 {'loss', 'output', 'ce', 'penalty', 'weight'}, whose one ordinary ``backward()`` gives
 λ_CE·∇θCE + weight·∇θpenalty.
 """
-from typing import Any, Dict, Tuple
+import abc
+from typing import Any, Dict
 
 import torch
 
@@ -15,7 +16,7 @@ from ..core.input_grad import at_least_fp32, loss_and_input_gradient, per_sample
 from ..utils._private import foreach_mul_
 from ..utils.registry import Registry
 from ..utils.sharding import is_sharded
-from .options import Option, create_part, number, register_part
+from .options import Option, TaskPart, create_part, number, register_part
 
 __all__ = ['PenaltyGradientRule', 'DoubleBackprop', 'FiniteDifference', 'PENALTY_GRADIENTS',
            'create_penalty_gradient']
@@ -26,21 +27,13 @@ PENALTY_GRADIENTS: Registry[type] = Registry('GradNorm parameter-gradient rule')
 SWITCH = 'impl'
 
 
-class PenaltyGradientRule:
+class PenaltyGradientRule(TaskPart, abc.ABC):
     """How the penalty's parameter gradient is computed (the step it returns is the task's)."""
 
-    #: The options this rule is built from (set by its registration).
-    options: Tuple[Option, ...] = ()
-
+    @abc.abstractmethod
     def __call__(self, task: Any, x: torch.Tensor, target: torch.Tensor, ce_weight: float,
                  weight: float) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        return ''
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}({self.extra_repr()})'
+        """The task's step on ``x`` with this rule's parameter gradient of the penalty."""
 
 
 @register_part(PENALTY_GRADIENTS, SWITCH, 'double_backprop')

@@ -4,7 +4,7 @@ PGD (paper Table 8). Each is a small object built from its own options and chose
     >>> inputs = create_penalty_inputs('noise', noise_std=4 / 255)
     >>> x_penalized = inputs(task, x, target)   # normalized images in, normalized images out
 """
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
@@ -12,7 +12,7 @@ from ..core.attacks import pgd_attack
 from ..core.schedules import LinearWarmup
 from ..utils.registry import Registry
 from .adversarial import ATTACK_EPS, ATTACK_SELECT, ATTACK_STEP_SIZE, ATTACK_STEPS, ATTACK_WARMUP, ATTACK_WARMUP_PER
-from .options import Option, create_part, number, pixel_amount, register_part
+from .options import Option, TaskPart, create_part, number, pixel_amount, register_part
 
 __all__ = ['PenaltyInputs', 'CleanInputs', 'NoisyInputs', 'UniformInputs', 'PGDInputs', 'PENALTY_INPUTS',
            'create_penalty_inputs']
@@ -23,11 +23,8 @@ PENALTY_INPUTS: Registry[type] = Registry('GradNorm penalty inputs')
 SWITCH = 'inputs'
 
 
-class PenaltyInputs:
+class PenaltyInputs(TaskPart):
     """The images the penalty is taken on, from the normalized batch ``x`` (the base: ``x`` itself)."""
-
-    #: The options this kind is built from (set by its registration).
-    options: Tuple[Option, ...] = ()
 
     @property
     def uses_schedule(self) -> bool:
@@ -36,12 +33,6 @@ class PenaltyInputs:
 
     def __call__(self, task: Any, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return x
-
-    def extra_repr(self) -> str:
-        return ''
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}({self.extra_repr()})'
 
 
 @register_part(PENALTY_INPUTS, SWITCH, 'clean')

@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--predict-memory', action=argparse.BooleanOptionalAction, default=True,
                        help='with --dry-run: predict the memory per GPU of a training step (a step on the meta '
                             'device: seconds, no data, no download)')
+    group.add_argument('--export-hub', action='store_true', default=False,
+                       help='after training, write the best checkpoint (else the last) as a timm Hub folder, '
+                            'OUTPUT/EXPERIMENT/hub, as gradreg-export does')
     group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
     group.add_argument('--worker-seeding', type=str, default='all', help='worker seed mode (default: all)')
     group.add_argument('--log-interval', type=int, default=50, metavar='N',

@@ -45,6 +45,7 @@ from torchvision.utils import save_image
 from ..core.normalization import PixelSpace
 from ..data import DATA_SOURCES, dataset_num_classes, is_demo_dataset, name_skipped_files, resolve_dataset
 from ..evaluate.interval import format_accuracy
+from ..hub import export_hub
 from ..models.checkpoint import AtomicCheckpointSaver
 from ..models.modes import freeze_batchnorm
 from ..tasks import GradRegTask, create_task
@@ -711,7 +712,19 @@ class Trainer:
         if best_metric is not None:
             self.log(f'*** Best metric: {best_metric} (epoch {best_epoch})')
         self.log(self.summary(results, best_metric, best_epoch, time.time() - start))
+        if getattr(self.cfg, 'export_hub', False) and self.is_primary and self.output_dir:
+            self.export_hub()
         return results
+
+    def export_hub(self) -> str:
+        """The best checkpoint (else the last) as a timm Hub folder, OUTPUT/EXPERIMENT/hub."""
+        names = [n for n in ('model_best.pth.tar', 'last.pth.tar') if os.path.isfile(os.path.join(self.output_dir, n))]
+        if not names:
+            raise TrainingError(f'--export-hub: no checkpoint in {self.output_dir} to export')
+        folder = os.path.join(self.output_dir, 'hub')
+        export = export_hub(os.path.join(self.output_dir, names[0]), folder)
+        self.log(f'Exported {names[0]} as a timm Hub folder: timm.create_model({export.name!r}, pretrained=True)')
+        return folder
 
     def discard_unused_output(self) -> None:
         """After a failed run: remove the output folder it created if it holds no checkpoint or summary."""
