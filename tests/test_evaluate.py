@@ -89,6 +89,19 @@ def test_official_subset_is_the_official_list_and_names_what_is_missing(tmp_path
     chosen = data.select_indices(dataset, 'official', None)
     paths = [dataset.reader.samples[i][0].replace(os.sep, '/') for i in chosen]
     assert sorted(p.split('/validation/')[1] for p in paths) == sorted(official)
+    assert data.select_indices(dataset, 'robustbench', None) == chosen
+
+
+def test_the_official_list_is_robustbenchs():
+    """The paper's list is RobustBench's ImageNet list (robustbench/helper_files/imagenet_test_image_ids.txt at
+    78fcc9e4: its file names, in order, hash to this; its last line is this)."""
+    import hashlib
+
+    import timm_gradreg.evaluate.data as data
+    names = [line.split()[0] for line in open(data.OFFICIAL_VAL_LIST).read().splitlines()]
+    assert names[-1] == 'n13133613/ILSVRC2012_val_00025432.JPEG'
+    assert hashlib.sha256('\n'.join(names).encode()).hexdigest() == \
+        'd4121626d07722a0126c35b1563042e46a546f1a05ce705f2cdc635896d58574'
 
 
 def test_natural_model_sweep(honest):
@@ -203,6 +216,20 @@ def test_cli_runs_autoattack_at_each_eps(natural_checkpoint, tmp_path, capsys, c
     assert model['autoattack'] == runs[0]
     assert runs[1]['robust_accuracy'] <= runs[0]['robust_accuracy'] <= model['clean_accuracy']
     assert '(ε=32/255); ' in open(out / 'report.md').read()
+    # RobustBench's model-info fields and units, as model_info/imagenet/Linf/RodriguezMunoz2024Characterizing_Swin-B
+    # .json writes them: percent strings with two decimals, ε a fraction string
+    info = json.load(open(out / f"robustbench_{model['label']}.json"))
+    assert {'link', 'name', 'authors', 'additional_data', 'number_forward_passes', 'dataset', 'venue', 'architecture',
+            'eps', 'clean_acc', 'reported', 'autoattack_acc', 'unreliable'} <= set(info)
+    assert info['eps'] == '32/255' and info['threat_model'] == 'Linf' and info['architecture'] == 'test_resnet'
+    assert info['clean_acc'] == f"{model['clean_accuracy']:.2f}" and info['autoattack_acc'] == f"{runs[0]['robust_accuracy']:.2f}"
+    assert info['number_forward_passes'] == 1 and info['additional_data'] is False
+
+
+def test_robustbench_writes_eps_as_its_leaderboard_does():
+    from timm_gradreg.evaluate.robustbench import eps_fraction, robustbench_dataset
+    assert [eps_fraction(e) for e in (4 / 255, 8 / 255, 8 / 255 / 3, 0.5)] == ['4/255', '8/255', '8/765', '0.5']
+    assert robustbench_dataset('torch/cifar10', 'seeded') == 'cifar10' and robustbench_dataset('', 'official') == 'imagenet'
 
 
 def test_cli_on_random_imagenet_model_and_bad_input(tmp_path, capsys):

@@ -3,6 +3,7 @@ import argparse
 from typing import Optional
 
 from ..core.values import number
+from ..evaluate.data import SUBSETS
 from ..models.activations import add_swap_args
 
 __all__ = ['add_model_args', 'add_data_args']
@@ -34,9 +35,10 @@ def add_data_args(parser: argparse.ArgumentParser, default_samples: Optional[int
     group.add_argument('--num-samples', type=number(1, integer=True), default=default_samples, metavar='N',
                        help='fixed seeded subset of the split (RobustBench uses 5000 ImageNet images) '
                             f'(default: {default_samples or "all"})')
-    group.add_argument('--subset', default='seeded', choices=('seeded', 'official'),
-                       help="which images: a seeded sample of the split, or the official code's fixed list of 5,000 "
-                            'ImageNet validation images (default: seeded)')
+    group.add_argument('--subset', default='seeded', choices=list(SUBSETS),
+                       help="which images: a seeded sample of the split, or the fixed list of 5,000 ImageNet "
+                            "validation images of the paper's evaluation, which is RobustBench's (official and "
+                            'robustbench name the same list) (default: seeded)')
     group.add_argument('--subset-seed', type=int, default=0, metavar='S', help='seed of the subset (0)')
     group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
                        help='override the input size the model was trained with')

@@ -2,9 +2,11 @@
 
 Attacks and analyses take pixels (normalization lives inside the model, see
 ``normalized_model``), so the timm eval transform is built with mean 0 / std 1.
-The subset is a seeded permutation of the split (``seeded``), or the official code's fixed list of
-5,000 ImageNet validation images (``official``, shipped as ``imagenet_val_official.txt``); the same
-on every machine and for every model, split across ranks when distributed.
+The subset is a seeded permutation of the split (``seeded``), or the fixed list of 5,000 ImageNet validation
+images that the paper's evaluation and RobustBench's ImageNet leaderboard both use (``official`` or
+``robustbench``: the official code's src_data/val.txt is RobustBench's helper_files/imagenet_test_image_ids.txt,
+file for file in the same order; shipped as ``imagenet_val_official.txt``); the same on every machine and for
+every model, split across ranks when distributed.
 """
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -70,8 +72,9 @@ def _official(dataset, num_samples: Optional[int], seed: int) -> List[int]:
     return indices if num_samples is None else indices[:num_samples]
 
 
-#: How the evaluated images are chosen: a seeded sample of the split, or the official code's fixed list.
-SUBSETS: Dict[str, Callable[..., List[int]]] = {'seeded': _seeded, 'official': _official}
+#: How the evaluated images are chosen: a seeded sample of the split, or the fixed ImageNet list of the official
+#: code, which is RobustBench's (two names for one list)
+SUBSETS: Dict[str, Callable[..., List[int]]] = {'seeded': _seeded, 'official': _official, 'robustbench': _official}
 
 
 def select_indices(dataset, subset: str, num_samples: Optional[int], seed: int = 0) -> List[int]:

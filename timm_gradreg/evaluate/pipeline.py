@@ -27,6 +27,7 @@ from .autoattack import run_autoattack
 from .data import create_pixel_dataset, create_pixel_loader, load_batches, select_indices
 from .interval import wilson_interval
 from .report import markdown_report, plot_robust_curves, write_json, write_sweep_csv
+from .robustbench import robustbench_model_info
 from .robustness import PGDSweepConfig, pgd_sweep
 from .sanity import SanityContext, masking_verdict, run_sanity_checks
 
@@ -38,8 +39,10 @@ _logger = logging.getLogger('timm_gradreg.eval')
 class ModelSpec:
     """A model to evaluate: label, pixel-space model (normalization inside), its data config."""
 
-    def __init__(self, label: str, model: nn.Module, data_config: Dict[str, Any], checkpoint: str):
+    def __init__(self, label: str, model: nn.Module, data_config: Dict[str, Any], checkpoint: str,
+                 architecture: str = ''):
         self.label, self.model, self.data_config, self.checkpoint = label, model, data_config, checkpoint
+        self.architecture = architecture
 
 
 def _label(checkpoint: str, model: str, used: List[str]) -> str:
@@ -75,7 +78,8 @@ def resolve_models(args: argparse.Namespace, device: torch.device) -> List[Model
                                      pretrained=args.pretrained, data_overrides=overrides)
         label = args.labels[i] if args.labels else _label(ckpt, name or '', [s.label for s in specs])
         pixel_model = normalized_model(model, cfg['mean'], cfg['std']).to(device).eval()
-        specs.append(ModelSpec(label, pixel_model, cfg, ckpt))
+        architecture = getattr(model, 'pretrained_cfg', {}).get('architecture') or name or type(model).__name__
+        specs.append(ModelSpec(label, pixel_model, cfg, ckpt, architecture))
     return specs
 
 
@@ -247,6 +251,11 @@ class Evaluator:
         with open(os.path.join(output, 'report.md'), 'w') as f:
             f.write(markdown_report(self.results, config))
         names = ['results.json', 'report.md', 'sweep.csv', 'robust_curve.png']
+        for spec, result in zip(self.specs, self.results):
+            info = robustbench_model_info(result, config, spec.architecture)
+            if info is not None:
+                names.append(f'robustbench_{spec.label}.json')
+                write_json(os.path.join(output, names[-1]), info)
         return [n for n in names if os.path.exists(os.path.join(output, n))] + [f'flags_{k}.pt' for k in self.flags]
 
     def close(self) -> None:
