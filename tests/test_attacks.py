@@ -126,3 +126,42 @@ def test_margin_and_dlr_by_hand():
     # DLR: (max_{i≠y} z_i − z_y) / (z_π1 − z_π3)
     torch.testing.assert_close(dlr_loss(logits, y), torch.tensor([-2.0 / 3.0, 2.0 / 1.5]))
     torch.testing.assert_close(dlr_loss(logits * 5 + 3, y), dlr_loss(logits, y))
+
+
+def _pgd_l2_reference(model, images, labels, eps, alpha, steps):
+    """L2 PGD as torchattacks' PGDL2.forward writes it (without its random start): unit-L2 gradient steps of
+    ``alpha``, the perturbation rescaled onto the ε ball, the image clipped to [0, 1]."""
+    adv = images.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        cost = torch.nn.functional.cross_entropy(model(adv), labels)
+        grad = torch.autograd.grad(cost, adv)[0]
+        grad_norms = grad.flatten(1).norm(p=2, dim=1) + 1e-10
+        adv = adv.detach() + alpha * grad / grad_norms.view(-1, 1, 1, 1)
+        delta = adv - images
+        factor = torch.min(eps / delta.flatten(1).norm(p=2, dim=1), torch.ones(delta.shape[0], dtype=delta.dtype))
+        adv = torch.clamp(images + delta * factor.view(-1, 1, 1, 1), 0, 1).detach()
+    return adv
+
+
+def test_l2_pgd_is_torchattacks_pgdl2_in_float64():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 5)).double()
+    x = torch.rand(6, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    ours = pgd_attack(model, x, y, eps=0.5, step_size=0.2, steps=7, random_start=False, norm='L2')
+    reference = _pgd_l2_reference(model, x, y, eps=0.5, alpha=0.2, steps=7)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-9)
+    assert ((ours - x).flatten(1).norm(dim=1) <= 0.5 + 1e-9).all()
+
+
+def test_l2_random_start_lies_in_the_ball_and_the_box():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x = torch.rand(32, 3, 8, 8)
+    adv = pgd_attack(model, x, torch.zeros(32, dtype=torch.long), eps=1.5, step_size=0.1, steps=1, norm='L2')
+    norms = (adv - x).flatten(1).norm(dim=1)
+    assert (norms <= 1.5 + 1e-5).all() and norms.min() < 1.2 and adv.min() >= 0 and adv.max() <= 1
+    with pytest.raises(ValueError, match="Unknown threat model 'L1'"):
+        pgd_attack(model, x, torch.zeros(32, dtype=torch.long), eps=1.0, step_size=0.1, steps=1, norm='L1')

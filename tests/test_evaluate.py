@@ -300,3 +300,23 @@ def test_the_sample_is_set_beside_the_whole_split_unless_asked_not_to(natural_ch
     assert split['num_samples'] == len(dataset) == 359 and split['clean_accuracy'] == pytest.approx(expected)
     assert eval_main([*argv, '--no-split-accuracy', '--output', str(tmp_path / 'without')]) == 0
     assert 'split' not in json.load(open(tmp_path / 'without' / 'results.json'))['models'][0]
+
+
+def test_cli_evaluates_in_an_l2_ball(natural_checkpoint, tmp_path, capsys):
+    """--norm L2: the PGD sweep and AutoAttack in L2 balls, radii beyond one pixel's range allowed; the sweep is
+    monotone in ε and RobustBench's entry names the threat model."""
+    ckpt, data = natural_checkpoint
+    out = tmp_path / 'l2'
+    assert eval_main(['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--num-samples', '6',
+                      '--norm', 'L2', '--eps', '0', '0.5', '2', '--steps', '3', '--autoattack', '--aa-eps', '2',
+                      '--output', str(out), '--no-progress', '--device', 'cpu', '--no-split-accuracy']) == 0
+    model = json.load(open(out / 'results.json'))['models'][0]
+    assert model['sweep']['norm'] == 'L2' and model['autoattack']['norm'] == 'L2'
+    accuracy = model['sweep']['accuracy']
+    assert accuracy[0] >= accuracy[1] >= accuracy[2] and model['autoattack']['robust_accuracy'] <= accuracy[0]
+    info = json.load(open(out / f"robustbench_{model['label']}.json"))
+    assert info['threat_model'] == 'L2' and info['eps'] == '2'
+    assert 'PGD (L2) 0:' in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an L∞ radius beyond the pixel range is still a usage error
+        eval_main(['--checkpoint', ckpt, '--dataset', 'demo/digits', '--data-dir', data, '--eps', '0', '2'])
+    assert 'outside [0, 1]' in capsys.readouterr().err

@@ -12,10 +12,11 @@ from typing import Any, Dict, List, Optional
 import torch.distributed as dist
 import yaml
 
-from ..core.attacks import PGD_STEP_FACTOR
+from ..core.attacks import PGD_STEP_FACTOR, THREAT_MODELS
 from ..core.values import attack_count, attack_radius, number, pixel_amount
 from ..evaluate import DEFAULT_SWEEP_EPS, list_checks
 from ..evaluate.interval import format_accuracy
+from ..evaluate.report import format_eps
 from ..evaluate.pipeline import Evaluator
 from ..models.loading import ModelError
 from ..recipes import config_path
@@ -43,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-split-accuracy', action='store_true',
                         help='with --num-samples: skip the clean pass over the whole split that the summary sets '
                              'beside the sample (one forward pass per image: minutes for ImageNet on a CPU)')
+    group = parser.add_argument_group('Threat model')
+    group.add_argument('--norm', default='Linf', choices=list(THREAT_MODELS),
+                       help='the ball the PGD sweep and AutoAttack attack in: L∞ (ε in (0, 1] pixel units, e.g. 4/255) '
+                            'or L2 (ε the L2 length in pixel units, e.g. 0.5 on CIFAR, 3 on ImageNet) (default: Linf)')
     group = parser.add_argument_group('PGD sweep')
-    group.add_argument('--eps', type=pixel_amount, nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
+    group.add_argument('--eps', type=number(0), nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
                        help='ε values of the curve (default: 0..32/255, 16 points)')
     group.add_argument('--steps', type=attack_count, default=100, help='PGD steps per attack (default: 100)')
     group.add_argument('--restarts', type=attack_count, default=1, help='random restarts per loss (default: 1)')
@@ -55,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-sweep', action='store_true', help='skip the PGD sweep')
     group = parser.add_argument_group('AutoAttack')
     group.add_argument('--autoattack', action='store_true', help="run AutoAttack (needs 'pyautoattack')")
-    group.add_argument('--aa-eps', type=attack_radius, nargs='+', default=[4 / 255], metavar='EPS',
+    group.add_argument('--aa-eps', type=number(0, low_open=True), nargs='+', default=[4 / 255], metavar='EPS',
                        help='AutoAttack ε, one run per value (default: 4/255)')
     group.add_argument('--aa-version', default='standard', choices=('standard', 'plus', 'rand'),
                        help="AutoAttack version (default: standard)")
@@ -90,10 +95,14 @@ def _print_summary(models: List[Dict[str, Any]]) -> None:
         if 'split' in m:
             parts[0] += f" (whole split: {m['split']['clean_accuracy']:.1f}% of {m['split']['num_samples']})"
         if 'sweep' in m:
-            parts.append('PGD ' + ' '.join(f'{e * 255:g}:{a:.1f}' for e, a in zip(m['sweep']['eps'],
-                                                                                m['sweep']['accuracy'])))
+            norm = m['sweep'].get('norm', 'Linf')  # L∞ ε in 255ths, L2 as its length
+            points = ' '.join(f"{e * 255 if norm == 'Linf' else e:g}:{a:.1f}"
+                              for e, a in zip(m['sweep']['eps'], m['sweep']['accuracy']))
+            parts.append(('PGD ' if norm == 'Linf' else f'PGD ({norm}) ') + points)
         for aa in m.get('autoattack_by_eps') or ([m['autoattack']] if 'autoattack' in m else []):
-            parts.append(f"AutoAttack {aa['eps'] * 255:g}/255 {format_accuracy(aa['robust_accuracy'], n)}")
+            norm = aa.get('norm', 'Linf')
+            parts.append(f"AutoAttack {'' if norm == 'Linf' else norm + ' '}{format_eps(aa['eps'], norm)} "
+                         f"{format_accuracy(aa['robust_accuracy'], n)}")
         if 'sanity' in m:
             parts.append(m['sanity']['verdict'])
         print('  ' + ' | '.join(parts))
@@ -108,6 +117,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dry_run:
         print(yaml.safe_dump(vars(args), sort_keys=False), end='')
         return 0
+    if args.norm == 'Linf':  # pixel units: an L∞ radius is at most the pixel range
+        for flag, values, check in (('--eps', args.eps, pixel_amount), ('--aa-eps', args.aa_eps, attack_radius)):
+            for value in values:
+                try:
+                    check(value)
+                except argparse.ArgumentTypeError as e:
+                    parser.error(f'argument {flag}: {e}')
+    elif args.sanity:
+        parser.error('--sanity checks an L∞ evaluation (its checks compare sign steps, FGSM and L2 directions in the '
+                     'L∞ ball): drop it, or evaluate with --norm Linf')
     if not (args.autoattack or args.sanity) and args.no_sweep:
         parser.error('nothing to do: --no-sweep without --autoattack or --sanity')
     if not args.no_sweep and not any(eps > 0 for eps in args.eps):

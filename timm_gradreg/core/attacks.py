@@ -7,6 +7,7 @@ when the model already takes pixels (normalization inside, the evaluation
 convention). The model is put in eval mode for the attack and every module's own
 mode is restored afterwards. Adversarial training and evaluation share this code.
 """
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
@@ -21,7 +22,7 @@ from .normalization import PixelSpace
 __all__ = [
     'ATTACK_LOSSES', 'register_attack_loss', 'get_attack_loss', 'list_attack_losses',
     'cross_entropy_per_sample', 'margin_loss', 'dlr_loss', 'pgd_attack', 'fgsm_attack', 'STEP_DIRECTIONS',
-    'ITERATE_SELECTIONS', 'pgd_step_size',
+    'ITERATE_SELECTIONS', 'pgd_step_size', 'ThreatModel', 'THREAT_MODELS',
 ]
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -95,6 +96,47 @@ def _l2_direction(grad: torch.Tensor) -> torch.Tensor:
 STEP_DIRECTIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {'sign': _sign_direction, 'l2': _l2_direction}
 
 
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each sample, shaped to broadcast over it."""
+    return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.ndim - 1))
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An Lp ball of radius ε around the image: where PGD starts, which way it steps, how it projects back."""
+    start: Callable[[torch.Tensor, float, Optional[torch.Generator]], torch.Tensor]
+    direction: Callable[[torch.Tensor], torch.Tensor]
+    project: Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _linf_start(delta: torch.Tensor, eps: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return delta.uniform_(-eps, eps, generator=generator)
+
+
+def _l2_start(delta: torch.Tensor, eps: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """A uniform direction at a radius uniform in [0, ε] (as torchattacks' and robustness' L2 PGD start)."""
+    delta.normal_(generator=generator)
+    radius = torch.empty(delta.shape[0], device=delta.device, dtype=delta.dtype).uniform_(0, 1, generator=generator)
+    return delta * (radius.view(-1, *[1] * (delta.ndim - 1)) * eps / _per_sample_norm(delta).clamp_min(1e-12))
+
+
+def _unit_l2(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient scaled to unit L2 norm per sample (steepest ascent for an L2 ball)."""
+    return grad / _per_sample_norm(grad).clamp_min(1e-12)
+
+
+def _l2_project(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    return delta * (eps / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+
+
+#: The threat models PGD attacks in: 'Linf' (sign steps, clipped to the box) and 'L2' (unit-norm gradient steps,
+#: rescaled onto the ball); both then clipped to the [0, 1] pixel range.
+THREAT_MODELS: Dict[str, ThreatModel] = {
+    'Linf': ThreatModel(_linf_start, _sign_direction, lambda delta, eps: delta.clamp(-eps, eps)),
+    'L2': ThreatModel(_l2_start, _unit_l2, _l2_project),
+}
+
+
 def _improves_per_sample(values: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     return values > best
 
@@ -137,23 +179,25 @@ def pgd_attack(
         loss: Union[str, AttackLoss] = 'ce',
         select: str = 'last',
         direction: str = 'sign',
+        norm: str = 'Linf',
         generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Untargeted L∞ PGD; returns adversarial inputs in the same space as ``inputs``.
+    """Untargeted PGD in an L∞ or L2 ball; returns adversarial inputs in the same space as ``inputs``.
 
     Args:
         model: Classifier taking inputs in ``space`` (normalized) or pixels if ``space`` is None.
         inputs: Clean batch [B, C, H, W].
         target: Class indices [B] or soft targets [B, K].
-        eps: L∞ radius in [0, 1] pixel units (e.g. 4/255).
-        step_size: Pixel-space step per iteration (e.g. 1/255).
+        eps: The ball's radius in [0, 1] pixel units (L∞: e.g. 4/255; L2: e.g. 0.5 for CIFAR, 3 for ImageNet).
+        step_size: Pixel-space step per iteration (L∞: each pixel's step; L2: the step's L2 length).
         steps: Number of signed-gradient steps (1 with random start is FGSM-RS).
         space: Normalization the model expects; None means the model takes pixels.
         random_start: Start from a uniform point in the ε-ball.
         loss: Per-sample loss to ascend: 'ce', 'margin', 'dlr' or a callable.
         select: Which iterate to return: 'last', 'sample' (each sample's highest-loss one) or 'batch'
             (the one of highest batch-mean loss), see ``ITERATE_SELECTIONS``.
-        direction: 'sign' (PGD) or 'l2' (normalized gradient, then projected: a weaker L∞ attack).
+        direction: Under L∞: 'sign' (PGD) or 'l2' (normalized gradient, then projected: a weaker L∞ attack).
+        norm: The threat model, 'Linf' or 'L2' (``THREAT_MODELS``).
         generator: Optional RNG for the random start.
 
     A model whose output does not depend on its input through autograd (e.g. a detached
@@ -166,16 +210,19 @@ def pgd_attack(
         raise ValueError(f"Unknown iterate selection {select!r}; valid: {', '.join(ITERATE_SELECTIONS)}")
     if direction not in STEP_DIRECTIONS:
         raise ValueError(f"Unknown step direction {direction!r}; valid: {', '.join(STEP_DIRECTIONS)}")
+    if norm not in THREAT_MODELS:
+        raise ValueError(f"Unknown threat model {norm!r}; valid: {', '.join(THREAT_MODELS)}")
+    threat = THREAT_MODELS[norm]
     space = space or _identity_space()
     loss_fn = get_attack_loss(loss)
-    step_direction = STEP_DIRECTIONS[direction]
+    step_direction = STEP_DIRECTIONS[direction] if norm == 'Linf' else threat.direction
     x_pix = space.to_pixel(inputs.detach()).clamp(0.0, 1.0)
     if eps == 0 or steps == 0:
         return space.to_normalized(x_pix)
 
     delta = torch.zeros_like(x_pix)
     if random_start:
-        delta.uniform_(-eps, eps, generator=generator)
+        delta = threat.start(delta, eps, generator)
         delta = (x_pix + delta).clamp(0.0, 1.0) - x_pix
     best_delta, best_value = delta.clone(), None
     keep_best = select != 'last'
@@ -195,7 +242,7 @@ def pgd_attack(
                 if scoring_only:
                     break
             grad = _input_grad(values, delta)
-            delta = (delta.detach() + step_size * step_direction(grad)).clamp(-eps, eps)
+            delta = threat.project(delta.detach() + step_size * step_direction(grad), eps)
             delta = (x_pix + delta).clamp(0.0, 1.0) - x_pix
     final = best_delta if keep_best else delta.detach()
     return space.to_normalized(x_pix + final).detach()

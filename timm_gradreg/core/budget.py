@@ -15,11 +15,16 @@ class AttackBudgetError(ValueError):
     """An attack budget that cannot attack (radius or step <= 0, or fewer than one step, restart, query)."""
 
 
-def check_attack_radius(value: float, what: str = 'ε') -> float:
-    """``value`` if it is a radius or step an attack can move by: in (0, 1] pixel units."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1):
-        raise AttackBudgetError(f'{what} {value:g} cannot attack: give a value in (0, 1] pixel units, e.g. 4/255'
-                                if isinstance(value, (int, float)) else f'{what} must be a number, got {value!r}')
+def check_attack_radius(value: float, what: str = 'ε', norm: str = 'Linf') -> float:
+    """``value`` if it is a radius or step an attack can move by: in (0, 1] pixel units for an L∞ ball, > 0 for an
+    L2 ball (whose radius over a whole image exceeds one pixel's range, e.g. 3 on ImageNet)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise AttackBudgetError(f'{what} must be a number, got {value!r}')
+    high = 1.0 if norm == 'Linf' else math.inf
+    if not (math.isfinite(value) and 0 < value <= high):
+        allowed = '(0, 1] pixel units, e.g. 4/255' if norm == 'Linf' else f'> 0 (the {norm} length in pixel units)'
+        raise AttackBudgetError(f'{what} {value:g} cannot attack: give a value in {allowed}'
+                                if norm == 'Linf' else f'{what} {value:g} cannot attack: give a value {allowed}')
     return float(value)
 
 
@@ -32,11 +37,11 @@ def check_attack_count(value: int, what: str = 'steps') -> int:
 
 def check_attack_budget(*, eps: Optional[float] = None, step_size: Optional[float] = None,
                         steps: Optional[int] = None, restarts: Optional[int] = None,
-                        queries: Optional[int] = None) -> None:
+                        queries: Optional[int] = None, norm: str = 'Linf') -> None:
     """Refuse any given part of a budget that cannot attack (None: that part is not used)."""
     for name, value in (('ε', eps), ('step size', step_size)):
         if value is not None:
-            check_attack_radius(value, name)
+            check_attack_radius(value, name, norm)
     for name, value in (('steps', steps), ('restarts', restarts), ('queries', queries)):
         if value is not None:
             check_attack_count(value, name)

@@ -144,7 +144,7 @@ def run_autoattack(
         show_progress: A progress display per model forward pass (attacks run in chunks of
             ``batch_size``, exactly the batches AutoAttack would form, so results are unchanged).
     """
-    check_attack_budget(eps=eps, queries=square_queries)
+    check_attack_budget(eps=eps, queries=square_queries, norm=norm)
     backend, cls = autoattack_backend()
     device = device or x.device
     model.eval()

@@ -147,6 +147,7 @@ def evaluate_model(spec: ModelSpec, args: argparse.Namespace, device: torch.devi
     torch.manual_seed(args.seed + rank)
     if not args.no_sweep:
         config = PGDSweepConfig(eps=args.eps, steps=args.steps, restarts=args.restarts, losses=args.losses,
+                                norm=getattr(args, 'norm', 'Linf'),
                                 step_size_factor=args.step_size_factor)
         sweep = _finished_sweep(args, spec, rank, config, indices)
         if sweep is None:
@@ -155,21 +156,24 @@ def evaluate_model(spec: ModelSpec, args: argparse.Namespace, device: torch.devi
         order, (clean, robust) = gather_rows(mine, sweep.clean, sweep.robust)
         result['clean_accuracy'] = 100.0 * clean.float().mean().item()
         result['sweep'] = {'eps': sweep.eps, 'accuracy': [100.0 * r.float().mean().item() for r in robust],
-                           'steps': args.steps, 'losses': list(args.losses), 'restarts': args.restarts}
+                           'steps': args.steps, 'losses': list(args.losses), 'restarts': args.restarts,
+                           'norm': config.norm}
         flags.update(indices=order, clean=clean, sweep_robust=robust, sweep_eps=sweep.eps)
     if args.autoattack:
         x, y = load_batches(loader, device)
         runs = []
         for eps in args.aa_eps:
-            tag = '' if len(args.aa_eps) == 1 else f'_eps{eps * 255:g}'
+            tag = '' if len(args.aa_eps) == 1 else f'_eps{eps * 255:g}'  # the file name keeps its 255ths
             state = os.path.join(args.output, f'autoattack_{spec.label}{tag}_rank{rank}.json') if args.output else None
-            aa = run_autoattack(spec.model, x, y, eps=eps, version=args.aa_version,
+            norm = getattr(args, 'norm', 'Linf')
+            aa = run_autoattack(spec.model, x, y, eps=eps, version=args.aa_version, norm=norm,
                                 batch_size=args.aa_batch_size or args.batch_size, device=device, seed=args.seed,
-                                state_path=state, show_progress=show, desc=f'{spec.label} AutoAttack {eps * 255:g}/255')
+                                state_path=state, show_progress=show, desc=f'{spec.label} AutoAttack {norm} {eps:g}')
             order, (clean, robust) = gather_rows(mine, aa.clean, aa.robust)
             result.setdefault('clean_accuracy', 100.0 * clean.float().mean().item())
             accuracy = 100.0 * robust.float().mean().item()
-            runs.append({'eps': eps, 'version': args.aa_version, 'backend': aa.backend, 'robust_accuracy': accuracy,
+            runs.append({'eps': eps, 'norm': norm, 'version': args.aa_version, 'backend': aa.backend,
+                         'robust_accuracy': accuracy,
                          'ci95': list(wilson_interval(accuracy, robust.numel())),
                          'after_each_attack': aa.per_attack if world == 1 else None})
             flags.update({'indices': order, 'aa_clean': clean, f'aa_robust{tag}': robust})

@@ -17,16 +17,22 @@ def write_sweep_csv(path: str, models: List[Dict[str, Any]]) -> None:
                 writer.writerow([m['label'], f'{eps:.6f}', f'{eps * 255:g}', f'{acc:.2f}', m['num_samples']])
 
 
+def format_eps(eps: float, norm: str = 'Linf') -> str:
+    """ε as the field writes it: in 255ths for L∞ ('4/255'), as the L2 length otherwise ('0.5')."""
+    return f'{eps * 255:g}/255' if norm == 'Linf' else f'{eps:g}'
+
+
 def plot_robust_curves(path: str, models: List[Dict[str, Any]], title: str = '') -> None:
     """Robust top-1 vs ε (in 1/255), one line per model (paper Fig. 2)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
+    norm = models[0]['sweep'].get('norm', 'Linf')
     for m in models:
-        eps = [e * 255 for e in m['sweep']['eps']]
+        eps = [e * 255 if norm == 'Linf' else e for e in m['sweep']['eps']]
         ax.plot(eps, m['sweep']['accuracy'], marker='o', markersize=3, label=m['label'])
-    ax.set_xlabel('ε (×1/255, L∞)')
+    ax.set_xlabel('ε (×1/255, L∞)' if norm == 'Linf' else f'ε ({norm} length, pixel units)')
     ax.set_ylabel('top-1 accuracy under PGD (%)')
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
@@ -46,10 +52,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
 def markdown_report(models: List[Dict[str, Any]], config: Dict[str, Any]) -> str:
     lines = ['# Robustness evaluation', '',
              f"{models[0]['num_samples']} samples of `{config['dataset'] or config['data_dir']}` "
-             f"({config['split']}, subset seed {config['subset_seed']}); L∞, inputs in [0, 1], model in eval mode, "
-             'fp32.', '']
+             f"({config['split']}, subset seed {config['subset_seed']}); {config.get('norm', 'Linf')}, inputs in [0, 1], "
+             'model in eval mode, fp32.', '']
     sweep_eps = next((m['sweep']['eps'] for m in models if 'sweep' in m), [])
-    header = ['model', 'clean'] + [f'PGD ε={e * 255:g}/255' for e in sweep_eps if e > 0]
+    norm = config.get('norm', 'Linf')
+    header = ['model', 'clean'] + [f'PGD ε={format_eps(e, norm)}' for e in sweep_eps if e > 0]
     with_aa = any(m.get('autoattack') for m in models)
     if with_aa:
         header.append('AutoAttack')
@@ -63,7 +70,7 @@ def markdown_report(models: List[Dict[str, Any]], config: Dict[str, Any]) -> str
         if with_aa:
             runs = m.get('autoattack_by_eps') or ([m['autoattack']] if m.get('autoattack') else [])
             row.append('; '.join(f"{aa['robust_accuracy']:.2f} [{aa['ci95'][0]:.1f}, {aa['ci95'][1]:.1f}] "
-                                 f"(ε={aa['eps'] * 255:g}/255)" for aa in runs) or '—')
+                                 f"(ε={format_eps(aa['eps'], norm)})" for aa in runs) or '—')
         rows.append(row)
     lines += _table(header, rows)
     lines += ['', f"AutoAttack in brackets: the 95% Wilson interval of an accuracy on {models[0]['num_samples']} "

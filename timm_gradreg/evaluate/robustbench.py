@@ -14,9 +14,11 @@ __all__ = ['robustbench_model_info', 'eps_fraction', 'robustbench_dataset']
 _DATASETS = (('cifar100', 'cifar100'), ('cifar10', 'cifar10'), ('imagenet', 'imagenet'))
 
 
-def eps_fraction(eps: float) -> str:
-    """ε as RobustBench writes it: a whole number of 255ths ('4/255'), of 765ths for a third of one ('8/765'), the
-    number otherwise ('0.5')."""
+def eps_fraction(eps: float, norm: str = 'Linf') -> str:
+    """ε as RobustBench writes it: under L∞ a whole number of 255ths ('4/255'), of 765ths for a third of one
+    ('8/765'); the number otherwise ('0.5', and every L2 radius)."""
+    if norm != 'Linf':
+        return f'{eps:g}'
     scaled = Fraction(eps * 255).limit_denominator(1000)
     if abs(float(scaled) - eps * 255) < 1e-9 and scaled.denominator in (1, 3):
         return f'{scaled.numerator}/{255 * scaled.denominator}'
@@ -45,7 +47,7 @@ def robustbench_model_info(result: Dict[str, Any], config: Dict[str, Any], archi
         'dataset': robustbench_dataset(config.get('dataset', ''), config.get('subset', 'seeded')),
         'threat_model': autoattack.get('norm', 'Linf'),
         'architecture': architecture,
-        'eps': eps_fraction(autoattack['eps']),
+        'eps': eps_fraction(autoattack['eps'], autoattack.get('norm', 'Linf')),
         'clean_acc': f"{result['clean_accuracy']:.2f}",
         'reported': f"{autoattack['robust_accuracy']:.2f}",
         'autoattack_acc': f"{autoattack['robust_accuracy']:.2f}",

@@ -32,14 +32,17 @@ class PGDSweepConfig:
     restarts: int = 1
     losses: Sequence[str] = ('ce', 'dlr')
     step_size_factor: float = PGD_STEP_FACTOR
+    norm: str = 'Linf'
 
     def __post_init__(self):
         check_attack_budget(steps=self.steps, restarts=self.restarts)
         if not self.step_size_factor > 0:
             raise AttackBudgetError(f'step size factor {self.step_size_factor:g} cannot attack: give a value > 0')
-        if any(not 0 <= e <= 1 for e in self.eps) or not any(e > 0 for e in self.eps):
-            raise AttackBudgetError(f"ε list {[float(e) for e in self.eps]} attacks nothing: give values in [0, 1] "
-                                    'pixel units, at least one of them > 0 (0 is the clean point)')
+        high = 1.0 if self.norm == 'Linf' else float('inf')
+        if any(not 0 <= e <= high for e in self.eps) or not any(e > 0 for e in self.eps):
+            raise AttackBudgetError(f"ε list {[float(e) for e in self.eps]} attacks nothing: give values in "
+                                    f"{'[0, 1]' if self.norm == 'Linf' else '[0, ∞)'} pixel units, at least one of "
+                                    'them > 0 (0 is the clean point)')
         if not self.losses:
             raise AttackBudgetError('no attack loss: give at least one of ce, dlr, margin')
 
@@ -83,6 +86,7 @@ def worst_case_correct(
         restarts: int = 1,
         losses: Sequence[str] = ('ce',),
         direction: str = 'sign',
+        norm: str = 'Linf',
         still_correct: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Boolean [B]: correct under every attack (each loss × restart). Pixel-space model and inputs."""
@@ -96,7 +100,7 @@ def worst_case_correct(
             if idx.numel() == 0:
                 return correct
             adv = pgd_attack(model, x[idx], y[idx], eps=eps, step_size=step_size, steps=steps, loss=loss,
-                             random_start=True, direction=direction)
+                             random_start=True, direction=direction, norm=norm)
             correct[idx] = _correct(model, adv, y[idx])
     return correct
 
@@ -132,7 +136,8 @@ def pgd_sweep(
             previous = ok
             for i, e in enumerate(eps):
                 previous = worst_case_correct(model, x, y, e, steps=config.steps, step_size=config.step_size(e),
-                                              restarts=config.restarts, losses=losses, still_correct=previous)
+                                              restarts=config.restarts, losses=losses, norm=config.norm,
+                                              still_correct=previous)
                 robust[i].append(previous.cpu())
             bar.advance_to(batch_end)  # attacks skipped once no sample was left
     return SweepResult(eps=eps, clean=torch.cat(clean), robust=torch.stack([torch.cat(r) for r in robust]))

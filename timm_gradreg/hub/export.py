@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..evaluate.interval import wilson_interval
+from ..evaluate.report import format_eps
 from ..models.layouts import CheckpointLayoutError, read_checkpoint
 from ..models.loading import ModelError, load_eval_model
 
@@ -123,16 +124,18 @@ def model_card(name: str, model_args: Dict[str, Any], data_config: Dict[str, Any
         return '\n'.join(lines)
     model, config = evaluation['model'], evaluation['config']
     n = model['num_samples']
-    rows = ['| attack | ε (L∞, [0, 1] pixels) | images | accuracy % [95% Wilson] |', '|---|---|---|---|',
+    norm = config.get('norm', 'Linf')
+    rows = [f'| attack | ε ({norm}, [0, 1] pixels) | images | accuracy % [95% Wilson] |', '|---|---|---|---|',
             f"| clean | 0 | {n} | {_accuracy(model['clean_accuracy'], n)} |"]
     sweep = model.get('sweep')
     if sweep:
         for eps, acc in zip(sweep['eps'], sweep['accuracy']):
             if eps > 0:
                 rows.append(f"| PGD-{sweep['steps']} ({'+'.join(sweep['losses'])}, {sweep['restarts']} restart"
-                            f"{'s' if sweep['restarts'] > 1 else ''}) | {eps * 255:g}/255 | {n} | {_accuracy(acc, n)} |")
+                            f"{'s' if sweep['restarts'] > 1 else ''}) | {format_eps(eps, sweep.get('norm', 'Linf'))} | "
+                            f"{n} | {_accuracy(acc, n)} |")
     for run in model.get('autoattack_by_eps') or ([model['autoattack']] if model.get('autoattack') else []):
-        rows.append(f"| AutoAttack {run['version']} | {run['eps'] * 255:g}/255 | {n} | "
+        rows.append(f"| AutoAttack {run['version']} | {format_eps(run['eps'], run.get('norm', 'Linf'))} | {n} | "
                     f"{_accuracy(run['robust_accuracy'], n)} |")
     if model.get('split'):
         rows.append(f"| clean, whole split | 0 | {model['split']['num_samples']} | "
