@@ -91,9 +91,9 @@ def test_fd_follows_the_variants_penalty(options, batch):
     model = TinyNet().eval()
     x, y = batch
     grads = []
-    for impl in ('double_backprop', 'fd'):
+    for impl, own in (('double_backprop', {}), ('fd', {'fd_step': 0.01})):
         task = create_task('gradnorm', model, ce_weight=0.0, gn_weight=1.0, warmup_epochs=0, impl=impl,
-                           fd_step=0.01, verbose=False, **options)
+                           verbose=False, **own, **options)
         model.zero_grad()
         task(x, y)['loss'].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -327,9 +327,9 @@ def test_fd_loss_value_is_the_penalized_loss(batch):
     model = TinyNet().eval()
     x, y = batch
     values = {}
-    for impl in ('double_backprop', 'fd'):
-        task = create_task('gradnorm', model, ce_weight=0.5, gn_weight=2.0, warmup_epochs=0, impl=impl, fd_step=1.0,
-                           verbose=False)
+    for impl, own in (('double_backprop', {}), ('fd', {'fd_step': 1.0})):
+        task = create_task('gradnorm', model, ce_weight=0.5, gn_weight=2.0, warmup_epochs=0, impl=impl,
+                           verbose=False, **own)
         out = task(x, y)
         values[impl] = out['loss'].detach()
         torch.testing.assert_close(out['loss'].detach(), 0.5 * out['ce'] + 2.0 * out['penalty'])

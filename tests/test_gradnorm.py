@@ -146,8 +146,9 @@ def test_gradnorm_penalty_backpropagates_to_parameters(tiny_net, batch):
 def test_gradnorm_input_variants_change_where_the_penalty_is_taken(tiny_net, batch, inputs):
     x, y = batch
     clean = create_task('gradnorm', tiny_net, warmup_epochs=0, verbose=False)
-    variant = create_task('gradnorm', tiny_net, warmup_epochs=0, inputs=inputs, noise_std=0.05,
-                          attack_eps=0.05, attack_step_size=0.02, attack_warmup_epochs=0, verbose=False)
+    own = {'noise': dict(noise_std=0.05),
+           'pgd': dict(attack_eps=0.05, attack_step_size=0.02, attack_warmup_epochs=0)}[inputs]  # each part its own
+    variant = create_task('gradnorm', tiny_net, warmup_epochs=0, inputs=inputs, verbose=False, **own)
     torch.manual_seed(0)
     a, b = clean(x, y), variant(x, y)
     assert not torch.allclose(a['penalty'], b['penalty'])
