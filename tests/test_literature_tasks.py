@@ -96,6 +96,44 @@ def _check_against(task, model, x, y, reference, seed=1):
 MODES = pytest.mark.parametrize('train', [True, False], ids=['batchnorm-train', 'batchnorm-frozen'])
 
 
+# --- N-FGSM: pdejorge/N-FGSM, train.py (the training loop) -----------------------------------------------
+def _nfgsm_reference(model, X, y, epsilon, alpha, unif, clip, std, lower_limit, upper_limit):
+    """The authors' step in normalized units (their data_utils: ε and α divided by the std per channel), the model
+    in its own mode throughout."""
+    eta = torch.zeros_like(X)
+    if unif > 0:
+        for j in range(len(epsilon)):
+            eta[:, j, :, :].uniform_(-unif * epsilon[j][0][0].item(), unif * epsilon[j][0][0].item())
+        eta = torch.max(torch.min(eta, upper_limit - X), lower_limit - X)
+    eta.requires_grad = True
+    output = model(X + eta)
+    loss = F.cross_entropy(output, y)
+    grad = torch.autograd.grad(loss, eta)[0]
+    grad = grad.detach()
+    delta = eta + alpha * torch.sign(grad)
+    delta = torch.max(torch.min(delta, upper_limit - X), lower_limit - X)
+    if clip is not None:
+        delta = torch.max(torch.min(delta, clip), -clip)
+    delta = delta.detach()
+    output = model(X + delta)
+    return F.cross_entropy(output, y)
+
+
+@MODES
+@pytest.mark.parametrize('clip', [None, 1.0], ids=['no-clip', 'clip-eps'])
+def test_nfgsm_equals_the_authors_training_step(train, clip):
+    model, pixels, y, normalize = _bn_setup(train)
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(3, 1, 1)
+    epsilon, alpha = (8 / 255) / std, (8 / 255) / std  # their defaults: --epsilon 8, --alpha 8, --unif 2
+    lower_limit, upper_limit = (0 - mean) / std, (1 - mean) / std
+    task = create_task('nfgsm', model, eps=8 / 255, clip=clip, mean=MEAN, std=STD, verbose=False)
+    assert task.noise == 2.0 and task.step_size == pytest.approx(8 / 255)
+    X = normalize(pixels)
+    _check_against(task, model, X, y, lambda: _nfgsm_reference(
+        model, X, y, epsilon, alpha, 2.0, None if clip is None else clip * epsilon, std, lower_limit, upper_limit))
+
+
 # --- IGR: dtak/adversarial-robustness-public, neural_network.py ------------------------------------------
 def _igr_reference(model, X, y, l2dbl):
     """loss_function(l2_double_backprop=l2dbl): cross_entropy (batch mean) + l2dbl·tf.nn.l2_loss(
@@ -396,10 +434,10 @@ def test_gradnorm_strategy_options_are_checked(options, message):
 
 
 @pytest.mark.parametrize('options', [['--gradreg', 'trades', '--trades-steps', '2'], ['--gradreg', 'igr'],
-                                     ['--gradreg', 'gradalign'], ['--gradreg', 'cure'],
+                                     ['--gradreg', 'gradalign'], ['--gradreg', 'cure'], ['--gradreg', 'nfgsm'],
                                      ['--gradreg', 'gradnorm', '--gn-penalty-fraction', '0.5', '--gn-every', '2',
                                       '--gn-resolution', '0.5']],
-                         ids=['trades', 'igr', 'gradalign', 'cure', 'gradnorm-cheap'])
+                         ids=['trades', 'igr', 'gradalign', 'cure', 'nfgsm', 'gradnorm-cheap'])
 def test_each_trains_in_timm_train(options, tmp_path):
     from timm_gradreg.cli.train import main as train_main
     from helpers import tiny_train_argv, write_image_folder

@@ -41,6 +41,7 @@ METHODS: Dict[str, BenchMethod] = {
     'edge': BenchMethod('edge', 5, compilable=False),
     'pgd': BenchMethod('pgd', 8, {'steps': 3}, recipe='advtrain'),
     'fgsm': BenchMethod('fgsm', 4, recipe='advtrain'),
+    'nfgsm': BenchMethod('nfgsm', 4, recipe='advtrain', train_flags=('--nfgsm-eps', '{eps}')),
     'gradnorm-rho50': BenchMethod('gradnorm', 3.5, {'penalty_fraction': 0.5}, compilable=False, recipe='gradnorm'),
     'gradnorm-every2': BenchMethod('gradnorm', 3.5, {'every': 2}, compilable=False, recipe='gradnorm'),
     'gradnorm-every4': BenchMethod('gradnorm', 2.75, {'every': 4}, compilable=False, recipe='gradnorm'),

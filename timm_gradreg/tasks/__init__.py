@@ -17,6 +17,7 @@ from .gradalign import GradAlignTask
 from .gradnorm import GradNormTask, gradnorm_fd_agreement
 from .igr import InputGradientTask
 from .natural import NaturalTask
+from .nfgsm import NFGSMTask
 from .options import FROM_TASK, Option, attack_count, attack_radius, fraction, number, pixel_amount, sigma_value
 from .penalty_gradients import PENALTY_GRADIENTS, DoubleBackprop, FiniteDifference, PenaltyGradientRule, create_penalty_gradient
 from .penalty_inputs import PENALTY_INPUTS, CleanInputs, NoisyInputs, PGDInputs, PenaltyInputs, UniformInputs, create_penalty_inputs
