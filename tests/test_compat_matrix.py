@@ -10,6 +10,9 @@ sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 from compat_matrix import OPTIONS, TASKS as MATRIX_TASKS, Cell, format_matrix, measure_cell, set_floor_tolerances  # noqa: E402,E501
 
+#: a training step of every task under every option, against a float64 step: minutes
+pytestmark = pytest.mark.slow
+
 #: every option (torch.compile's cells take about a minute together on a CPU, with a cold inductor cache)
 OPTION_NAMES = list(OPTIONS)
 

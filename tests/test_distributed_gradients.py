@@ -25,6 +25,9 @@ from timm_gradreg.utils.sharding import fully_shard
 
 from helpers import stock_train_py, tiny_train_argv, write_image_folder
 
+#: several processes under torchrun per case: minutes
+pytestmark = pytest.mark.slow
+
 #: TRADES with its start noise a function of each image (the same however the batch is split across processes).
 PLUGIN = textwrap.dedent('''
     import torch

@@ -8,6 +8,9 @@ from timm_gradreg.data import FASHION_MNIST_FILES, prepare_fashion_mnist, resolv
 
 from helpers import stock_train_py, write_fashion_mnist_subset
 
+#: trainings on Fashion-MNIST
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quick_frontier_writes_json_markdown_and_plot(tmp_path):
     pytest.importorskip('pyautoattack')
     pytest.importorskip('matplotlib')

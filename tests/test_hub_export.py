@@ -13,6 +13,9 @@ from timm_gradreg.train import Trainer, parse_args
 
 from helpers import tiny_train_argv, write_image_folder
 
+#: a training and an evaluation behind the exports
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -13,6 +15,7 @@ def _library_example() -> str:
     return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_library_example_prints_its_progress_and_learns(tmp_path):
     env = {**os.environ, 'TIMM_GRADREG_DATA': str(tmp_path / 'data')}
     out = subprocess.run([sys.executable, '-c', _library_example()], capture_output=True, text=True, env=env,
