@@ -99,11 +99,12 @@ MODES = pytest.mark.parametrize('train', [True, False], ids=['batchnorm-train', 
 # --- N-FGSM: pdejorge/N-FGSM, train.py (the training loop) -----------------------------------------------
 def _nfgsm_reference(model, X, y, epsilon, alpha, unif, clip, std, lower_limit, upper_limit):
     """The authors' step in normalized units (their data_utils: ε and α divided by the std per channel), the model
-    in its own mode throughout."""
+    in its own mode throughout. Their noise loop draws U(−k·ε_c, k·ε_c) a channel at a time; drawn here in one call
+    in the batch's order (as the task draws it), the same distribution."""
     eta = torch.zeros_like(X)
     if unif > 0:
-        for j in range(len(epsilon)):
-            eta[:, j, :, :].uniform_(-unif * epsilon[j][0][0].item(), unif * epsilon[j][0][0].item())
+        eps_pixels = epsilon[0][0][0].item() * std[0][0][0].item()  # ε in pixels, the same for every channel
+        eta = torch.empty_like(X).uniform_(-unif * eps_pixels, unif * eps_pixels) / std
         eta = torch.max(torch.min(eta, upper_limit - X), lower_limit - X)
     eta.requires_grad = True
     output = model(X + eta)

@@ -28,8 +28,9 @@ _OPTIONS = [
 class NFGSMTask(GradRegTask):
     """CE(f(x + η + α·sign(∇ₓℓ(x + η))), y), η ~ U(−k·ε, k·ε)^d, the perturbation not clipped to the ε-ball.
 
-    As the authors' train.py (pdejorge/N-FGSM): the noise is drawn per channel (their loop over channels),
-    clipped so x + η stays in [0, 1]; one signed step of α (ε by default) on the batch-mean CE at x + η; the
+    As the authors' train.py (pdejorge/N-FGSM): the noise, U(−k·ε, k·ε) per pixel (drawn in one call in the
+    batch's order, where their loop draws a channel at a time: the same distribution, and gradient accumulation and
+    DDP then draw what one batch would), clipped so x + η stays in [0, 1]; one signed step of α (ε by default) on the batch-mean CE at x + η; the
     result clipped to [0, 1] only (``clip`` None; a radius c·ε otherwise, c = 1 being FGSM-RS's ball); both
     passes run in the model's own mode (their model stays in train mode), the first on the model without DDP.
     Pixel units throughout.
@@ -56,9 +57,8 @@ class NFGSMTask(GradRegTask):
     def perturb(self, pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The N-FGSM perturbation of ``pixels`` (detached)."""
         eta = torch.zeros_like(pixels)
-        if self.noise > 0:
-            for channel in range(pixels.shape[1]):
-                eta[:, channel].uniform_(-self.noise * self.eps, self.noise * self.eps)
+        if self.noise > 0:  # one draw in the batch's order: micro-batches and processes draw what one batch would
+            eta.uniform_(-self.noise * self.eps, self.noise * self.eps)
             eta = torch.max(torch.min(eta, 1 - pixels), -pixels)
         eta.requires_grad_(True)
         loss = self.criterion(self.attack_model()(self.space.to_normalized(pixels + eta)), target)  # no DDP sync
