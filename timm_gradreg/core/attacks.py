@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.modes import eval_mode, frozen_parameters
-from ..utils.registry import Registry
+from ..utils.registry import Registry, check_choice
 from .input_grad import at_least_fp32
 from .normalization import PixelSpace
 
@@ -206,12 +206,9 @@ def pgd_attack(
     """
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f'eps, step_size and steps must be >= 0, got {eps}, {step_size}, {steps}')
-    if select not in ITERATE_SELECTIONS:
-        raise ValueError(f"Unknown iterate selection {select!r}; valid: {', '.join(ITERATE_SELECTIONS)}")
-    if direction not in STEP_DIRECTIONS:
-        raise ValueError(f"Unknown step direction {direction!r}; valid: {', '.join(STEP_DIRECTIONS)}")
-    if norm not in THREAT_MODELS:
-        raise ValueError(f"Unknown threat model {norm!r}; valid: {', '.join(THREAT_MODELS)}")
+    check_choice('iterate selection', select, ITERATE_SELECTIONS)
+    check_choice('step direction', direction, list(STEP_DIRECTIONS))
+    check_choice('threat model', norm, list(THREAT_MODELS))
     threat = THREAT_MODELS[norm]
     space = space or _identity_space()
     loss_fn = get_attack_loss(loss)

@@ -8,6 +8,7 @@ from ..core.edge_maps import (COSINE_MODES, GradientTeacher, cosine_alignment_lo
 from ..core.input_grad import at_least_fp32, input_gradient, per_sample_loss_sum
 from ..core.schedules import LinearGrowth
 from ..double_backward import double_backward_safe
+from ..utils.registry import check_choice
 from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, number
@@ -128,12 +129,9 @@ class EdgeTask(GradRegTask):
         super().__init__(model, criterion, **kwargs)
         if temperature <= 0:
             raise ValueError(f'temperature must be > 0, got {temperature}')
-        if cosine not in COSINE_MODES:
-            raise ValueError(f'Unknown cosine mode {cosine!r}; valid: {", ".join(COSINE_MODES)}')
-        if target not in EDGE_TARGETS:
-            raise ValueError(f"Unknown edge target {target!r}; valid: {', '.join(EDGE_TARGETS)}")
-        if sampling not in CLASS_SAMPLERS:
-            raise ValueError(f"Unknown class sampling {sampling!r}; valid: {', '.join(CLASS_SAMPLERS)}")
+        check_choice('cosine mode', cosine, list(COSINE_MODES))
+        check_choice('edge target', target, list(EDGE_TARGETS))
+        check_choice('class sampling', sampling, list(CLASS_SAMPLERS))
         self.teacher = create_gradient_teacher(teacher, sigma=teacher_sigma) if isinstance(teacher, str) \
             else create_gradient_teacher(teacher)
         self.temperature = float(temperature)

@@ -6,7 +6,7 @@ with an unknown-name error that lists the valid names and suggests the closest o
 import difflib
 from typing import Dict, Generic, Iterator, List, Optional, Sequence, TypeVar
 
-__all__ = ['Registry', 'close_matches', 'closest', 'closest_hint']
+__all__ = ['Registry', 'close_matches', 'closest', 'closest_hint', 'check_choice']
 
 T = TypeVar('T')
 
@@ -26,6 +26,12 @@ def closest_hint(name: str, valid: Sequence[str]) -> str:
     """" Did you mean 'x'?" for the closest valid name, or ''."""
     close = closest(name, valid)
     return f" Did you mean '{close}'?" if close else ''
+
+
+def check_choice(kind: str, value: object, valid: Sequence[str]) -> None:
+    """Refuse a ``value`` that is not one of ``valid``, naming them (and the closest, if one is close)."""
+    if value not in valid:
+        raise ValueError(f"Unknown {kind} {value!r}; valid: {', '.join(valid)}.{closest_hint(str(value), valid)}")
 
 
 class Registry(Generic[T]):
