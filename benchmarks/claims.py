@@ -255,17 +255,19 @@ def row_masking(src: Sources) -> Optional[Row]:
     flagged = {n: {seed: names for seed, names in c['failed'].items() if names} for n, c in done.items()}
     flagged = {n: f for n, f in flagged.items() if f}
     missing = sorted(set(checks) - set(done))
-    measured = (f"the checklist on seed 0 of {len(done)} of the frontier's {len(checks)} methods (trained again), "
+    measured = (f"the checklist on seed 0 of {len(done)} of the frontier's {len(checks)} methods (trained again; the "
+                f"other seeds where a check failed), "
                 f"{next(iter(done.values()))['samples']} test images each: "
-                + ('; '.join(f"{n} seed {seed}: {', '.join(names)} failed" for n, f in sorted(flagged.items())
-                             for seed, names in sorted(f.items())) if flagged else 'no check failed')
+                + ('; '.join(f"{n}: {', '.join(sorted({x for names in f.values() for x in names}))} failed on "
+                             f"seed{'s' if len(f) > 1 else ''} {', '.join(map(str, sorted(f)))}"
+                             for n, f in sorted(flagged.items())) if flagged else 'no check failed')
                 + (f"; not yet run: {', '.join(missing)}" if missing else ''))
     verdict = ('**holds**: no check failed' if not flagged and not missing else
                '**not decidable** yet: no check failed so far' if not flagged else
                '**not decidable** for ' + ', '.join(sorted(flagged)) + ': a check failed (the records say which '
                'figures), so their white-box figures may overstate robustness')
     if missing:
-        verdict += f"; {len(missing)} methods not checked yet"
+        verdict += f"; {len(missing)} method{'s' if len(missing) > 1 else ''} not checked yet"
     return Row('The robustness measured is not gradient masking',
                'the evaluation protocol: AutoAttack and the checklist of Carlini et al. (2019)', measured, verdict,
                [_rel('checks', '*-s*')])

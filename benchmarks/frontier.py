@@ -378,6 +378,12 @@ def markdown(datasets: Dict[str, dict]) -> str:
                f"{m['autoattack_own']['n']}" for n, m in data['methods'].items() if m.get('autoattack_own')]
         if own:
             lines += ['', f"AutoAttack on the runs' whole samples: {'; '.join(own)}."]
+        flagged = sorted({name for m in data['methods'].values() if m.get('checks')
+                          for names in m['checks']['failed'].values() for name in names})
+        if flagged:
+            lines += ['', 'A failed check means: ' + '; '.join(f'{name}, {check_meaning(name)}' for name in flagged)
+                      + '. AutoAttack (its gradient-free Square attack included) is the figure to read for a flagged '
+                        'method; its PGD-50 may overstate its robustness.']
         gaps = {n: m['checks']['retrained_gap'] for n, m in data['methods'].items()
                 if (m.get('checks') or {}).get('retrained_gap') is not None}
         if gaps:
@@ -537,14 +543,24 @@ def checks_entry(records: Sequence[dict], runs: Sequence[dict]) -> Optional[dict
             'passed': min(len([c for c in rec['checks'] if c['passed']]) for rec in records)}
 
 
+def check_meaning(name: str) -> str:
+    """What a check of the checklist asserts (its docstring's first line, lower-cased)."""
+    from timm_gradreg.evaluate.sanity import describe_check
+    doc = describe_check(name).rstrip('.')
+    return doc[:1].lower() + doc[1:]
+
+
 def _checks_cell(method: dict) -> str:
     checks = method.get('checks')
     if not checks:
         return 'not run'
-    failed = {seed: names for seed, names in checks['failed'].items() if names}
-    if failed:
-        return '; '.join(f"seed {seed}: {', '.join(names)} failed" for seed, names in sorted(failed.items())) + \
-            f" (of seeds {', '.join(map(str, checks['seeds']))})"
+    seeds_of: Dict[str, List[str]] = {}
+    for seed, names in sorted(checks['failed'].items()):
+        for name in names:
+            seeds_of.setdefault(name, []).append(str(seed))
+    if seeds_of:
+        return '; '.join(f"{name} failed on seed{'s' if len(s) > 1 else ''} {', '.join(s)}"
+                         for name, s in seeds_of.items()) + f" (of {', '.join(map(str, checks['seeds']))})"
     seeds = f" on seed{'s' if len(checks['seeds']) > 1 else ''} {', '.join(map(str, checks['seeds']))}"
     return f"{checks['passed']} passed{seeds}" + (f" ({len(checks['skipped'])} skipped)" if checks['skipped'] else '')
 

@@ -17,7 +17,8 @@ from ..core.budget import check_attack_budget
 from ..utils.progress import Progress, count_forwards
 from ..utils.registry import Registry
 
-__all__ = ['CheckResult', 'SanityContext', 'register_check', 'list_checks', 'run_sanity_checks', 'masking_verdict']
+__all__ = ['CheckResult', 'SanityContext', 'register_check', 'list_checks', 'describe_check', 'run_sanity_checks',
+           'masking_verdict']
 
 
 @dataclass
@@ -170,6 +171,11 @@ def _zero_gradients(ctx: SanityContext) -> CheckResult:
     return CheckResult('zero_gradients', fraction <= ctx.max_zero_gradient_fraction,
                        {'zero_gradient_samples': int(zero.sum().item()), 'fraction': fraction},
                        f'{int(zero.sum().item())} of {x.shape[0]} samples have an all-zero input gradient')
+
+
+def describe_check(name: str) -> str:
+    """What the check ``name`` asserts: the first line of its docstring."""
+    return (_CHECKS.get(name).__doc__ or name).strip().splitlines()[0]
 
 
 def run_sanity_checks(ctx: SanityContext, names: Optional[Sequence[str]] = None, show_progress: bool = False,
