@@ -100,9 +100,10 @@ def test_cli_side_by_side_with_figures(tmp_path, capsys):
         assert curvature['normalized_curvature']['n'] == 6 and curvature['hessian_norm']['mean'] > 0
         for kind in ('saliency', 'loss_gradient'):
             assert t['table5_edge_correlation'][kind]['n'] == 6
-    from matplotlib.image import imread
+    assert 'table6_curvature' in open(out / 'tables.csv').read()
+    image = pytest.importorskip('matplotlib.image', reason='the figures need matplotlib (the eval extra)')
+    imread = image.imread
     for name in ('gradients_grid.png', 'gradnorm_hist.png', 'channel_hist.png', 'path_profile.png'):
         pixels = imread(out / name)[..., :3]
         assert min(pixels.shape[:2]) >= 200 and pixels.std() > 0.05, name  # a drawn figure, not a blank canvas
         assert (pixels.mean(-1) < 0.5).mean() > 0.002, name  # with dark ink: axes, text, curves
-    assert 'table6_curvature' in open(out / 'tables.csv').read()

@@ -152,10 +152,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     markdown = _markdown(results, config, images.shape[0])
     with open(os.path.join(output, 'analysis.md'), 'w') as f:
         f.write(markdown)
-    gradient_grid(os.path.join(output, 'gradients_grid.png'), images, results, args.eps, args.grid_images)
-    gradnorm_histograms(os.path.join(output, 'gradnorm_hist.png'), results)
-    channel_histograms(os.path.join(output, 'channel_hist.png'), results)
-    path_figure(os.path.join(output, 'path_profile.png'), results)
+    try:
+        gradient_grid(os.path.join(output, 'gradients_grid.png'), images, results, args.eps, args.grid_images)
+        gradnorm_histograms(os.path.join(output, 'gradnorm_hist.png'), results)
+        channel_histograms(os.path.join(output, 'channel_hist.png'), results)
+        path_figure(os.path.join(output, 'path_profile.png'), results)
+    except ImportError:
+        _logger.warning('matplotlib is not installed: the tables are written, the figures are not '
+                        '(pip install "timm-gradreg[eval]")')
     print(markdown)
     files = ['analysis.json', 'tables.csv', 'analysis.md', 'gradients_grid.png', 'gradnorm_hist.png',
              'channel_hist.png', 'path_profile.png']
