@@ -121,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for flag, values, check in (('--eps', args.eps, pixel_amount), ('--aa-eps', args.aa_eps, attack_radius)):
             for value in values:
                 try:
-                    check(value)
+                    check(f'{value:g}')  # the converter's message names the value as a number is written
                 except argparse.ArgumentTypeError as e:
                     parser.error(f'argument {flag}: {e}')
     elif args.sanity:
