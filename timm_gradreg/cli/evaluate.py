@@ -13,7 +13,7 @@ import torch.distributed as dist
 import yaml
 
 from ..core.attacks import PGD_STEP_FACTOR, THREAT_MODELS
-from ..core.values import attack_count, attack_radius, number, pixel_amount
+from ..core.values import attack_count, attack_radius, ball_radius, ball_radius_or_zero, number, pixel_amount
 from ..evaluate import DEFAULT_SWEEP_EPS, list_checks
 from ..evaluate.interval import format_accuracy
 from ..evaluate.report import format_eps
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='the ball the PGD sweep and AutoAttack attack in: L∞ (ε in (0, 1] pixel units, e.g. 4/255) '
                             'or L2 (ε the L2 length in pixel units, e.g. 0.5 on CIFAR, 3 on ImageNet) (default: Linf)')
     group = parser.add_argument_group('PGD sweep')
-    group.add_argument('--eps', type=number(0), nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
+    group.add_argument('--eps', type=ball_radius_or_zero, nargs='+', default=list(DEFAULT_SWEEP_EPS), metavar='EPS',
                        help='ε values of the curve (default: 0..32/255, 16 points)')
     group.add_argument('--steps', type=attack_count, default=100, help='PGD steps per attack (default: 100)')
     group.add_argument('--restarts', type=attack_count, default=1, help='random restarts per loss (default: 1)')
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-sweep', action='store_true', help='skip the PGD sweep')
     group = parser.add_argument_group('AutoAttack')
     group.add_argument('--autoattack', action='store_true', help="run AutoAttack (needs 'pyautoattack')")
-    group.add_argument('--aa-eps', type=number(0, low_open=True), nargs='+', default=[4 / 255], metavar='EPS',
+    group.add_argument('--aa-eps', type=ball_radius, nargs='+', default=[4 / 255], metavar='EPS',
                        help='AutoAttack ε, one run per value (default: 4/255)')
     group.add_argument('--aa-version', default='standard', choices=('standard', 'plus', 'rand'),
                        help="AutoAttack version (default: standard)")

@@ -10,7 +10,8 @@ from typing import Any, Callable, Optional
 
 from .budget import AttackBudgetError, check_attack_count, check_attack_radius
 
-__all__ = ['fraction', 'number', 'pixel_amount', 'attack_radius', 'attack_count', 'sigma_value']
+__all__ = ['fraction', 'number', 'pixel_amount', 'attack_radius', 'attack_count', 'sigma_value', 'ball_radius',
+           'ball_radius_or_zero']
 
 
 def fraction(value: Any) -> float:
@@ -99,3 +100,28 @@ def sigma_value(value: Any) -> Any:
     if number_ <= 0:
         raise argparse.ArgumentTypeError(f"sigma must be 'channel' or > 0, got {value}")
     return number_
+
+
+def ball_radius_or_zero(value: Any) -> float:
+    """An ε of any threat model in pixel units, 0 allowed (a sweep's clean point); the L∞ bound of 1 is checked
+    once the norm is known."""
+    amount = fraction(value)
+    if amount < 0:
+        raise argparse.ArgumentTypeError(f'{_shown(value, amount)} is outside [0, ∞): give ε in pixel units '
+                                         '(under L∞ at most 1), e.g. 4/255')
+    return amount
+
+
+ball_radius_or_zero.__name__ = 'radius >= 0'
+
+
+def ball_radius(value: Any) -> float:
+    """An attack's ε of any threat model in pixel units, > 0 (a radius of 0 cannot attack)."""
+    amount = ball_radius_or_zero(value)
+    if amount == 0:
+        raise argparse.ArgumentTypeError(f'{value} cannot attack: give a value > 0 in pixel units (under L∞ in '
+                                         '(0, 1]), e.g. 4/255')
+    return amount
+
+
+ball_radius.__name__ = 'radius > 0'
