@@ -132,7 +132,7 @@ def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str
            '--eval-metric', 'top1', '--adv-val-steps', '0', '--workers', '0', '--checkpoint-hist', '1']
     if quick:  # two epochs, no warm-up (the method's own warm-up options only: others would be refused)
         gradreg = parse_args(['-c', bench.recipes[method.recipe], *options])[0].gradreg
-        own = {option.flag for option in task_options(gradreg)}
+        own = {option.flag for option in task_options(gradreg) if option.applies is None}  # not a part's option
         cmd += ['--epochs', '2', '--warmup-epochs', '0']
         cmd += [arg for flag in ('--gn-warmup-epochs', '--attack-warmup-epochs') if flag in own for arg in (flag, '0')]
     if os.path.isdir(folder):  # an interrupted attempt: start over (timm-train would take a new folder)
