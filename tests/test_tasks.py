@@ -16,16 +16,16 @@ from conftest import TinyNet
 
 
 def test_registry_lists_every_method_and_explains_mistakes(tiny_net):
-    assert list_tasks() == ['cure', 'edge', 'fgsm', 'gradalign', 'gradnorm', 'igr', 'natural', 'pgd', 'trades']
+    assert list_tasks() == ['cure', 'edge', 'fgsm', 'gradalign', 'gradnorm', 'igr', 'natural', 'nfgsm', 'pgd', 'trades']
     for name in list_tasks():
         task = create_task(name, TinyNet(), verbose=False)
         assert isinstance(task, ClassificationTask) and task.task_name == name
-    with pytest.raises(ValueError, match="Valid: cure, edge, fgsm, gradalign, gradnorm, igr, natural, pgd, trades. Did you mean 'gradnorm'"):
+    with pytest.raises(ValueError, match="Valid: cure, edge, fgsm, gradalign, gradnorm, igr, natural, nfgsm, pgd, trades. Did you mean 'gradnorm'"):
         create_task('gradnrom', tiny_net)
     with pytest.raises(TypeError, match="'gn_wieght' \\(did you mean 'gn_weight'"):
         create_task('gradnorm', tiny_net, gn_wieght=1.0)
     assert 'steps' in task_parameters('pgd') and 'steps' not in task_parameters('fgsm')
-    with pytest.raises(ValueError, match='clean, noise, uniform, pgd'):
+    with pytest.raises(ValueError, match='clean, noise, pgd, uniform'):
         create_task('gradnorm', tiny_net, inputs='adversarial')
 
 
