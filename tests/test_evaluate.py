@@ -270,7 +270,7 @@ def test_a_rerun_keeps_the_finished_sweep_and_says_so(natural_checkpoint, tmp_pa
             '8/255', '--steps', '2', '--output', str(tmp_path / 'eval'), '--no-progress', '--device', 'cpu']
     assert eval_main(argv) == 0
     first = json.load(open(tmp_path / 'eval' / 'results.json'))['models'][0]['sweep']
-    import timm_gradreg.cli.evaluate as cli
+    import timm_gradreg.evaluate.pipeline as cli  # where the sweep runs
 
     def no_second_sweep(*a, **kw):
         raise AssertionError('the finished sweep ran again')
