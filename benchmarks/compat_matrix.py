@@ -117,6 +117,7 @@ OPTIONS: Dict[str, CompatOption] = {o.name: o for o in [
 TASKS: Dict[str, Tuple[str, ...]] = {
     **{name: ('--gradreg', name) for name in list_tasks()},
     'gradnorm-fd': ('--gradreg', 'gradnorm', '--gn-impl', 'fd'),
+    'pgd2': ('--gradreg', 'pgd', '--attack-algorithm', 'apgd', '--attack-steps', '2', '--no-attack-random-start'),
 }
 _WARMUPS = {'gradnorm': ('--gn-warmup-epochs', '0'), 'pgd': ('--attack-warmup-epochs', '0'),
             'fgsm': ('--attack-warmup-epochs', '0')}

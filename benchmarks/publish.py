@@ -116,8 +116,9 @@ OPTION_ROWS = (
     ('`--gn-warmup-epochs`, `--gn-inputs`, `--gn-impl`, `--gn-fd-step`',
      'λ_GN warm-up ({gn_warmup_epochs}, per iteration), penalty inputs ({gn_inputs}), {gn_impl} or fd '
      '(step {gn_fd_step})'),
-    ('`--attack-eps`, `--attack-step-size`, `--attack-steps`, `--attack-warmup-epochs`',
-     'training attack of `pgd`/`fgsm` ({attack_eps}, {pgd__attack_step_size}, {attack_steps}, {attack_warmup_epochs})'),
+    ('`--attack-eps`, `--attack-step-size`, `--attack-steps`, `--attack-warmup-epochs`, `--attack-algorithm`',
+     'training attack of `pgd`/`fgsm` ({attack_eps}, {pgd_step_size}, {attack_steps}, {attack_warmup_epochs}, '
+     '{attack_algorithm} or apgd)'),
     ('`--edge-teacher`, `--edge-sigma`, `--edge-temperature`, `--edge-cosine`, `--edge-weight-{{start,growth,cap}}`',
      'edge alignment ({edge_teacher}, {edge_sigma}, {edge_temperature}, {edge_cosine}, '
      '{edge_weight_start}/{edge_weight_growth}/{edge_weight_cap})'),
@@ -133,6 +134,7 @@ def options_block() -> str:
     """The README's option table, its defaults read from timm-train's parser and the tasks' constructors."""
     import inspect
     from timm_gradreg.tasks import get_task_class, list_tasks, task_options
+    from timm_gradreg.tasks.adversarial import PGD_STEP_SIZE
     from timm_gradreg.tasks.options import format_default
     from timm_gradreg.train import build_parser
     defaults = {a.dest: a.default for a in build_parser()._actions}
@@ -141,6 +143,8 @@ def options_block() -> str:
         def __missing__(self, key):
             if key == 'tasks':
                 return ', '.join(list_tasks())
+            if key == 'pgd_step_size':  # the pgd task's (None in its signature: apgd takes none)
+                return format_default(PGD_STEP_SIZE)
             if '__' in key:
                 task, dest = key.split('__')
                 option = next(o for o in task_options(task) if o.dest == dest)

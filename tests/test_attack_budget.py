@@ -26,7 +26,7 @@ TRAIN_BUDGETS = {
     '--attack-eps': RADIUS, '--attack-step-size': RADIUS, '--attack-steps': COUNT,
     '--trades-eps': RADIUS, '--trades-step-size': RADIUS, '--trades-steps': COUNT,
     '--gradalign-eps': RADIUS, '--gradalign-step-size': RADIUS, '--gn-eps': RADIUS,
-    '--nfgsm-eps': RADIUS, '--nfgsm-step-size': RADIUS,
+    '--nfgsm-eps': RADIUS, '--nfgsm-step-size': RADIUS, '--elle-eps': RADIUS,
     '--adv-val-eps': RADIUS, '--adv-val-step-size': RADIUS, '--adv-val-samples': COUNT,
     '--adv-val-steps': ('-1',),  # 0 turns robust validation off
 }

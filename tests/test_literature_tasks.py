@@ -135,6 +135,186 @@ def test_nfgsm_equals_the_authors_training_step(train, clip):
         model, X, y, epsilon, alpha, 2.0, None if clip is None else clip * epsilon, std, lower_limit, upper_limit))
 
 
+# --- ELLE: LIONS-EPFL/ELLE, core/utils/train.py (Trainer.loss with --reg ELLE) -----------------------------
+def _elle_reference(model, x, y, eps, noise, lin_reg):
+    """Their ``loss`` with --attack-iter 1, --attack-step ε, --clamp False (their scripts), on a model of [0, 1]
+    pixels (their --normalize False). Their noise draw at --input_noise_rate 0 is multiplied by 0 and only moves
+    the generator: drawn here only where k > 0, as the task draws it."""
+    x_adv = x.clone()
+    if noise > 0:
+        x_adv = x_adv + noise * eps * (2 * torch.rand(x.shape, dtype=x.dtype) - 1)
+    x_adv.requires_grad = True
+    grad = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)[0]
+    x_adv = (x_adv + eps * torch.sign(grad)).detach()
+    loss = F.cross_entropy(model(x_adv), y)
+    bs = x.shape[0]
+    x_ab = x.repeat([2, 1, 1, 1])
+    x_ab = x_ab + eps * (2 * torch.rand(x_ab.shape, dtype=x.dtype) - 1)
+    alpha = torch.rand([bs, 1, 1, 1], dtype=x.dtype)
+    x_c = (1 - alpha) * x_ab[:bs] + alpha * x_ab[bs:]
+    alpha = alpha.squeeze()
+    losses = torch.nn.CrossEntropyLoss(reduction='none')(model(torch.cat((x_ab, x_c), dim=0)), y.repeat([3]))
+    lin_err = torch.nn.MSELoss()(losses[2 * bs:], (1 - alpha) * losses[:bs] + alpha * losses[bs:2 * bs])
+    return loss + lin_reg * lin_err
+
+
+@MODES
+@pytest.mark.parametrize('noise', [0.0, 2.0], ids=['elle', 'nfgsm-elle'])
+def test_elle_equals_the_authors_loss(train, noise):
+    model, pixels, y, normalize = _bn_setup(train)
+    task = create_task('elle', model, eps=8 / 255, weight=1000.0, noise=noise, mean=MEAN, std=STD, verbose=False)
+    out = _check_against(task, model, normalize(pixels), y, lambda: _elle_reference(
+        PixelModel(model, normalize), pixels, y, 8 / 255, noise, 1000.0))
+    assert out['penalty'].item() > 0 and out['weight'].item() == 1000.0
+
+
+def _elle_a_reference(penalties, lambda_aux, decay, sensitivity):
+    """Their on/off schedule (train.py and Trainer.train, --lambda_schedule onoff): the λ each step trains with."""
+    import numpy as np
+    lin_reg, values, used = 0.0, [], []
+    for lin_err in penalties:
+        used.append(lin_reg)
+        if len(values) > 2 and lin_err > np.mean(values) + sensitivity * np.std(values):
+            lin_reg = lambda_aux
+        else:
+            lin_reg *= decay
+        values.append(lin_err)
+    return used
+
+
+def test_elle_a_weight_follows_the_authors_schedule():
+    from timm_gradreg.tasks import AdaptiveWeight
+    penalties = [0.5, 0.52, 0.49, 0.51, 3.0, 0.6, 0.55, 0.5, 9.0, 0.4, 0.45] + [0.5 + 0.01 * i for i in range(20)]
+    schedule, used = AdaptiveWeight(4000.0, 0.99, 2.0), []
+    for p in penalties:
+        used.append(schedule.value)
+        schedule.update(p)
+    expected = _elle_a_reference(penalties, 4000.0, 0.99, 2.0)
+    assert used == pytest.approx(expected, rel=1e-12, abs=0)
+    assert max(expected) == 4000.0 and expected[5] == 4000.0 and expected[4] == 0.0
+
+
+def test_elle_a_trains_with_the_scheduled_weight_and_keeps_it_in_the_task_state():
+    model, pixels, y, normalize = _bn_setup(True)
+    task = create_task('elle', model, eps=8 / 255, weight=4000.0, adaptive=True, mean=MEAN, std=STD, verbose=False)
+    weights, penalties = [], []
+    for step in range(5):
+        torch.manual_seed(step)
+        out = task(normalize(pixels), y)
+        weights.append(out['weight'].item())
+        penalties.append(out['penalty'].item())
+    assert weights == pytest.approx(_elle_a_reference(penalties, 4000.0, 0.99, 2.0), abs=0)
+    restored = create_task('elle', copy.deepcopy(model), weight=4000.0, adaptive=True, mean=MEAN, std=STD,
+                           verbose=False)
+    restored.load_task_state(task.get_task_state())
+    assert restored.schedule.state_dict() == task.schedule.state_dict() and restored.schedule.count == 5
+
+
+# --- PGD-2: nmndeep/revisiting-at, autopgd_train_clean.py (apgd_train) and main.py (WrappedModel) -------------
+def _apgd_train_reference(model, x, y, eps, n_iter):
+    """Their apgd_train with norm 'Linf', loss 'ce', no random start (its only form): returns x_best."""
+    ce = lambda logits, t: F.cross_entropy(logits, t, reduction='none')  # noqa: E731
+    x_adv = x.clone().clamp(0., 1.)
+    x_best = x_adv.clone().detach()
+    loss_steps = torch.zeros([n_iter, x.shape[0]])
+    n_iter_2, n_iter_min, size_decr = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
+    k, thr_decr = n_iter_2 + 0, .75
+    step_size = 2. * eps * torch.ones([x.shape[0], 1, 1, 1], dtype=x.dtype)
+    counter3 = 0
+    x_adv.requires_grad_()
+    loss_indiv = ce(model(x_adv), y)
+    grad = torch.autograd.grad(loss_indiv.sum(), [x_adv])[0].detach()
+    grad_best = grad.clone()
+    x_adv = x_adv.detach()
+    loss_best = loss_indiv.detach().clone()
+    loss_best_last_check, reduced_last_check = loss_best.clone(), torch.ones_like(loss_best)
+    x_adv_old = x_adv.clone()
+    for i in range(n_iter):
+        grad2 = x_adv - x_adv_old
+        x_adv_old = x_adv.clone()
+        a = 0.75 if i > 0 else 1.0
+        x_adv_1 = x_adv + step_size * torch.sign(grad)
+        x_adv_1 = torch.clamp(torch.min(torch.max(x_adv_1, x - eps), x + eps), 0.0, 1.0)
+        x_adv_1 = torch.clamp(torch.min(torch.max(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), x - eps),
+                                        x + eps), 0.0, 1.0)
+        x_adv = x_adv_1 + 0.
+        if i < n_iter - 1:
+            x_adv.requires_grad_()
+        loss_indiv = ce(model(x_adv), y)
+        if i < n_iter - 1:
+            grad = torch.autograd.grad(loss_indiv.sum(), [x_adv])[0].detach()
+        x_adv = x_adv.detach()
+        y1 = loss_indiv.detach().clone()
+        loss_steps[i] = y1 + 0
+        ind = (y1 > loss_best).nonzero().squeeze()
+        x_best[ind] = x_adv[ind].clone()
+        grad_best[ind] = grad[ind].clone()
+        loss_best[ind] = y1[ind] + 0
+        counter3 += 1
+        if counter3 == k:
+            t = torch.zeros(loss_steps.shape[1])
+            for counter5 in range(k):
+                t += (loss_steps[i - counter5] > loss_steps[i - counter5 - 1]).float()
+            fl_oscillation = (t <= k * thr_decr * torch.ones_like(t)).float().to(x.dtype)
+            fl_reduce_no_impr = (1. - reduced_last_check) * (loss_best_last_check >= loss_best).to(x.dtype)
+            fl_oscillation = torch.max(fl_oscillation, fl_reduce_no_impr)
+            reduced_last_check = fl_oscillation.clone()
+            loss_best_last_check = loss_best.clone()
+            if fl_oscillation.sum() > 0:
+                ind_fl_osc = (fl_oscillation > 0).nonzero().squeeze()
+                step_size[ind_fl_osc] /= 2.0
+                x_adv[ind_fl_osc] = x_best[ind_fl_osc].clone()
+                grad[ind_fl_osc] = grad_best[ind_fl_osc].clone()
+            counter3 = 0
+            k = max(k - size_decr, n_iter_min)
+    return x_best
+
+
+def _pgd2_reference(model, x, y, eps, n_iter, train):
+    """WrappedModel.forward: the attack in eval mode, then the model in training mode on x_best (here: in its own
+    mode, so the BatchNorm-frozen case is covered too)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    z = _apgd_train_reference(model, x, y, eps, n_iter)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train(train)
+    return F.cross_entropy(model(z), y)
+
+
+@MODES
+@pytest.mark.parametrize('steps', [2, 5], ids=['pgd2', 'apgd5'])
+def test_pgd2_equals_the_authors_apgd_training_step(train, steps):
+    model, pixels, y, normalize = _bn_setup(train)
+    task = create_task('pgd', model, eps=4 / 255, steps=steps, algorithm='apgd', random_start=False,
+                       warmup_epochs=0, mean=MEAN, std=STD, verbose=False)
+    _check_against(task, model, normalize(pixels), y,
+                   lambda: _pgd2_reference(PixelModel(model, normalize), pixels, y, 4 / 255, steps, train))
+    assert model.training == train
+
+
+def test_pgd2_trains_on_an_iterate_the_plain_pgd_step_would_not_reach():
+    model, pixels, y, normalize = _bn_setup(False)
+    task = create_task('pgd', model, eps=4 / 255, steps=2, algorithm='apgd', random_start=False,
+                       warmup_epochs=0, mean=MEAN, std=STD, verbose=False)
+    adv = task.space.to_pixel(task.perturb(normalize(pixels), y, 1.0))
+    delta = adv - pixels
+    assert delta.abs().max().item() <= 4 / 255 + 1e-12
+    clean = F.cross_entropy(model(normalize(pixels)), y, reduction='none')
+    attacked = F.cross_entropy(model(normalize(adv)), y, reduction='none')
+    assert bool((attacked >= clean).all()) and attacked.sum() > clean.sum()
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'step_size': 1 / 255, 'random_start': False},
+                                    {'random_start': False, 'select': 'sample'}],
+                         ids=['random-start', 'step-size', 'select'])
+def test_apgd_refuses_the_options_it_sets_itself(kwargs):
+    model, _, _, _ = _bn_setup(True)
+    with pytest.raises(ValueError, match='apgd attack starts at the clean image'):
+        create_task('pgd', model, algorithm='apgd', steps=2, verbose=False, **kwargs)
+
+
 # --- IGR: dtak/adversarial-robustness-public, neural_network.py ------------------------------------------
 def _igr_reference(model, X, y, l2dbl):
     """loss_function(l2_double_backprop=l2dbl): cross_entropy (batch mean) + l2dbl·tf.nn.l2_loss(
@@ -436,9 +616,12 @@ def test_gradnorm_strategy_options_are_checked(options, message):
 
 @pytest.mark.parametrize('options', [['--gradreg', 'trades', '--trades-steps', '2'], ['--gradreg', 'igr'],
                                      ['--gradreg', 'gradalign'], ['--gradreg', 'cure'], ['--gradreg', 'nfgsm'],
+                                     ['--gradreg', 'elle', '--elle-adaptive'],
+                                     ['--gradreg', 'pgd', '--attack-algorithm', 'apgd', '--attack-steps', '2',
+                                      '--no-attack-random-start'],
                                      ['--gradreg', 'gradnorm', '--gn-penalty-fraction', '0.5', '--gn-every', '2',
                                       '--gn-resolution', '0.5']],
-                         ids=['trades', 'igr', 'gradalign', 'cure', 'nfgsm', 'gradnorm-cheap'])
+                         ids=['trades', 'igr', 'gradalign', 'cure', 'nfgsm', 'elle-a', 'pgd2', 'gradnorm-cheap'])
 def test_each_trains_in_timm_train(options, tmp_path):
     from timm_gradreg.cli.train import main as train_main
     from helpers import tiny_train_argv, write_image_folder

@@ -16,11 +16,11 @@ from conftest import TinyNet
 
 
 def test_registry_lists_every_method_and_explains_mistakes(tiny_net):
-    assert list_tasks() == ['cure', 'edge', 'fgsm', 'gradalign', 'gradnorm', 'igr', 'natural', 'nfgsm', 'pgd', 'trades']
+    assert list_tasks() == ['cure', 'edge', 'elle', 'fgsm', 'gradalign', 'gradnorm', 'igr', 'natural', 'nfgsm', 'pgd', 'trades']
     for name in list_tasks():
         task = create_task(name, TinyNet(), verbose=False)
         assert isinstance(task, ClassificationTask) and task.task_name == name
-    with pytest.raises(ValueError, match="Valid: cure, edge, fgsm, gradalign, gradnorm, igr, natural, nfgsm, pgd, trades. Did you mean 'gradnorm'"):
+    with pytest.raises(ValueError, match="Valid: cure, edge, elle, fgsm, gradalign, gradnorm, igr, natural, nfgsm, pgd, trades. Did you mean 'gradnorm'"):
         create_task('gradnrom', tiny_net)
     with pytest.raises(TypeError, match="'gn_wieght' \\(did you mean 'gn_weight'"):
         create_task('gradnorm', tiny_net, gn_wieght=1.0)

@@ -10,9 +10,10 @@ from ._registry import (PrecisionLimit, TaskEntry, all_task_options, create_task
                         register_task, task_info, task_kwargs, task_options, task_parameters)
 from .adversarial import AdversarialTask, FGSMTask, PGDTask
 from .base import GradRegTask
-from .checks import CompileModeError, TaskSetupError, check_compile_mode, check_task_setup
+from .checks import CompileModeError, TaskSetupError, check_compile_mode, check_task_options, check_task_setup
 from .cure import CURETask
 from .edge import EdgeTask
+from .elle import AdaptiveWeight, ELLETask
 from .gradalign import GradAlignTask
 from .gradnorm import GradNormTask, gradnorm_fd_agreement
 from .igr import InputGradientTask

@@ -1,9 +1,10 @@
-"""Adversarial-training tasks: the PGD-3 skyline and FGSM with random start."""
+"""Adversarial-training tasks: the PGD-3 skyline (or APGD's step rule) and FGSM with random start."""
 import abc
 from typing import Dict, Optional
 
 import torch
 
+from ..core.apgd import apgd_attack
 from ..core.attacks import ITERATE_SELECTIONS, fgsm_attack, pgd_attack
 from ..core.budget import check_attack_budget
 from ..core.schedules import SCHEDULE_UNITS, LinearWarmup
@@ -11,7 +12,7 @@ from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, attack_count, attack_radius, number
 
-__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS', 'ATTACK_SELECT',
+__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'PGD_STEP_SIZE', 'ATTACK_ALGORITHMS', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS', 'ATTACK_SELECT',
            'ATTACK_WARMUP', 'ATTACK_WARMUP_PER']
 
 _GROUP = 'Training attack (pgd, fgsm; gradnorm --gn-inputs pgd)'
@@ -36,6 +37,15 @@ ATTACK_SELECT = Option('--attack-select', 'select', choices=ITERATE_SELECTIONS, 
                        help="the PGD iterate trained on: the last; each sample's highest-loss one; or the one of "
                             'highest batch-mean loss for the whole batch (the official configs: replace_best under '
                             'attack_criterion mixup). The start and every step are candidates (one more forward)', group=_GROUP)
+#: PGD's training step (8/255/3: the paper's PGD-3).
+PGD_STEP_SIZE = 8 / 255 / 3
+#: The pgd task's step rules.
+ATTACK_ALGORITHMS = ('pgd', 'apgd')
+ATTACK_ALGORITHM = Option('--attack-algorithm', 'algorithm', choices=ATTACK_ALGORITHMS, default='pgd',
+                          help="the pgd task's step rule: fixed steps, or APGD's (Croce & Hein 2020) from the clean "
+                               "image, its step 2ε halved where the loss stalls, each sample's best iterate trained "
+                               'on (Singh et al. 2023 train on 2 of its steps: --attack-algorithm apgd '
+                               '--attack-steps 2 --no-attack-random-start)', group=_GROUP)
 _ATTACK_OPTIONS = [ATTACK_EPS, ATTACK_STEP_SIZE, ATTACK_RANDOM_START, ATTACK_WARMUP, ATTACK_WARMUP_PER, ATTACK_SELECT]
 
 
@@ -82,14 +92,19 @@ class AdversarialTask(GradRegTask):
         }
 
 
-@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS])
+@register_task('pgd', options=_ATTACK_OPTIONS + [ATTACK_STEPS, ATTACK_ALGORITHM])
 class PGDTask(AdversarialTask):
     """L∞ PGD adversarial training, the paper's skyline (ε 4/255, 3 steps of 8/255/3, random start).
 
+    ``algorithm='apgd'`` takes APGD's steps instead (``core.apgd``), as Singh et al. (2023) train: from the clean
+    image (``random_start=False``), its own step size (no ``step_size``), each sample's highest-loss iterate (the
+    default ``select``); the warm-up scales its first step.
+
     Args:
         model, criterion: As for timm's ClassificationTask.
-        eps, step_size, steps: Attack radius, step and iterations in pixel units.
+        eps, step_size, steps: Attack radius, step (None: 8/255/3) and iterations in pixel units.
         random_start: Uniform start in the ε-ball.
+        algorithm: 'pgd' (fixed steps) or 'apgd' (APGD's step rule).
         warmup_epochs, warmup_per: The step rises linearly from 0 over these epochs, at epoch
             boundaries ('epoch', official) or every 'iteration' (5, 'epoch').
         select: The iterate trained on: 'last', 'sample' (each sample's highest-loss one) or 'batch' (the
@@ -97,21 +112,35 @@ class PGDTask(AdversarialTask):
         mean, std, criterion_kwargs, device, dtype, verbose: See GradRegTask.
     """
 
-    def __init__(self, model, criterion=None, *, eps: float = 4 / 255, step_size: float = 8 / 255 / 3,
-                 steps: int = 3, **kwargs):
+    def __init__(self, model, criterion=None, *, eps: float = 4 / 255, step_size: Optional[float] = None,
+                 steps: int = 3, algorithm: str = 'pgd', **kwargs):
         super().__init__(model, criterion, eps=eps, **kwargs)
+        if algorithm not in ATTACK_ALGORITHMS:
+            raise ValueError(f"Unknown attack algorithm {algorithm!r}; valid: {', '.join(ATTACK_ALGORITHMS)}")
+        if algorithm == 'apgd' and (self.random_start or step_size is not None or self.select != 'last'):
+            raise ValueError(
+                'the apgd attack starts at the clean image, sets its own step (2ε, halved as it goes) and trains on '
+                "each sample's best iterate: pass --no-attack-random-start (random_start=False) and neither "
+                f'--attack-step-size nor --attack-select (got random_start={self.random_start}, '
+                f'step_size={step_size}, select={self.select!r})')
+        step_size = PGD_STEP_SIZE if step_size is None else step_size
         check_attack_budget(step_size=step_size, steps=steps)
         self.step_size = float(step_size)
         self.steps = int(steps)
+        self.algorithm = algorithm
 
     def perturb(self, input: torch.Tensor, target: torch.Tensor, step_scale: float) -> torch.Tensor:
+        if self.algorithm == 'apgd':
+            return apgd_attack(self.attack_model(), input, target, eps=self.eps, steps=self.steps, space=self.space,
+                               step_scale=step_scale)
         return pgd_attack(
             self.attack_model(), input, target, eps=self.eps, step_size=self.step_size * step_scale,
             steps=self.steps, space=self.space, random_start=self.random_start, select=self.select)
 
     def extra_repr(self) -> str:
-        return (f'eps={self.eps:.5f}, step_size={self.step_size:.5f}, steps={self.steps}, '
-                f'warmup={self.warmup}, select={self.select!r}, ' + super().extra_repr())
+        step = 'apgd' if self.algorithm == 'apgd' else f'step_size={self.step_size:.5f}'
+        return (f'eps={self.eps:.5f}, {step}, steps={self.steps}, warmup={self.warmup}, select={self.select!r}, '
+                + super().extra_repr())
 
 
 @register_task('fgsm', options=_ATTACK_OPTIONS)

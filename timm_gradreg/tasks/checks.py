@@ -6,10 +6,13 @@ cannot work and what to use instead.
 """
 from typing import Any, Mapping, Optional
 
-from ..utils._private import compile_mode_names
-from ._registry import task_info
+import torch.nn as nn
 
-__all__ = ['TaskSetupError', 'CompileModeError', 'check_task_setup', 'check_compile_mode', 'DISTILLATION_REFUSAL']
+from ..utils._private import compile_mode_names
+from ._registry import create_task, task_info
+
+__all__ = ['TaskSetupError', 'CompileModeError', 'check_task_setup', 'check_task_options', 'check_compile_mode',
+           'DISTILLATION_REFUSAL']
 
 #: timm's knowledge distillation builds its own task, which would take the place of the gradreg task
 DISTILLATION_REFUSAL = ('--kd-model-name: knowledge distillation trains timm\'s own distillation task, which takes '
@@ -79,3 +82,9 @@ def check_task_setup(name: str, kwargs: Mapping[str, Any], *, compile: Optional[
     limit = entry.precision_limit
     if limit and limit.applies(kwargs) and (amp or limit.weights and model_dtype in _HALF):
         raise TaskSetupError(limit.message.format(option='--amp' if amp else f'--model-dtype {model_dtype}'))
+
+
+def check_task_options(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Run the task's own checks of its options (those of its constructor, e.g. an option another one excludes)
+    before a model is built, so a front end can refuse them in one line; raises their ValueError."""
+    create_task(name, nn.Identity(), verbose=False, **kwargs)

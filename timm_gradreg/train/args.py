@@ -15,8 +15,8 @@ from timm import utils
 from ..models.activations import add_swap_args
 from ..data import is_demo_dataset
 from ..recipes import config_path, list_recipes, recipe_table
-from ..tasks import (all_task_options, attack_count, attack_radius, check_compile_mode, check_task_setup,
-                     get_task_class, list_tasks, number, task_kwargs, task_options)
+from ..tasks import (all_task_options, attack_count, attack_radius, check_compile_mode, check_task_options,
+                     check_task_setup, get_task_class, list_tasks, number, task_kwargs, task_options)
 from ..tasks.checks import DISTILLATION_REFUSAL
 from ..utils.parser import ArgumentParser
 from ..utils.plugins import load_plugins
@@ -591,6 +591,7 @@ def check_args(args: argparse.Namespace) -> None:
                 raise ValueError(f"--{name.replace('_', '-')}: {reason}.")
     if args.kd_model_name:  # timm-train runs no distillation task, whatever the method
         raise ValueError(DISTILLATION_REFUSAL)
+    check_task_options(args.gradreg, task_kwargs(args.gradreg, args))
     check_task_setup(args.gradreg, task_kwargs(args.gradreg, args), compile=args.torchcompile,
                      torchscript=args.torchscript, model_dtype=args.model_dtype, amp=args.amp,
                      sync_bn=args.sync_bn and not args.bn_eval and not args.train_in_eval_mode)

@@ -40,7 +40,7 @@ import yaml
 from ..data import DATA_SOURCES, is_demo_dataset, resolve_dataset
 from ..models.activations import swap_activations
 from ..models.modes import freeze_batchnorm
-from ..tasks import TaskSetupError, check_task_setup, create_task, task_kwargs
+from ..tasks import TaskSetupError, check_task_options, check_task_setup, create_task, task_kwargs
 from ..utils.parser import ArgumentParser
 from ..utils.threads import set_cpu_threads
 from ..recipes import config_path
@@ -244,8 +244,9 @@ class GradregTrainScript:
         return parse_args
 
     def _check(self, args: argparse.Namespace) -> None:
-        """The task's refusals (``check_task_setup``, as timm-train's) against train.py's own options."""
+        """The task's refusals (its own, and ``check_task_setup``'s, as timm-train's) against train.py's own options."""
         try:
+            check_task_options(self.options.gradreg, self.task_kwargs)
             check_task_setup(self.options.gradreg, self.task_kwargs, compile=getattr(args, 'torchcompile', None),
                              torchscript=getattr(args, 'torchscript', False),
                              model_dtype=getattr(args, 'model_dtype', None), amp=getattr(args, 'amp', False),
