@@ -122,16 +122,21 @@ def run(cmd: List[str], log: str) -> None:
 def train(bench: Benchmark, name: str, seed: int, work: str, quick: bool) -> str:
     method = METHODS[name]
     options = [a.format(eps=bench.eps, igr=bench.igr_weight) for a in method.timm_train_flags()]
-    experiment = f'{name}-s{seed}'
+    return train_run(['-c', bench.recipes[method.recipe], *options], seed, work, f'{name}-s{seed}', quick)
+
+
+def train_run(flags: List[str], seed: int, work: str, experiment: str, quick: bool) -> str:
+    """Train timm-train ``flags`` at ``seed`` into WORK/runs/EXPERIMENT (the last checkpoint, no robust validation);
+    a finished run is kept, an interrupted one started over."""
     folder = os.path.join(work, 'runs', experiment)
     checkpoint = os.path.join(folder, 'last.pth.tar')
     if os.path.exists(checkpoint) and os.path.exists(os.path.join(folder, 'done')):
         return checkpoint
-    cmd = [sys.executable, '-m', 'timm_gradreg.cli.train', '-c', bench.recipes[method.recipe], *options,
+    cmd = [sys.executable, '-m', 'timm_gradreg.cli.train', *flags,
            '--seed', str(seed), '--output', os.path.join(work, 'runs'), '--experiment', experiment,
            '--eval-metric', 'top1', '--adv-val-steps', '0', '--workers', '0', '--checkpoint-hist', '1']
     if quick:  # two epochs, no warm-up (the method's own warm-up options only: others would be refused)
-        gradreg = parse_args(['-c', bench.recipes[method.recipe], *options])[0].gradreg
+        gradreg = parse_args(list(flags))[0].gradreg
         own = {option.flag for option in task_options(gradreg) if option.applies is None}  # not a part's option
         cmd += ['--epochs', '2', '--warmup-epochs', '0']
         cmd += [arg for flag in ('--gn-warmup-epochs', '--attack-warmup-epochs') if flag in own for arg in (flag, '0')]
@@ -177,9 +182,10 @@ def train_flags(bench: Benchmark, name: str) -> List[str]:
 
 
 def evaluate(bench: Benchmark, name: str, seed: int, checkpoint: str, work: str, samples: Optional[int],
-             quick: bool, records: str = RESULTS) -> dict:
+             quick: bool, records: str = RESULTS, flags: Optional[List[str]] = None) -> dict:
     """Clean, PGD-50 and AutoAttack accuracy of one run and its per-image results, from its record; the record is
-    written from gradreg-eval's folder (the evaluation is run first where that is not there either)."""
+    written from gradreg-eval's folder (the evaluation is run first where that is not there either). ``flags``:
+    the run's timm-train flags (default: the method's, ``train_flags``)."""
     path = record_path(bench.key, name, seed, samples, records)
     if not os.path.exists(path):
         folder = eval_folder(work, name, seed, samples)
@@ -194,8 +200,8 @@ def evaluate(bench: Benchmark, name: str, seed: int, checkpoint: str, work: str,
             started = time.perf_counter()
             run(cmd, folder + '.log')
             seconds = time.perf_counter() - started
-        write_evaluation_record(folder, bench.key, name, seed, samples, train_flags(bench, name), path, seconds,
-                                versions=None if seconds is not None else {})
+        write_evaluation_record(folder, bench.key, name, seed, samples, flags or train_flags(bench, name), path,
+                                seconds, versions=None if seconds is not None else {})
     return record_scores(read_evaluation_record(path))
 
 

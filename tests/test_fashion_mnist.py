@@ -102,3 +102,27 @@ def test_gradreg_launch_drives_timms_train_py_on_fashion_mnist(tmp_path, cache):
     values = dict(zip(header.split(','), row.split(',')))
     assert float(values['eval_top1']) * 16 / 100 == pytest.approx(round(float(values['eval_top1']) * 16 / 100))  # 16 images
     assert 0 <= float(values['eval_advtop1']) <= float(values['eval_top1'])
+
+
+def test_the_holdout_validates_on_training_images_kept_out_of_its_training_split(cache):
+    import numpy as np
+    from timm.data import create_dataset
+    from timm_gradreg.data import DEBIAN_FASHION_MNIST, HOLDOUT_PER_CLASS, holdout_indices
+    if not os.path.isdir(DEBIAN_FASHION_MNIST):
+        pytest.skip('Debian dataset-fashion-mnist is not installed')
+    name, root = resolve_dataset('fashion_mnist_holdout', None)
+    _, full = resolve_dataset('fashion_mnist', None)
+    train = create_dataset(name, root=root, split='train', is_training=True)
+    held = create_dataset(name, root=root, split='validation', is_training=False)
+    source = create_dataset(name, root=full, split='train', is_training=True)
+    source_test = create_dataset(name, root=full, split='validation', is_training=False)
+    assert (len(train), len(held)) == (50_000, 10_000)
+    pixels = lambda ds: ds.data.numpy().reshape(len(ds), -1)  # noqa: E731
+    labels = lambda ds: ds.targets.numpy()  # noqa: E731
+    index = holdout_indices(labels(source))
+    assert np.array_equal(pixels(held), pixels(source)[index]) and np.array_equal(labels(held), labels(source)[index])
+    rest = np.setdiff1d(np.arange(len(source)), index)
+    assert np.array_equal(pixels(train), pixels(source)[rest])
+    assert np.bincount(labels(held)).tolist() == [HOLDOUT_PER_CLASS] * 10
+    assert not np.array_equal(pixels(held)[:100], pixels(source_test)[:100])  # not the test split
+    assert resolve_dataset('fashion_mnist_holdout', None)[1] == root  # written once

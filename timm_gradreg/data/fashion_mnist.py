@@ -12,10 +12,17 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from ..utils.files import atomic_write
 from .demo import default_data_root
 
-__all__ = ['FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST', 'prepare_fashion_mnist', 'find_idx_files']
+__all__ = ['FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST', 'prepare_fashion_mnist', 'prepare_fashion_mnist_holdout',
+           'find_idx_files', 'holdout_indices', 'HOLDOUT_PER_CLASS', 'HOLDOUT_SEED']
+
+#: images per class held out of the training set as the validation split of ``fashion_mnist_holdout``
+HOLDOUT_PER_CLASS = 1000
+HOLDOUT_SEED = 0
 
 FASHION_MNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte',
                        't10k-labels-idx1-ubyte')
@@ -79,3 +86,51 @@ def prepare_fashion_mnist(data_dir: Optional[str] = None, download: bool = False
     raise ValueError(f'Fashion-MNIST: the four idx files ({", ".join(FASHION_MNIST_FILES)}, .gz or not) are not in '
                      f'{where}. Get them with `apt-get install dataset-fashion-mnist` (Debian), give --data-dir '
                      'with them, or add --dataset-download where a network allows.')
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """An idx file's array (big-endian header: two zero bytes, the type code 0x08 for bytes, the rank, the sizes)."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    rank = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(rank))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape)
+
+
+def _write_idx(path: str, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in array.shape)
+    with atomic_write(path, 'wb') as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def holdout_indices(labels: np.ndarray, per_class: int = HOLDOUT_PER_CLASS, seed: int = HOLDOUT_SEED) -> np.ndarray:
+    """The training images held out for validation: ``per_class`` of each class, drawn with ``seed``, sorted."""
+    rng = np.random.default_rng(seed)
+    held = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False) for c in np.unique(labels)]
+    return np.sort(np.concatenate(held))
+
+
+def prepare_fashion_mnist_holdout(data_dir: Optional[str] = None, download: bool = False) -> str:
+    """Fashion-MNIST with a validation split held out of its training set, for choosing hyperparameters without
+    the test set: the root to give timm's ``torch/fashion_mnist``, whose training split is the 50,000 training
+    images left and whose evaluation split (``validation`` / ``test``) is the 10,000 held out (1,000 per class,
+    seed 0; ``holdout_indices``). Written once into the cache from the standard files (found as
+    ``prepare_fashion_mnist`` finds them)."""
+    source = prepare_fashion_mnist(data_dir, download)
+    files = find_idx_files(source)
+    if files is None:  # only where timm is yet to download the set
+        raise ValueError('fashion_mnist_holdout is cut from the four Fashion-MNIST idx files, which are not on disk '
+                         'yet: run once with --dataset fashion_mnist --dataset-download, then use the holdout.')
+    stamp = f'{_unpacked_root(files)}:{HOLDOUT_PER_CLASS}:{HOLDOUT_SEED}'
+    root = os.path.join(default_data_root('fashion_mnist'), 'holdout', hashlib.sha1(stamp.encode()).hexdigest()[:16])
+    raw = _layout(root)
+    if all(os.path.isfile(os.path.join(raw, name)) for name in FASHION_MNIST_FILES):
+        return root
+    images, labels = _read_idx(files['train-images-idx3-ubyte']), _read_idx(files['train-labels-idx1-ubyte'])
+    held = np.zeros(len(labels), dtype=bool)
+    held[holdout_indices(labels, HOLDOUT_PER_CLASS, HOLDOUT_SEED)] = True
+    os.makedirs(raw, exist_ok=True)
+    for prefix, keep in (('train', ~held), ('t10k', held)):  # labels last: their presence marks a complete split
+        _write_idx(os.path.join(raw, f'{prefix}-images-idx3-ubyte'), images[keep])
+        _write_idx(os.path.join(raw, f'{prefix}-labels-idx1-ubyte'), labels[keep])
+    return root

@@ -2,7 +2,7 @@
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .demo import is_demo_dataset, prepare_demo_dataset
-from .fashion_mnist import prepare_fashion_mnist
+from .fashion_mnist import prepare_fashion_mnist, prepare_fashion_mnist_holdout
 
 __all__ = ['DATA_SOURCES', 'resolve_dataset', 'dataset_num_classes']
 
@@ -10,6 +10,7 @@ __all__ = ['DATA_SOURCES', 'resolve_dataset', 'dataset_num_classes']
 DATA_SOURCES: Dict[str, Tuple[str, Callable[[Optional[str], bool], str]]] = {
     'fashion_mnist': ('torch/fashion_mnist', prepare_fashion_mnist),
     'torch/fashion_mnist': ('torch/fashion_mnist', prepare_fashion_mnist),
+    'fashion_mnist_holdout': ('torch/fashion_mnist', prepare_fashion_mnist_holdout),  # validation held out of train
 }
 
 
