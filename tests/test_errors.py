@@ -15,7 +15,7 @@ from timm_gradreg.cli.launch import main as launch_main
 from timm_gradreg.cli.swap_activations import main as swap_main
 from timm_gradreg.cli.train import main as train_main
 
-from helpers import tiny_train_argv, write_image_folder
+from helpers import stock_train_py, tiny_train_argv, write_image_folder
 
 
 @pytest.fixture(scope='module')
@@ -106,6 +106,12 @@ CASES = {
     'attack step above 1': (lambda f, t: _train(f, t, '--gradreg', 'pgd', '--attack-step-size', '3'),
                             '--attack-step-size: 3 is outside [0, 1]'),
     'validation eps above 1': (lambda f, t: _train(f, t, '--adv-val-eps', '8'), '--adv-val-eps: 8 is outside [0, 1]'),
+    'apgd from a random start': (lambda f, t: _train(f, t, '--gradreg', 'pgd', '--attack-algorithm', 'apgd'),
+                                 'pass --no-attack-random-start'),
+    'apgd with a step size': (lambda f, t: launch_main([stock_train_py(), '--gradreg', 'pgd', '--attack-algorithm',
+                                                        'apgd', '--no-attack-random-start', '--attack-step-size',
+                                                        '1/255', '--data-dir', f]),
+                              'step_size=0.00392'),
     'eval aa-eps above 1': (lambda f, t: eval_main(['--model', 'test_resnet', '--aa-eps', '2', '--output',
                                                    str(t / 'out')]), '--aa-eps: 2 is outside [0, 1]'),
     'eval eps above 1': (lambda f, t: eval_main(['--model', 'test_resnet', '--eps', '0', '255', '--output',
