@@ -503,6 +503,22 @@ def evaluated_scores(bench: Benchmark, methods: Sequence[str], seeds: Sequence[i
     return scores, missing
 
 
+#: the runs of a method's configuration chosen on held-out data (benchmarks/tune.py): NAME-tuned
+TUNED = '-tuned'
+
+
+def base_method(name: str) -> str:
+    """The frontier method a row trains: a tuned row's method (its step costs what the method's does)."""
+    return name[:-len(TUNED)] if name.endswith(TUNED) else name
+
+
+def tuned_methods(bench: Benchmark, records: str = RESULTS) -> List[str]:
+    """The tuned rows that have evaluation records, in METHODS' order."""
+    folder = os.path.join(records, bench.key, 'eval')
+    names = {f.split('-s')[0] for f in (os.listdir(folder) if os.path.isdir(folder) else []) if TUNED + '-s' in f}
+    return [name + TUNED for name in METHODS if name + TUNED in names]
+
+
 def method_entry(name: str, runs: List[dict], reference: Optional[List[dict]], costs: Dict[str, dict],
                  bench: Benchmark, quick: bool, images: Optional[Sequence[int]] = None) -> dict:
     """One method's row: scores over seeds, step costs, and its ratio to AT with the verdict against 90%
@@ -518,9 +534,10 @@ def method_entry(name: str, runs: List[dict], reference: Optional[List[dict]], c
         entry['autoattack']['n'] = len(images)
     split = [r.get('split_clean') for r in runs]
     entry['split_clean'] = summarize(split) if all(v is not None for v in split) else None
-    entry['cost'] = {setting: cost_summary(costs[setting][name]) for setting in COST_SETTINGS
-                     if name in costs.get(setting, {})}
-    entry['passes'] = METHODS[name].passes if name in METHODS else None
+    base = base_method(name)
+    entry['cost'] = {setting: cost_summary(costs[setting][base]) for setting in COST_SETTINGS
+                     if base in costs.get(setting, {})}
+    entry['passes'] = METHODS[base].passes if base in METHODS else None
     if reference is None:
         return entry
     ci = ratio_interval(runs, reference)
@@ -586,7 +603,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = args.work or os.path.join(ROOT, 'output', 'frontier', args.dataset)
     scores: Dict[str, List[dict]] = {}
     if args.evaluated_only:
-        scores, missing_runs = evaluated_scores(bench, args.methods, seeds, near_seeds, samples, near_samples, work,
+        methods = [*args.methods, *(t for t in tuned_methods(bench, args.records) if base_method(t) in args.methods)]
+        scores, missing_runs = evaluated_scores(bench, methods, seeds, near_seeds, samples, near_samples, work,
                                                 args.records)
         if missing_runs:
             print(f"runs without a record (not on the page): {', '.join(missing_runs)}", flush=True)
@@ -599,7 +617,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name in near_target(scores):  # the larger sample and more seeds where the target is close
             scores[name] = [trained_and_evaluated(bench, name, seed, work, near_samples, args.quick, args.records)
                             for seed in near_seeds]
-    costs = time_steps(bench, list(scores), work, args.cost_steps, args.cost_runs, args.records, proxy) \
+    timed = sorted({base_method(n) for n in [*args.methods, *scores]})  # every method asked for, trained or not
+    costs = time_steps(bench, timed, work, args.cost_steps, args.cost_runs, args.records, proxy) \
         if args.cost_runs else {}
     data = {'title': bench.title, 'eps': bench.eps, 'pgd_steps': 5 if args.quick else 50,
             'device': ', '.join(costs.pop('_devices', None) or ['—']), 'cost_runs': args.cost_runs, 'methods': {}}
@@ -610,6 +629,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         data['methods'][name]['checks'] = checks_entry([r for r in checked if r is not None], runs)
     if 'pgd' in scores:  # the target line of the figure: AT on the images every method shares with it
         data['at_shared'] = robust_accuracy(scores['pgd'], images)
+    data['timed_only'] = {name: {'cost': {setting: cost_summary(costs[setting][name]) for setting in COST_SETTINGS
+                                          if name in costs.get(setting, {})}, 'passes': METHODS[name].passes}
+                          for name in timed if name not in scores and name in METHODS
+                          and any(name in costs.get(setting, {}) for setting in COST_SETTINGS)}
     decide(data)
     datasets = load_datasets(os.path.join(args.output, 'frontier.json')) if args.update else {}
     datasets = {**datasets, args.dataset: data}

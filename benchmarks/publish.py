@@ -196,10 +196,14 @@ def cost_block(data: dict) -> str:
              'relative to PGD-3, the median run [the range of the runs] (records: '
              f'`results/frontier/{DATASET}/cost/`):', '',
              '| method | passes | as trained | resnet50-GELU 128 px |', '|---|---|---|---|']
-    for name, m in sorted(data['methods'].items(), key=lambda kv: frontier.trained_cost(kv[1]) or 0.0):
+    rows = {**data.get('timed_only', {}), **{n: m for n, m in data['methods'].items() if not n.endswith(frontier.TUNED)}}
+    for name, m in sorted(rows.items(), key=lambda kv: frontier.trained_cost(kv[1]) or 0.0):
         lines.append(f"| {name} | {m.get('passes') or '—'} | {frontier._cost_cell(m, 'trained')} | "
                      f"{frontier._cost_cell(m, 'proxy')} |")
     lines += ['', "The paper's Table 3: GradNorm 0.628 of PGD-3 (Swin-B, 8 V100s)."]
+    untrained = sorted(data.get('timed_only', {}))
+    if untrained:
+        lines[-1] += (f" Timed, not yet on the frontier (no evaluation records): {', '.join(untrained)}.")
     return '\n'.join(lines)
 
 

@@ -148,3 +148,25 @@ def test_a_panel_without_at_or_timings_plots_without_a_legend_warning(tmp_path):
         warnings.simplefilter('error')
         frontier.plot({'fashion_mnist': data}, str(tmp_path / 'one.png'))
     assert (tmp_path / 'one.png').stat().st_size > 0
+
+
+def test_a_tuned_row_sits_beside_its_method_with_the_methods_step_cost(tmp_path):
+    import shutil
+    frontier = _frontier_module()
+    source = os.path.join(ROOT, 'results', 'frontier', 'fashion_mnist')
+    records = tmp_path / 'records' / 'fashion_mnist'
+    shutil.copytree(os.path.join(source, 'eval'), records / 'eval')
+    shutil.copytree(os.path.join(source, 'cost'), records / 'cost')
+    for seed in (0, 1, 2):  # the recipe's own runs, as if the sweep had chosen another configuration
+        record = json.loads((records / 'eval' / f'gradnorm-s{seed}-n500.json').read_text())
+        record['method'] = 'gradnorm-tuned'
+        (records / 'eval' / f'gradnorm-tuned-s{seed}-n500.json').write_text(json.dumps(record))
+    out = tmp_path / 'out'
+    frontier.main(['--dataset', 'fashion_mnist', '--evaluated-only', '--records', str(tmp_path / 'records'),
+                   '--output', str(out), '--work', str(tmp_path / 'work')])
+    methods = json.loads((out / 'frontier.json').read_text())['datasets']['fashion_mnist']['methods']
+    tuned, recipe = methods['gradnorm-tuned'], methods['gradnorm']
+    assert tuned['autoattack']['values'] == recipe['autoattack']['values']
+    assert tuned['ratio_to_at'] == recipe['ratio_to_at'] and tuned['passes'] == recipe['passes'] == 5
+    assert tuned['cost'] == recipe['cost'] and tuned['cost']['trained']['median'] > 0
+    assert 'gradnorm-tuned' in (out / 'frontier.md').read_text()
