@@ -83,15 +83,14 @@ def _sweep_record(folder: str, name: str, label: str, flags: List[str], seconds:
     results = json.load(open(os.path.join(folder, 'results.json')))
     model = results['models'][0]
     per_image = torch.load(os.path.join(folder, f'flags_{model["label"]}.pt'))
-    split = model.get('split') or {}
+    split = model['split']  # the clean pass over all 10,000 held-out images
     return {'record': 'validation', 'dataset': 'fashion_mnist_holdout', 'method': name, 'config': label,
             'seed': SWEEP_SEED, 'train_flags': [*flags, '--dataset', 'fashion_mnist_holdout'],
             'evaluation': {'eps': model['sweep']['eps'][-1], 'pgd_steps': model['sweep']['steps'],
                            'samples': model['num_samples'], 'split': 'validation (held out of train)'},
             'indices': [int(i) for i in per_image['indices']], 'clean': bits(per_image['clean'].tolist()),
             'pgd': bits(per_image['sweep_robust'][-1].tolist()),
-            'accuracy': {'clean_all': split.get('accuracy', model['clean_accuracy']),
-                         'pgd': model['sweep']['accuracy'][-1]},
+            'accuracy': {'clean_all': split['clean_accuracy'], 'pgd': model['sweep']['accuracy'][-1]},  # in %
             'seconds': seconds}
 
 
@@ -136,15 +135,15 @@ def report(records: str = RECORDS, frontier_records: str = RESULTS) -> str:
             if os.path.exists(path):
                 r = json.load(open(path))
                 mark = ' (chosen)' if chosen and chosen[0] == label else ''
-                lines.append(f"| {name} | {label}{mark} | {100 * r['accuracy']['clean_all']:.1f} | "
-                             f"{100 * r['accuracy']['pgd']:.1f} | {100 * score(r):.1f} |")
+                lines.append(f"| {name} | {label}{mark} | {r['accuracy']['clean_all']:.1f} | "
+                             f"{r['accuracy']['pgd']:.1f} | {score(r):.1f} |")
     tuned = []
     for name in GRIDS:
         for seed in BENCHMARKS[DATASET].seeds:
             path = record_path(DATASET, f'{name}-tuned', seed, BENCHMARKS[DATASET].samples, frontier_records)
             if os.path.exists(path):
                 acc = read_evaluation_record(path)['accuracy']
-                tuned.append(f"| {name}-tuned | s{seed} | {100 * acc['clean']:.1f} | {100 * acc['autoattack']:.1f} |")
+                tuned.append(f"| {name}-tuned | s{seed} | {acc['clean']:.1f} | {acc['autoattack']:.1f} |")
     if tuned:
         lines += ['', '| run | seed | test clean (500) | test AutoAttack (500) |', '|---|---|---|---|', *tuned]
     return '\n'.join(lines)

@@ -49,11 +49,11 @@ def _record(records, name, label, clean, pgd):
 
 def test_the_choice_is_the_best_mean_of_clean_and_robust_once_the_grid_is_complete(tmp_path):
     grid = [label for label, _ in tune.GRIDS['gradnorm']]
-    _record(tmp_path, 'gradnorm', grid[0], 0.76, 0.64)  # 0.700
-    _record(tmp_path, 'gradnorm', grid[1], 0.82, 0.60)  # 0.710: the best mean
-    _record(tmp_path, 'gradnorm', grid[2], 0.90, 0.40)  # 0.650: the best clean
+    _record(tmp_path, 'gradnorm', grid[0], 76.0, 64.0)  # 70.0
+    _record(tmp_path, 'gradnorm', grid[1], 82.0, 60.0)  # 71.0: the best mean
+    _record(tmp_path, 'gradnorm', grid[2], 90.0, 40.0)  # 65.0: the best clean
     assert tune.choose('gradnorm', str(tmp_path)) is None  # one configuration still to run
-    _record(tmp_path, 'gradnorm', grid[3], 0.70, 0.68)  # 0.690: the best robust
+    _record(tmp_path, 'gradnorm', grid[3], 70.0, 68.0)  # 69.0: the best robust
     assert tune.choose('gradnorm', str(tmp_path)) == (grid[1], dict(tune.GRIDS['gradnorm'])[grid[1]])
     table = tune.report(str(tmp_path), str(tmp_path / 'none'))
     assert f'| gradnorm | {grid[1]} (chosen) | 82.0 | 60.0 | 71.0 |' in table
