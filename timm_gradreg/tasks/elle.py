@@ -23,7 +23,7 @@ _OPTIONS = [
                 'scripts at 8/255: 1000 constant, 4000 adaptive)', metavar='L', group=_GROUP),
     Option('--elle-adaptive', 'adaptive', bool,
            help='ELLE-A: λ starts at 0, jumps to --elle-lambda when the penalty exceeds its running mean by '
-                '--elle-sensitivity standard deviations, and decays by --elle-decay every other step',
+                '--elle-sensitivity standard deviations, and is multiplied by --elle-decay at every step without one',
            group=_GROUP),
     Option('--elle-decay', 'decay', number(0, 1), help='ELLE-A: λ\'s factor per step without a jump',
            metavar='D', group=_GROUP),
