@@ -196,7 +196,8 @@ def cost_block(data: dict) -> str:
              'relative to PGD-3, the median run [the range of the runs] (records: '
              f'`results/frontier/{DATASET}/cost/`):', '',
              '| method | passes | as trained | resnet50-GELU 128 px |', '|---|---|---|---|']
-    rows = {**data.get('timed_only', {}), **{n: m for n, m in data['methods'].items() if not n.endswith(frontier.TUNED)}}
+    rows = {**data.get('timed_only', {}),
+            **{n: m for n, m in data['methods'].items() if not n.endswith(frontier.TUNED)}}
     for name, m in sorted(rows.items(), key=lambda kv: frontier.trained_cost(kv[1]) or 0.0):
         lines.append(f"| {name} | {m.get('passes') or '—'} | {frontier._cost_cell(m, 'trained')} | "
                      f"{frontier._cost_cell(m, 'proxy')} |")

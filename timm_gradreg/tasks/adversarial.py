@@ -12,7 +12,8 @@ from ._registry import register_task
 from .base import GradRegTask
 from .options import Option, attack_count, attack_radius, number
 
-__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'PGD_STEP_SIZE', 'ATTACK_ALGORITHMS', 'ATTACK_EPS', 'ATTACK_STEP_SIZE', 'ATTACK_STEPS', 'ATTACK_SELECT',
+__all__ = ['AdversarialTask', 'PGDTask', 'FGSMTask', 'PGD_STEP_SIZE', 'ATTACK_ALGORITHMS', 'ATTACK_EPS',
+           'ATTACK_STEP_SIZE', 'ATTACK_STEPS', 'ATTACK_SELECT',
            'ATTACK_WARMUP', 'ATTACK_WARMUP_PER']
 
 _GROUP = 'Training attack (pgd, fgsm; gradnorm --gn-inputs pgd)'

@@ -68,12 +68,13 @@ class AdaptiveWeight:
 
 @register_task('elle', options=_OPTIONS)
 class ELLETask(GradRegTask):
-    """CE(f(x + δ), y) + λ·mean_b (ℓ(x_c) − (1−α)ℓ(x_a) − α·ℓ(x_b))², the linearity error of the per-sample loss ℓ.
+    """CE(f(x + δ), y) + λ·mean_b (ℓ(x_c) − (1−α)ℓ(x_a) − α·ℓ(x_b))²: the linearity error of the per-sample
+    loss ℓ on a random triplet.
 
     As the authors' ``Trainer.loss`` (LIONS-EPFL/ELLE, core/utils/train.py, ``--reg ELLE``): δ is one signed
     step of ε from x (after uniform noise of k·ε where k > 0), not clipped to [0, 1] nor, the step being ε, beyond
-    the ε-ball; x_a, x_b = x + U(−ε, ε)^d (not clipped), α ~ U(0, 1) per sample, x_c = (1−α)x_a + α·x_b; the three
-    go through the model in one forward pass (their BatchNorm statistics are those of the 3B batch), every pass in
+    the ε-ball; x_a, x_b = x + U(−ε, ε)^d (not clipped), α ~ U(0, 1) per sample, x_c = (1−α)x_a + α·x_b; the
+    three go through the model in one forward pass (their BatchNorm statistics are those of the 3B batch), every pass in
     the model's own mode (theirs stays in train mode), the FGSM pass on the model without DDP. ``adaptive`` is
     ELLE-A (``--lambda_schedule onoff``); its λ follows every process's mean penalty, so all processes agree, and
     is saved in the checkpoint's task state. Pixel units throughout.
