@@ -74,10 +74,10 @@ class ELLETask(GradRegTask):
     As the authors' ``Trainer.loss`` (LIONS-EPFL/ELLE, core/utils/train.py, ``--reg ELLE``): δ is one signed
     step of ε from x (after uniform noise of k·ε where k > 0), not clipped to [0, 1] nor, the step being ε, beyond
     the ε-ball; x_a, x_b = x + U(−ε, ε)^d (not clipped), α ~ U(0, 1) per sample, x_c = (1−α)x_a + α·x_b; the
-    three go through the model in one forward pass (their BatchNorm statistics are those of the 3B batch), every pass in
-    the model's own mode (theirs stays in train mode), the FGSM pass on the model without DDP. ``adaptive`` is
-    ELLE-A (``--lambda_schedule onoff``); its λ follows every process's mean penalty, so all processes agree, and
-    is saved in the checkpoint's task state. Pixel units throughout.
+    three go through the model in one forward pass (their BatchNorm statistics are those of the 3B batch), every
+    pass in the model's own mode (theirs stays in train mode), the FGSM pass on the model without DDP.
+    ``adaptive`` is ELLE-A (``--lambda_schedule onoff``); its λ follows the mean penalty over the processes, so
+    all processes agree, and is saved in the checkpoint's task state. Pixel units throughout.
 
     Args:
         model, criterion: As for timm's ClassificationTask (the criterion is the adversarial term's).
