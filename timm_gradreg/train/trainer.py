@@ -367,7 +367,8 @@ class Trainer:
             try:
                 resume_epoch = self.resume_sharded(checkpoint) if cfg.fsdp else resume_task_checkpoint(
                     self.task, cfg.resume, optimizer=None if cfg.no_resume_opt else self.optimizer,
-                    loss_scaler=None if cfg.no_resume_opt else self.loss_scaler, log_info=self.is_primary)
+                    loss_scaler=None if cfg.no_resume_opt else self.loss_scaler, log_info=self.is_primary,
+                    weights_only=False)  # read in full above (timm's allowlist of its args needs torch >= 2.5)
             except RuntimeError as e:  # load_state_dict: missing, unexpected or differently shaped weights
                 saved = checkpoint.get('arch', 'another model')
                 raise TrainingError(
@@ -378,7 +379,7 @@ class Trainer:
             self.task.setup_ema(decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup,
                                 device='cpu' if cfg.model_ema_force_cpu else None)
             if cfg.resume:
-                load_task_ema_checkpoint(self.task, cfg.resume)
+                load_task_ema_checkpoint(self.task, cfg.resume, weights_only=False)
         if cfg.torchcompile:
             self.task.compile(backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
             if self.task.has_ema():
