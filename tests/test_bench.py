@@ -252,3 +252,11 @@ def test_passes_and_profile_together_is_a_usage_error(capsys):
         main(TINY + ['--passes', '--profile', 'gradnorm'])
     assert exit_info.value.code == 2
     assert '--passes and --profile are two different reports' in capsys.readouterr().err
+
+
+def test_pgd3_is_the_reference_beside_methods_whose_names_begin_with_pgd(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(TINY + ['--methods', 'pgd2', 'pgd', '--no-memory', '--no-fd-check', '--output', str(out)]) == 0
+    rows = {r['method']: r for r in json.loads(out.read_text())['rows']}
+    assert rows['pgd']['ratio'] == 1.0
+    assert rows['pgd2']['ratio'] == rows['pgd2']['seconds'] / rows['pgd']['seconds']

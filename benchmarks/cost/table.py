@@ -57,7 +57,8 @@ def run_interleaved(settings: Dict[str, argparse.Namespace]) -> Dict[str, Dict[s
                          'passes_rel_at': METHODS[name].passes / METHODS[REFERENCE].passes,
                          'seconds': statistics.median(times[timed]), 'times': times[timed],
                          'page_faults': faults[timed], 'compiled': compiled})
-        reference = {row['compiled']: row for row in rows if row['method'].startswith(REFERENCE)}
+        reference = {row['compiled']: row for row in rows  # 'pgd', 'pgd (compiled)', 'pgd (eager)'; not 'pgd2'
+                     if row['method'] == REFERENCE or row['method'].startswith(REFERENCE + ' (')}
         for row in rows:
             ref = reference.get(row['compiled']) or reference.get(False) or reference.get(True)
             row['ratio_quartiles'] = paired_quartiles(row['times'], ref['times']) if ref else None
