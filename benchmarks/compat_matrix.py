@@ -24,7 +24,9 @@ changes most signs and is measured as it is.
 
 Tolerances on the relative L2 error of the update. Float32 options: 1e-5, or 4× the column's floor
 where the task's own plain float32 step against float64 is above 1e-5 (finite differences cancel digits;
-TRADES's KL compares two nearly equal predictions). Mixed precision: autocast rounds the operands of every
+TRADES's KL compares two nearly equal predictions); the rows that train BatchNorm take the floor of the plain
+step with BatchNorm in train mode (ELLE's linearity error compares three losses coupled through the batch's
+statistics). Mixed precision: autocast rounds the operands of every
 matmul and convolution to its unit roundoff, and the row's floor is what that does to a plain
 cross-entropy step (the natural task: one forward and one backward pass, measured in the same run). A
 regularized step of p network passes, each rounded as the plain step's passes are, has at most p/2 times
@@ -84,6 +86,9 @@ BATCH_COUPLED = ('edge', 'igr')
 
 OPTIONS: Dict[str, CompatOption] = {o.name: o for o in [
     CompatOption('float32', (), note='the plain step'),
+    CompatOption('float32-train-bn', ('--no-bn-eval',), defines_step=True,
+                 note='the plain step with BatchNorm in train mode: the column floor of the rows that train '
+                      'BatchNorm'),
     CompatOption('amp-fp16', ('--amp', '--amp-dtype', 'float16'), mixed_precision=True,
                  note='autocast float16 with GradScaler'),
     CompatOption('amp-bf16', ('--amp', '--amp-dtype', 'bfloat16'), mixed_precision=True, note='autocast bfloat16'),
@@ -330,20 +335,27 @@ def measure_cell(task: str, option: CompatOption, work: str, model: str = 'test_
     return Cell(task, option.name, error=_relative_error(update, reference), ties=ties.ties)
 
 
+#: the plain float32 steps, BatchNorm frozen and in train mode: the column floors (a row that trains BatchNorm
+#: takes the second: a loss that couples a batch's images through its statistics rounds differently)
+_PLAIN_ROWS = ('float32', 'float32-train-bn')
+
+
 def set_floor_tolerances(cells: List[Cell]) -> None:
     """Each cell's tolerance (module docstring): 1e-5, or FLOOR_FACTOR × the floor of its row (the natural task
-    under that mixed precision) or of its column (the task's own plain float32 step, where that is above 1e-5)."""
+    under that mixed precision) or of its column (the task's own plain float32 step, where that is above 1e-5; with
+    BatchNorm in train mode for the rows that train it)."""
     rows = {c.option: c.error for c in cells if c.task == 'natural' and OPTIONS[c.option].mixed_precision
             and c.error is not None}
-    columns = {c.task: c.error for c in cells if c.option == 'float32' and c.error is not None
-               and c.error > FLOAT32_TOLERANCE}
+    plain = {option: {c.task: c.error for c in cells if c.option == option and c.error is not None
+                      and c.error > FLOAT32_TOLERANCE} for option in _PLAIN_ROWS}
     for c in cells:
         if c.error is None:
             continue
-        if (c.task == 'natural' and c.option in rows) or (c.option == 'float32' and c.task in columns):
+        if (c.task == 'natural' and c.option in rows) or (c.option in _PLAIN_ROWS and c.task in plain[c.option]):
             c.tolerance, c.floor = c.error, True
             continue
-        floors = [FLOOR_FACTOR * f for f in (rows.get(c.option), columns.get(c.task)) if f is not None]
+        column = plain['float32-train-bn' if '--no-bn-eval' in OPTIONS[c.option].flags else 'float32'].get(c.task)
+        floors = [FLOOR_FACTOR * f for f in (rows.get(c.option), column) if f is not None]
         if OPTIONS[c.option].mixed_precision and c.option not in rows:
             continue  # no floor measured for this row: no verdict
         c.tolerance = max([FLOAT32_TOLERANCE, *floors])

@@ -138,19 +138,23 @@ def test_nfgsm_equals_the_authors_training_step(train, clip):
 # --- ELLE: LIONS-EPFL/ELLE, core/utils/train.py (Trainer.loss with --reg ELLE) -----------------------------
 def _elle_reference(model, x, y, eps, noise, lin_reg):
     """Their ``loss`` with --attack-iter 1, --attack-step ε, --clamp False (their scripts), on a model of [0, 1]
-    pixels (their --normalize False). Their noise draw at --input_noise_rate 0 is multiplied by 0 and only moves
-    the generator: drawn here only where k > 0, as the task draws it."""
+    pixels (their --normalize False). They draw the noise, the triplet's ends and α tensor by tensor (the noise
+    even at --input_noise_rate 0, multiplied by 0); the same uniform numbers are taken here in one sample-major
+    call, as the task takes them, and fed to their formulas."""
+    bs, d = x.shape[0], x[0].numel()
+    k = d if noise > 0 else 0
+    u = torch.rand(bs, k + 2 * d + 1, dtype=x.dtype)
+    rand_ab = torch.cat((u[:, k:k + d].reshape(x.shape), u[:, k + d:k + 2 * d].reshape(x.shape)), dim=0)
     x_adv = x.clone()
     if noise > 0:
-        x_adv = x_adv + noise * eps * (2 * torch.rand(x.shape, dtype=x.dtype) - 1)
+        x_adv = x_adv + noise * eps * (2 * u[:, :k].reshape(x.shape) - 1)
     x_adv.requires_grad = True
     grad = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)[0]
     x_adv = (x_adv + eps * torch.sign(grad)).detach()
     loss = F.cross_entropy(model(x_adv), y)
-    bs = x.shape[0]
     x_ab = x.repeat([2, 1, 1, 1])
-    x_ab = x_ab + eps * (2 * torch.rand(x_ab.shape, dtype=x.dtype) - 1)
-    alpha = torch.rand([bs, 1, 1, 1], dtype=x.dtype)
+    x_ab = x_ab + eps * (2 * rand_ab - 1)
+    alpha = u[:, -1].reshape(bs, 1, 1, 1)
     x_c = (1 - alpha) * x_ab[:bs] + alpha * x_ab[bs:]
     alpha = alpha.squeeze()
     losses = torch.nn.CrossEntropyLoss(reduction='none')(model(torch.cat((x_ab, x_c), dim=0)), y.repeat([3]))

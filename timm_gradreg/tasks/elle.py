@@ -1,7 +1,7 @@
 """ELLE (Abad Rocamora et al., ICLR 2024): single-step adversarial training plus a local-linearity penalty of the
 loss, measured on random triplets of points, without double backprop."""
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -75,8 +75,9 @@ class ELLETask(GradRegTask):
     step of ε from x (after uniform noise of k·ε where k > 0), not clipped to [0, 1] nor, the step being ε, beyond
     the ε-ball; x_a, x_b = x + U(−ε, ε)^d (not clipped), α ~ U(0, 1) per sample, x_c = (1−α)x_a + α·x_b; the
     three go through the model in one forward pass (their BatchNorm statistics are those of the 3B batch), every
-    pass in the model's own mode (theirs stays in train mode), the FGSM pass on the model without DDP.
-    ``adaptive`` is ELLE-A (``--lambda_schedule onoff``); its λ follows the mean penalty over the processes, so
+    pass in the model's own mode (theirs stays in train mode), the FGSM pass on the model without DDP. The uniform
+    draws are taken in one call, sample-major (``draws``), where theirs are drawn tensor by tensor: the same
+    distribution, and gradient accumulation and DDP draw what one batch would. ``adaptive`` is ELLE-A (``--lambda_schedule onoff``); its λ follows the mean penalty over the processes, so
     all processes agree, and is saved in the checkpoint's task state. Pixel units throughout.
 
     Args:
@@ -105,22 +106,30 @@ class ELLETask(GradRegTask):
         """λ of this step."""
         return self.schedule.value if self.schedule is not None else self.weight
 
-    def perturb(self, pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The FGSM point x + δ (pixels, detached)."""
-        start = pixels
-        if self.noise > 0:
-            start = pixels + self.noise * self.eps * (2 * torch.rand_like(pixels) - 1)
+    def draws(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The step's uniform draws in [0, 1), taken in one call, sample-major (each sample's noise where k > 0, its
+        two ends, its α), so micro-batches and processes draw what one batch would."""
+        batch, size = pixels.shape[0], pixels[0].numel()
+        noise = size if self.noise > 0 else 0
+        u = torch.rand_like(pixels.new_empty(batch, noise + 2 * size + 1))
+        shape = pixels.shape[1:]
+        return {'noise': u[:, :noise].reshape(batch, *shape) if noise else None,
+                'a': u[:, noise:noise + size].reshape(batch, *shape),
+                'b': u[:, noise + size:noise + 2 * size].reshape(batch, *shape),
+                'alpha': u[:, -1].reshape(batch, *([1] * len(shape)))}
+
+    def perturb(self, pixels: torch.Tensor, target: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        """The FGSM point x + δ (pixels, detached); ``noise``: uniform [0, 1) draws where k > 0."""
+        start = pixels if noise is None else pixels + self.noise * self.eps * (2 * noise - 1)
         start = start.detach().requires_grad_(True)
         loss = self.criterion(self.attack_model()(self.space.to_normalized(start)), target)  # no DDP sync
         (grad,) = torch.autograd.grad(loss, start)
         return (start + self.eps * grad.sign()).detach()
 
-    def linearity_error(self, pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """mean_b (ℓ(x_c) − (1−α)ℓ(x_a) − α·ℓ(x_b))² on one random triplet per sample."""
-        batch = pixels.shape[0]
-        ends = pixels.repeat(2, *([1] * (pixels.ndim - 1)))
-        ends = ends + self.eps * (2 * torch.rand_like(ends) - 1)
-        alpha = torch.rand_like(pixels.flatten(1)[:, :1]).view(batch, *([1] * (pixels.ndim - 1)))
+    def linearity_error(self, pixels: torch.Tensor, target: torch.Tensor, draws: Dict[str, torch.Tensor]):
+        """mean_b (ℓ(x_c) − (1−α)ℓ(x_a) − α·ℓ(x_b))² on one random triplet per sample (``draws``' a, b, α)."""
+        batch, alpha = pixels.shape[0], draws['alpha']
+        ends = torch.cat([pixels + self.eps * (2 * draws[k] - 1) for k in ('a', 'b')], dim=0)
         middle = (1 - alpha) * ends[:batch] + alpha * ends[batch:]
         points = torch.cat((ends, middle), dim=0)
         targets = target.repeat(3, *([1] * (target.ndim - 1)))
@@ -131,9 +140,10 @@ class ELLETask(GradRegTask):
 
     def compute(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         pixels = self.space.to_pixel(input.detach())
-        output = self.trainable_module(self.space.to_normalized(self.perturb(pixels, target)))
+        draws = self.draws(pixels)
+        output = self.trainable_module(self.space.to_normalized(self.perturb(pixels, target, draws['noise'])))
         ce = self.criterion(output, target)
-        penalty = self.linearity_error(pixels, target)
+        penalty = self.linearity_error(pixels, target, draws)
         weight = self.current_weight()
         if self.schedule is not None and self.training and not penalty.is_meta:  # (meta: a memory prediction)
             self.schedule.update(self._mean_over_processes(penalty))
