@@ -28,9 +28,10 @@ TASKS = list(MATRIX_TASKS)
 @pytest.fixture(scope='module')
 def floors(work):
     """The cells the tolerances are set from: natural under each mixed precision (the rows' floors) and each
-    task's plain float32 step (the columns' floors)."""
+    task's plain float32 step, BatchNorm frozen and in train mode (the columns' floors)."""
     rows = [measure_cell('natural', OPTIONS[name], work) for name in OPTIONS if OPTIONS[name].mixed_precision]
-    return rows + [measure_cell(task, OPTIONS['float32'], work) for task in TASKS]
+    return rows + [measure_cell(task, OPTIONS[plain], work) for plain in ('float32', 'float32-train-bn')
+                   for task in TASKS]
 
 
 def _recorded() -> dict:
