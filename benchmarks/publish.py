@@ -202,9 +202,6 @@ def cost_block(data: dict) -> str:
         lines.append(f"| {name} | {m.get('passes') or '—'} | {frontier._cost_cell(m, 'trained')} | "
                      f"{frontier._cost_cell(m, 'proxy')} |")
     lines += ['', "The paper's Table 3: GradNorm 0.628 of PGD-3 (Swin-B, 8 V100s)."]
-    untrained = sorted(data.get('timed_only', {}))
-    if untrained:
-        lines[-1] += (f" Timed, not yet on the frontier (no evaluation records): {', '.join(untrained)}.")
     return '\n'.join(lines)
 
 
