@@ -3,9 +3,11 @@ analysis of the natural, GradNorm and AT models: one committed record per run.
 
     python benchmarks/frontier_checks.py --dataset fashion_mnist                  # every method, in turn
     python benchmarks/frontier_checks.py --dataset fashion_mnist --methods pgd igr   # a second job beside it
+    python benchmarks/frontier_checks.py --dataset fashion_mnist --methods gradnorm-tuned   # a tuned row's own run
 
 Each run trains as benchmarks/frontier.py trains it (the same recipe, options and seed, so the same model: its
-clean accuracy on the whole test split is compared with the frontier's record), then
+clean accuracy on the whole test split is compared with the frontier's record; a tuned row is checked on the run
+its evaluation is of, which benchmarks/tune.py keeps), then
 ``gradreg-eval --sanity`` runs the checklist of Carlini et al. (2019) on the first 200 of the frontier's seeded
 test images at the frontier's ε, with the natural model of seed 0 as the transfer source. The record
 (results/frontier/DATASET/checks/NAME-s0.json) holds every check's figures and verdict and the whole-split clean
@@ -20,10 +22,12 @@ import os
 import shutil
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from frontier import BENCHMARKS, METHODS, ROOT, eval_folder, evaluate, run, train, train_flags  # noqa: E402
+import tune  # noqa: E402
+from frontier import BENCHMARKS, METHODS, ROOT, TUNED, base_method, eval_folder, evaluate, run, train  # noqa: E402
+from frontier import train_flags  # noqa: E402
 from frontier_records import RESULTS, read_evaluation_record, read_run_record, record_path, run_record_path  # noqa: E402
 from frontier_records import write_analysis_record, write_checks_record  # noqa: E402
 
@@ -41,13 +45,22 @@ def wait_for(checkpoint: str, poll: float = 60.0) -> None:
         time.sleep(poll)
 
 
+def trained(bench, name: str, seed: int, work: str) -> Tuple[str, List[str]]:
+    """The run's checkpoint and timm-train flags: a frontier method trained again as the frontier trains it; a tuned
+    row the very run its evaluation record is of (tune.py keeps its checkpoints; a fresh clone trains it)."""
+    if name.endswith(TUNED):
+        base = base_method(name)
+        return tune.train_tuned(base, seed), tune.tuned_flags(base)
+    return train(bench, name, seed, work, quick=False), train_flags(bench, name)
+
+
 def check_run(bench, name: str, seed: int, work: str, records: str) -> None:
     path = run_record_path(bench.key, 'checks', name, seed, records)
     analysis = run_record_path(bench.key, 'analysis', name, seed, records)
     if os.path.exists(path) and (name not in ANALYSED or os.path.exists(analysis)):
         return
     started = time.perf_counter()
-    checkpoint = train(bench, name, seed, work, quick=False)
+    checkpoint, flags = trained(bench, name, seed, work)
     train_seconds = time.perf_counter() - started
     source = os.path.join(work, 'runs', f'{SOURCE}-s{SOURCE_SEED}', 'last.pth.tar')
     if name != SOURCE:
@@ -62,7 +75,7 @@ def check_run(bench, name: str, seed: int, work: str, records: str) -> None:
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         started = time.perf_counter()
         run(cmd, folder + '.log')
-        write_checks_record(folder, bench.key, name, seed, train_flags(bench, name), path,
+        write_checks_record(folder, bench.key, name, seed, flags, path,
                             {'train': train_seconds, 'checks': time.perf_counter() - started})
     reevaluate(bench, name, seed, checkpoint, work, records)
     if name in ANALYSED and not os.path.exists(analysis):
@@ -73,7 +86,7 @@ def check_run(bench, name: str, seed: int, work: str, records: str) -> None:
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         started = time.perf_counter()
         run(cmd, folder + '.log')
-        write_analysis_record(folder, bench.key, name, seed, train_flags(bench, name), analysis,
+        write_analysis_record(folder, bench.key, name, seed, flags, analysis,
                               time.perf_counter() - started)
 
 
@@ -103,12 +116,17 @@ def reevaluate(bench, name: str, seed: int, checkpoint: str, work: str, records:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset', default='fashion_mnist', choices=list(BENCHMARKS))
-    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
+    parser.add_argument('--methods', nargs='+', default=list(METHODS),
+                        choices=[*METHODS, *(name + TUNED for name in tune.GRIDS)],
+                        help='frontier methods, or tuned rows (Fashion-MNIST: benchmarks/tune.py) such as gradnorm-tuned')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--work', default=None, help='checkpoints and tool folders (default: output/frontier/DATASET)')
     parser.add_argument('--records', default=RESULTS)
     args = parser.parse_args(argv)
     bench = BENCHMARKS[args.dataset]
+    tuned = [name for name in args.methods if name.endswith(TUNED)]
+    if tuned and bench.key != tune.DATASET:
+        parser.error(f'tuned rows {tuned} exist for --dataset {tune.DATASET} only, not {bench.key}')
     work = args.work or os.path.join(ROOT, 'output', 'frontier', bench.key)
     for name in args.methods:
         check_run(bench, name, args.seed, work, args.records)

@@ -4,7 +4,7 @@
     python benchmarks/tune.py --methods gradnorm pgd   # a second job beside one on the others (one thread each)
     python benchmarks/tune.py --report                 # the sweep so far and the choices, from the records
 
-Each method gets the same number of configurations (GRIDS: GradNorm's λ_GN and ε; AT's, FGSM-RS's and N-FGSM's
+Each method gets the same number of distinct configurations (GRIDS: GradNorm's λ_GN·ε; AT's, FGSM-RS's and N-FGSM's
 training ε), each trained at seed 0 from the frontier's recipe for the method on the 50,000 training images that
 ``--dataset fashion_mnist_holdout`` keeps, and scored on the 10,000 it holds out: clean accuracy on all of them
 and PGD-50 (CE and DLR, gradreg-eval's sweep) at the frontier's ε 0.1 on a seeded 1,000. The configuration with
@@ -23,22 +23,26 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from frontier import BENCHMARKS, METHODS, ROOT, evaluate, run, train_flags, train_run  # noqa: E402
+from frontier import BENCHMARKS, METHODS, ROOT, TUNED, evaluate, run, train_flags, train_run  # noqa: E402
 from frontier_records import RESULTS, bits, read_evaluation_record, record_path  # noqa: E402
 
 DATASET = 'fashion_mnist'
 RECORDS = os.path.join(ROOT, 'results', 'tune', DATASET)
+#: checkpoints and gradreg-eval folders, out of git
+WORK = os.path.join(ROOT, 'output', 'tune', DATASET)
 #: the held-out images PGD-50 scores (its clean accuracy is on all 10,000)
 VALIDATION_SAMPLES = 1000
 SWEEP_SEED = 0
 #: the training ε of the attack methods' grids (the frontier's 0.1 first)
 ATTACK_EPS = ('0.1', '0.075', '0.125', '0.15')
-#: method -> configurations: (label, timm-train flags added to the frontier's); the same number for each method,
-#: the recipe's configuration first. AT's and FGSM-RS's step keeps the recipe's ratio to ε (0.2/3 at 0.1: 2ε/3);
-#: N-FGSM's step and noise follow its ε.
+#: method -> configurations: (label, timm-train flags added to the frontier's); the same number of distinct
+#: trainings for each method, the recipe's configuration first. GradNorm's double-backprop penalty is
+#: λ_GN·(ε/σ)·‖∇ₓL‖₁ (no threshold in the recipe), so only the product λ_GN·ε trains a different model: its grid is
+#: four products, the recipe's 0.2 and ¾, ½, ¼ of it. AT's and FGSM-RS's step keeps the recipe's ratio to ε
+#: (0.2/3 at 0.1: 2ε/3); N-FGSM's step and noise follow its ε.
 GRIDS: Dict[str, List[Tuple[str, Tuple[str, ...]]]] = {
     'gradnorm': [(f'l{lam}-e{eps}', ('--gn-weight', lam, '--gn-eps', eps))
-                 for lam, eps in (('2', '0.1'), ('1', '0.1'), ('2', '0.05'), ('1', '0.05'))],
+                 for lam, eps in (('2', '0.1'), ('1.5', '0.1'), ('1', '0.1'), ('1', '0.05'))],
     **{name: [(f'e{eps}', ('--attack-eps', eps, '--attack-step-size', f'{2 * float(eps):g}/3')) for eps in ATTACK_EPS]
        for name in ('pgd', 'fgsm')},
     'nfgsm': [(f'e{eps}', ('--nfgsm-eps', eps)) for eps in ATTACK_EPS],
@@ -108,20 +112,35 @@ def choose(name: str, records: str = RECORDS) -> Optional[Tuple[str, Tuple[str, 
     return label, extra
 
 
-def tuned_runs(name: str, work: str, quick: bool, records: str, frontier_records: str) -> None:
-    """The chosen configuration at the frontier's seeds on the whole training set, evaluated as the frontier's runs
-    (its records sit beside the recipe rows'; where the recipe's configuration wins, those rows are the answer)."""
+def tuned_flags(name: str, records: str = RECORDS) -> Optional[List[str]]:
+    """The timm-train flags of the method's tuned row: its chosen configuration, once the sweep is complete and the
+    choice is not the recipe's (where the recipe's configuration wins, the recipe rows are the answer)."""
     chosen = choose(name, records)
     if chosen is None or chosen[0] == GRIDS[name][0][0]:
+        return None
+    return sweep_flags(name, chosen[1])
+
+
+def train_tuned(name: str, seed: int, work: str = WORK, quick: bool = False, records: str = RECORDS) -> str:
+    """The tuned row's checkpoint at ``seed``, trained on the whole training set (kept once trained)."""
+    flags = tuned_flags(name, records)
+    if flags is None:
+        raise SystemExit(f'{name} has no tuned row: its sweep is incomplete or the recipe\'s configuration won')
+    return train_run(flags, seed, work, f'{name}{TUNED}-s{seed}', quick)
+
+
+def tuned_runs(name: str, work: str, quick: bool, records: str, frontier_records: str) -> None:
+    """The chosen configuration at the frontier's seeds, evaluated as the frontier's runs (its records sit beside
+    the recipe rows')."""
+    flags = tuned_flags(name, records)
+    if flags is None:
         return
     bench = BENCHMARKS[DATASET]
-    flags = sweep_flags(name, chosen[1])
-    tuned = f'{name}-tuned'
     for seed in ((0,) if quick else bench.seeds):
         samples = 16 if quick else bench.samples
-        if not os.path.exists(record_path(DATASET, tuned, seed, samples, frontier_records)):
-            checkpoint = train_run(flags, seed, work, f'{tuned}-s{seed}', quick)
-            evaluate(bench, tuned, seed, checkpoint, work, samples, quick, frontier_records, flags=flags)
+        if not os.path.exists(record_path(DATASET, name + TUNED, seed, samples, frontier_records)):
+            checkpoint = train_tuned(name, seed, work, quick, records)
+            evaluate(bench, name + TUNED, seed, checkpoint, work, samples, quick, frontier_records, flags=flags)
 
 
 def report(records: str = RECORDS, frontier_records: str = RESULTS) -> str:
@@ -140,10 +159,10 @@ def report(records: str = RECORDS, frontier_records: str = RESULTS) -> str:
     tuned = []
     for name in GRIDS:
         for seed in BENCHMARKS[DATASET].seeds:
-            path = record_path(DATASET, f'{name}-tuned', seed, BENCHMARKS[DATASET].samples, frontier_records)
+            path = record_path(DATASET, name + TUNED, seed, BENCHMARKS[DATASET].samples, frontier_records)
             if os.path.exists(path):
                 acc = read_evaluation_record(path)['accuracy']
-                tuned.append(f"| {name}-tuned | s{seed} | {acc['clean']:.1f} | {acc['autoattack']:.1f} |")
+                tuned.append(f"| {name}{TUNED} | s{seed} | {acc['clean']:.1f} | {acc['autoattack']:.1f} |")
     if tuned:
         lines += ['', '| run | seed | test clean (500) | test AutoAttack (500) |', '|---|---|---|---|', *tuned]
     return '\n'.join(lines)
@@ -152,8 +171,7 @@ def report(records: str = RECORDS, frontier_records: str = RESULTS) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--methods', nargs='+', default=list(GRIDS), choices=list(GRIDS))
-    parser.add_argument('--work', default=os.path.join(ROOT, 'output', 'tune', DATASET),
-                        help='checkpoints and gradreg-eval folders, out of git')
+    parser.add_argument('--work', default=WORK, help='checkpoints and gradreg-eval folders, out of git')
     parser.add_argument('--records', default=RECORDS)
     parser.add_argument('--frontier-records', default=RESULTS)
     parser.add_argument('--quick', action='store_true', help='2 epochs, 16 images, PGD-5, one tuned seed')
