@@ -5,10 +5,11 @@
 
 The records live in results/ (one compact JSON file per training run, evaluation, checklist, analysis and
 timing run); the published files are docs/frontier/ (frontier.md, .json, .png), docs/claims.md,
-docs/compatibility.md, the generated blocks of README.md, docs/cost.md, docs/training.md and docs/scale.md (between
+docs/compatibility.md, the generated blocks of README.md, docs/cost.md, docs/training.md, docs/scale.md and
+docs/cost_robustness.md (between
 ``<!-- NAME: benchmarks/publish.py -->`` and ``<!-- /NAME -->``), and the ``# Measured:`` lines of the
 Fashion-MNIST recipes. Nothing here trains, attacks or times: the studies that make the records are
-benchmarks/frontier.py, frontier_checks.py, demo_table.py, compat_matrix.py and cpu_threads.py. The test suite
+benchmarks/frontier.py, frontier_checks.py, tune.py, demo_table.py, compat_matrix.py and cpu_threads.py. The test suite
 runs ``--check`` (tests/test_publish.py).
 """
 import argparse
@@ -32,6 +33,7 @@ import cpu_threads  # noqa: E402
 import demo_table  # noqa: E402
 import frontier  # noqa: E402
 import memory_scale  # noqa: E402
+import tune  # noqa: E402
 from timm_gradreg.train.memory import TRANSIENT_FACTOR  # noqa: E402
 
 DATASET = 'fashion_mnist'
@@ -245,6 +247,12 @@ def publish_memory(out: Texts) -> None:
     out[_path('docs', 'scale.md')] = with_block(_read(_path('docs', 'scale.md')), 'memory', block)
 
 
+def publish_sweep(out: Texts) -> None:
+    """docs/cost_robustness.md's validation sweep: each configuration's held-out scores, the choices, the tuned runs."""
+    path = _path('docs', 'cost_robustness.md')
+    out[path] = with_block(_read(path), 'sweep', tune.report())
+
+
 #: each publisher adds its files' new text to the dict (and returns binary files, not compared by --check);
 #: later ones read what earlier ones wrote (the claims and the README read the frontier)
 PUBLISHERS: Dict[str, Callable[[Texts], Optional[Dict[str, bytes]]]] = {
@@ -256,6 +264,7 @@ PUBLISHERS: Dict[str, Callable[[Texts], Optional[Dict[str, bytes]]]] = {
     'compatibility': publish_compatibility,
     'threads': publish_threads,
     'memory': publish_memory,
+    'sweep': publish_sweep,
 }
 
 
