@@ -1,13 +1,13 @@
-"""Seed 0 of every frontier method trained again, its gradient-masking checklist run, and the input-gradient
+"""Seed 0 of every frontier method (its kept run, else trained again), its gradient-masking checklist run, and the input-gradient
 analysis of the natural, GradNorm and AT models: one committed record per run.
 
     python benchmarks/frontier_checks.py --dataset fashion_mnist                  # every method, in turn
     python benchmarks/frontier_checks.py --dataset fashion_mnist --methods pgd igr   # a second job beside it
     python benchmarks/frontier_checks.py --dataset fashion_mnist --methods gradnorm-tuned   # a tuned row's own run
 
-Each run trains as benchmarks/frontier.py trains it (the same recipe, options and seed, so the same model: its
-clean accuracy on the whole test split is compared with the frontier's record; a tuned row is checked on the run
-its evaluation is of, which benchmarks/tune.py keeps), then
+Each run is the one benchmarks/frontier.py kept in the work folder, or trains as frontier.py trains it (the same
+recipe, options and seed: its clean accuracy on the whole test split is compared with the frontier's record; a
+tuned row's run is the one benchmarks/tune.py kept, or trains as tune.py trains it), then
 ``gradreg-eval --sanity`` runs the checklist of Carlini et al. (2019) on the first 200 of the frontier's seeded
 test images at the frontier's ε, with the natural model of seed 0 as the transfer source. The record
 (results/frontier/DATASET/checks/NAME-s0.json) holds every check's figures and verdict and the whole-split clean

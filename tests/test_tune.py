@@ -131,3 +131,14 @@ def test_committed_tuned_rows_train_the_committed_choice():
             path = record_path(bench.key, row, seed, bench.samples, RESULTS)
             if os.path.exists(path):
                 assert read_evaluation_record(path)['train_flags'] == tune.tuned_flags(name), path
+
+
+def test_a_tuned_row_of_an_earlier_choice_is_not_kept_silently(tmp_path, monkeypatch):
+    from frontier_records import record_path
+    chosen = dict(tune.GRIDS['fgsm'])['e0.15']
+    monkeypatch.setattr(tune, 'choose', lambda name, records=tune.RECORDS: ('e0.15', chosen))
+    path = record_path('fashion_mnist', 'fgsm-tuned', 0, 500, str(tmp_path))
+    os.makedirs(os.path.dirname(path))
+    json.dump({'train_flags': tune.sweep_flags('fgsm', dict(tune.GRIDS['fgsm'])['e0.125'])}, open(path, 'w'))
+    with pytest.raises(SystemExit, match='but the sweep now chooses'):
+        tune.tuned_runs('fgsm', str(tmp_path / 'work'), False, tune.RECORDS, str(tmp_path))
