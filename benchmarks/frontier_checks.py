@@ -1,5 +1,5 @@
-"""Seed 0 of every frontier method (its kept run, else trained again), its gradient-masking checklist run, and the input-gradient
-analysis of the natural, GradNorm and AT models: one committed record per run.
+"""Seed 0 of every frontier method (its kept run, else trained again), its gradient-masking checklist run, and the
+input-gradient analysis of the natural, GradNorm and AT models: one committed record per run.
 
     python benchmarks/frontier_checks.py --dataset fashion_mnist                  # every method, in turn
     python benchmarks/frontier_checks.py --dataset fashion_mnist --methods pgd igr   # a second job beside it
