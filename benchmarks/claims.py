@@ -255,8 +255,8 @@ def row_masking(src: Sources) -> Optional[Row]:
     flagged = {n: {seed: names for seed, names in c['failed'].items() if names} for n, c in done.items()}
     flagged = {n: f for n, f in flagged.items() if f}
     missing = sorted(set(checks) - set(done))
-    measured = (f"the checklist on seed 0 of {len(done)} of the frontier's {len(checks)} methods (trained again; the "
-                f"other seeds where a check failed), "
+    measured = (f"the checklist on seed 0 of {len(done)} of the frontier's {len(checks)} methods (the evaluated run "
+                f"where it was kept, else one trained again; the other seeds where a check failed), "
                 f"{next(iter(done.values()))['samples']} test images each: "
                 + ('; '.join(f"{n}: {', '.join(sorted({x for names in f.values() for x in names}))} failed on "
                              f"seed{'s' if len(f) > 1 else ''} {', '.join(map(str, sorted(f)))}"
@@ -297,7 +297,7 @@ def render(frontier: dict, root: str = RESULTS) -> str:
     lines += ['', '## Records', '']
     lines += [f"- {r.claim.split(')')[0]}): {', '.join(f'`{p}`' for p in r.records)}" for r in rows]
     lines += ['', 'The runs: `benchmarks/frontier.py --dataset fashion_mnist` (the frontier\'s methods, 3 seeds; AT '
-              'also on 1,000 images), `benchmarks/frontier_checks.py` (seed 0 of every method trained again: the '
+              'also on 1,000 images), `benchmarks/frontier_checks.py` (seed 0 of every method, kept or trained again: the '
               'checklist, and `gradreg-analyze` on 100 test images for natural, GradNorm and AT). The activation '
               'and edge runs are the frontier\'s `STUDY_RUNS`: `-c fmnist/gradnorm --model-kwargs act_layer=relu` '
               '(and silu), `-c fmnist/advtrain --model-kwargs act_layer=relu`, `-c fmnist/natural --gradreg edge`, '

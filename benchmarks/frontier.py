@@ -394,10 +394,10 @@ def markdown(datasets: Dict[str, dict]) -> str:
                 if (m.get('checks') or {}).get('retrained_gap') is not None}
         if gaps:
             worst = max(gaps, key=lambda n: abs(gaps[n]))
-            lines += ['', "The checklist examines runs trained again with the same recipe, options and seed; "
-                          "training on a CPU is not bitwise reproducible, so these are models of the same "
-                          "recipe and seed, not the evaluated weights: their whole-split clean accuracy differs from the "
-                          f"evaluated run's by at most {abs(gaps[worst]):.2f} points ({worst})."]
+            lines += ['', "Where the evaluated run was not kept, the checklist examines one trained again with the same "
+                          "recipe, options and seed; training on a CPU is not bitwise reproducible, so these are models "
+                          "of the same recipe and seed, not the evaluated weights: their whole-split clean accuracy "
+                          f"differs from the evaluated run's by at most {abs(gaps[worst]):.2f} points ({worst})."]
         target = data.get('target', {})
         met = [n for n, v in target.items() if v['robustness'] == 'above' and v['cost'] == 'within']
         open_ = [f"{n} (robustness {v['robustness']}, cost {v['cost']})" for n, v in target.items() if n not in met
