@@ -90,9 +90,9 @@ def frontier_block(data: dict) -> str:
     methods = sorted(data['methods'].items(), key=lambda kv: frontier.trained_cost(kv[1]) or 0.0)
     n = next(iter(data['methods'].values()))['autoattack']['n']
     lines = [f"AutoAttack at ε {data['eps']} on the same {n} seeded test images for every model, "
-             f"{len(data['methods']['pgd']['autoattack']['values'])} seeds; clean on the whole test split; ratio to "
-             "AT with its 95% interval; step cost vs PGD-3 as trained (median [range] of "
-             f"{data['cost_runs']} timing runs, {data['device']}):", '',
+             f"{len(data['methods']['pgd']['autoattack']['values'])} seeds; clean: whole test split; ratio to AT "
+             f"[95%]; step cost vs PGD-3 as trained (median [range], {data['cost_runs']} timing runs, "
+             f"{data['device']}):", '',
              '| method | clean | AutoAttack | ratio to AT [95%] | step cost |', '|---|---|---|---|---|']
     for name, m in methods:
         clean = m.get('split_clean')
