@@ -46,8 +46,8 @@ def wait_for(checkpoint: str, poll: float = 60.0) -> None:
 
 
 def trained(bench, name: str, seed: int, work: str) -> Tuple[str, List[str]]:
-    """The run's checkpoint and timm-train flags: a frontier method trained again as the frontier trains it; a tuned
-    row the very run its evaluation record is of (tune.py keeps its checkpoints; a fresh clone trains it)."""
+    """The run's checkpoint and timm-train flags: a frontier method's kept run, else trained again as the frontier
+    trains it; a tuned row's the run its evaluation record is of (tune.py keeps it; a fresh clone trains it)."""
     if name.endswith(TUNED):
         base = base_method(name)
         return tune.train_tuned(base, seed), tune.tuned_flags(base)

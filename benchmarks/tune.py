@@ -139,10 +139,12 @@ def tuned_runs(name: str, work: str, quick: bool, records: str, frontier_records
     for seed in ((0,) if quick else bench.seeds):
         samples = 16 if quick else bench.samples
         path = record_path(DATASET, name + TUNED, seed, samples, frontier_records)
-        if os.path.exists(path) and read_evaluation_record(path)['train_flags'] != flags:
-            raise SystemExit(f'{path} trained {read_evaluation_record(path)["train_flags"]}, but the sweep now chooses '
-                             f'{flags}: delete the {name}{TUNED} records and {work}/runs/{name}{TUNED}-s*, then rerun')
-        if not os.path.exists(path):
+        if os.path.exists(path):
+            trained_flags = read_evaluation_record(path)['train_flags']
+            if trained_flags != flags:
+                raise SystemExit(f'{path} trained {trained_flags}, but the sweep now chooses {flags}: delete the '
+                                 f'{name}{TUNED} records and {work}/runs/{name}{TUNED}-s*, then rerun')
+        else:
             checkpoint = train_tuned(name, seed, work, quick, records)
             evaluate(bench, name + TUNED, seed, checkpoint, work, samples, quick, frontier_records, flags=flags)
 
